@@ -1,0 +1,22 @@
+"""funcreg: weight regularization as pure functions for functional PyTorch.
+
+Penalties (``l1``, ``l2``, ``elastic_net``, ``group_lasso``, ``l2_sp``) are values,
+exact gradients (``.grad``, ``.add_grad``) and proximal operators (``.prox``) over parameter
+pytrees; ``penalized`` adds them to a loss; ``select`` chooses leaves. See DESIGN.md.
+"""
+
+from funcreg import select
+from funcreg.penalized import penalized
+from funcreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, l2_sp
+
+__all__ = [
+    "Penalty",
+    "elastic_net",
+    "group_lasso",
+    "l1",
+    "l2",
+    "l2_sp",
+    "penalized",
+    "select",
+]
+__version__ = "0.1.0"

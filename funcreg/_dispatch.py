@@ -1,0 +1,85 @@
+"""Choosing between the fast (multi-tensor) path and the composable (per-leaf) path.
+
+``torch._foreach_*`` kernels have no ``vmap`` batching rule and no functorch support, so
+the fast path is taken only when no input tensor (leaf, gradient, state or
+hyperparameter) is wrapped by a torch.func transform, none needs autograd, and
+``torch.compile`` is not tracing (Inductor fuses the per-leaf ops by itself). Tests can
+force either path with :func:`forced`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+import torch
+
+from funcreg import _ops
+
+Path = Literal["fast", "composable"]
+_forced: Path | None = None
+
+
+@contextlib.contextmanager
+def forced(path: Path | None) -> Iterator[None]:
+    """Within the block, take ``path`` whatever the inputs (``None``: choose as usual)."""
+    global _forced
+    if path not in ("fast", "composable", None):
+        raise ValueError(f"path must be 'fast', 'composable' or None, not {path!r}")
+    previous, _forced = _forced, path
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def _traced(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and (
+        torch._C._functorch.is_functorch_wrapped_tensor(x)
+        or (x.requires_grad and torch.is_grad_enabled())
+    )
+
+
+def use_fast_path(*columns: Iterable[Any]) -> bool:
+    """Whether ``_foreach_*`` kernels may run on every tensor in ``columns``."""
+    if _forced is not None:
+        return _forced == "fast"
+    if torch.compiler.is_compiling():
+        return False
+    return not any(_traced(x) for column in columns for x in column)
+
+
+def run(
+    body: Callable[..., Any],
+    columns: Sequence[Sequence[Any]],
+    group_by: Sequence[torch.Tensor],
+    *,
+    fast: bool,
+) -> Any:
+    """``body(ops, *columns)`` on one implementation of :mod:`funcreg._ops`.
+
+    ``body`` returns a list of leaves, or a tuple of such lists, one entry per input
+    position. On the fast path it runs once per (device, dtype) group of ``group_by``, as
+    torch.optim groups tensors for its foreach kernels, and the results are put back in
+    order.
+    """
+    if not fast:
+        return body(_ops.PER_LEAF, *columns)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, leaf in enumerate(group_by):
+        groups.setdefault((leaf.device, leaf.dtype), []).append(i)
+    if len(groups) == 1:
+        return body(_ops.FOREACH, *columns)
+    outputs: list[list[Any]] | None = None
+    single = False
+    for idx in groups.values():
+        result = body(_ops.FOREACH, *([col[i] for i in idx] for col in columns))
+        single = isinstance(result, list)
+        parts = [result] if single else list(result)
+        if outputs is None:
+            outputs = [[None] * len(group_by) for _ in parts]
+        for out, part in zip(outputs, parts):
+            for i, value in zip(idx, part):
+                out[i] = value
+    assert outputs is not None
+    return outputs[0] if single else tuple(outputs)

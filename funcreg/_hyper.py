@@ -1,0 +1,134 @@
+"""Hyperparameters: validate Python numbers, and give each selected leaf its own value.
+
+A hyperparameter is a Python number, a 0-d tensor (possibly batched under ``vmap``, which
+is how an ensemble over λ is written) or, where a per-leaf value makes sense (``lam``,
+``step``), a pytree or a dict keyed by leaf path. Values are never read on the host
+(no ``.item()``, no Python comparisons on tensors): that would break ``vmap`` and force
+``torch.compile`` to recompile.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, Union
+
+import torch
+
+from funcreg._tree import Flat, flatten
+
+Hyper = Union[float, torch.Tensor]
+
+
+def number(
+    name: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    high_open: bool = False,
+    where: str = "",
+) -> Hyper:
+    """Check one scalar hyperparameter: a finite Python number in range, or a 0-d tensor.
+
+    Only Python numbers are range-checked: a tensor's value is not read.
+    """
+    at = f" for leaf {where!r}" if where else ""
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0:
+            raise ValueError(
+                f"{name}{at} must be a number or a 0-d tensor, got a tensor of shape "
+                f"{tuple(value.shape)}; batch it with torch.func.vmap instead"
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}{at} must be a number or a tensor, not {type(value).__name__}")
+    value = float(value)
+    above = value >= high if high_open else value > high
+    if not math.isfinite(value) or value < low or above:
+        bound = ")" if high_open else "]"
+        raise ValueError(f"{name}{at} must be a finite number in [{low}, {high}{bound}, got {value}")
+    return value
+
+
+def per_leaf(
+    name: str,
+    value: Any,
+    flat: Flat,
+    selected: list[int],
+    *,
+    elementwise: bool = False,
+    low: float = 0.0,
+    high: float = math.inf,
+    why: str = "",
+) -> list[Hyper]:
+    """One value of hyperparameter ``name`` per selected leaf of ``flat``.
+
+    ``value`` is a number or a 0-d tensor shared by all leaves, or a tree whose leaf paths
+    are params paths (a nested pytree shaped like params or a flat dict keyed by dotted
+    path; unselected leaves may be left out). With ``elementwise``, a per-leaf value may
+    also be a tensor shaped like its leaf (a per-element step, as a proximal Adam needs);
+    ``why`` is added to the error when such a value is not allowed. Tensors are cast to their leaf's dtype and device.
+    """
+    if isinstance(value, (torch.Tensor, Real)):
+        shared = number(name, value, low=low, high=high)
+        return _cast([shared] * len(selected), [flat.leaves[i] for i in selected])
+
+    given = flatten(value, name)
+    by_path = dict(zip(given.paths, given.leaves))
+    known = set(flat.paths)
+    for path in given.paths:
+        if path not in known:
+            raise ValueError(f"{name} names leaf {path!r}, which params do not have")
+    out: list[Hyper] = []
+    for i in selected:
+        path, leaf = flat.paths[i], flat.leaves[i]
+        if path not in by_path:
+            raise ValueError(f"{name} gives no value for selected leaf {path!r}")
+        v = by_path[path]
+        if isinstance(v, torch.Tensor) and v.ndim != 0:
+            if not elementwise:
+                raise ValueError(
+                    f"{name} for leaf {path!r} must be a number or a 0-d tensor, got shape "
+                    f"{tuple(v.shape)}{why}"
+                )
+            if v.shape != leaf.shape:
+                raise ValueError(
+                    f"{name} for leaf {path!r} has shape {tuple(v.shape)}; a per-element "
+                    f"value must have the leaf's shape {tuple(leaf.shape)}"
+                )
+            out.append(v)
+        else:
+            out.append(number(name, v, low=low, high=high, where=path))
+    return _cast(out, [flat.leaves[i] for i in selected])
+
+
+def _cast(values: list[Hyper], leaves: list[torch.Tensor]) -> list[Hyper]:
+    """Cast tensor values to their leaf's dtype and device, once per distinct pair."""
+    cache: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+    out: list[Hyper] = []
+    for v, leaf in zip(values, leaves):
+        if isinstance(v, torch.Tensor) and (v.dtype != leaf.dtype or v.device != leaf.device):
+            key = (id(v), leaf.dtype, leaf.device)
+            if key not in cache:
+                cache[key] = v.to(dtype=leaf.dtype, device=leaf.device)
+            v = cache[key]
+        out.append(v)
+    return out
+
+
+def combine(fn: Any, *columns: list[Hyper]) -> list[Hyper]:
+    """``[fn(a, b, ...) for each leaf]``, computing once for values shared between leaves.
+
+    Derived hyperparameters (``lam * step``, ``1 / (1 + 2 lam step)``) are per-leaf
+    scalars; when one tensor λ serves every leaf, this keeps it to one tiny kernel instead
+    of one per leaf.
+    """
+    cache: dict[tuple[int, ...], Hyper] = {}
+    out: list[Hyper] = []
+    for args in zip(*columns):
+        key = tuple(id(a) for a in args)
+        if key not in cache:
+            cache[key] = fn(*args)
+        out.append(cache[key])
+    return out

@@ -1,0 +1,132 @@
+"""Leaf-list arithmetic with two implementations: multi-tensor kernels and per-leaf ops.
+
+Every penalty and step in funcreg is written once, against the small vocabulary below, and
+runs on either implementation:
+
+* :data:`FOREACH` calls ``torch._foreach_*`` kernels. The caller hands it leaves of one
+  (device, dtype) group; it may write in place into tensors it allocated itself.
+* :data:`PER_LEAF` uses plain tensor ops, one leaf at a time, never in place, so that
+  ``vmap``, ``grad``, ``jacrev`` and ``torch.compile`` can trace it.
+
+A hyperparameter column ``h`` holds one value per leaf: a Python float, a 0-d tensor, or a
+tensor shaped like the leaf.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from funcreg._hyper import Hyper
+
+Tensors = list[torch.Tensor]
+Column = Sequence[Hyper]
+
+
+class PerLeaf:
+    """Composable implementation: per-leaf, out-of-place tensor ops."""
+
+    @staticmethod
+    def mul(xs: Tensors, h: Column) -> Tensors:
+        return [x * v for x, v in zip(xs, h)]
+
+    @staticmethod
+    def add(xs: Tensors, ys: Tensors) -> Tensors:
+        return [x + y for x, y in zip(xs, ys)]
+
+    @staticmethod
+    def sub(xs: Tensors, ys: Tensors) -> Tensors:
+        return [x - y for x, y in zip(xs, ys)]
+
+    @staticmethod
+    def sign(xs: Tensors) -> Tensors:
+        return [torch.sign(x) for x in xs]
+
+    @staticmethod
+    def clamp_abs(xs: Tensors, t: Column) -> Tensors:
+        """``clamp(x, -t, t)``."""
+        return [_clamp(x, v) for x, v in zip(xs, t)]
+
+    @staticmethod
+    def lerp(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
+        return [torch.lerp(x, y, _as_tensor(v, x)) for x, y, v in zip(xs, ys, h)]
+
+    # "fresh" arguments below are tensors the caller just allocated; FOREACH reuses them.
+    iadd = add
+    isub = sub
+    imul = mul
+
+
+def _clamp(x: torch.Tensor, t: Hyper) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return torch.clamp(x, -t, t)
+    return x.clamp(-t, t)
+
+
+def _as_tensor(v: Hyper, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v
+    return torch.full((), v, dtype=like.dtype, device=like.device)
+
+
+def _arg(xs: Tensors, h: Column) -> list[float] | Tensors:
+    """A column as a foreach argument: a ScalarList when every value is a Python float."""
+    if all(not isinstance(v, torch.Tensor) for v in h):
+        return list(h)  # type: ignore[arg-type]
+    return [_as_tensor(v, x) for x, v in zip(xs, h)]
+
+
+class Foreach:
+    """Fast implementation: ``torch._foreach_*`` over one (device, dtype) group."""
+
+    @staticmethod
+    def mul(xs: Tensors, h: Column) -> Tensors:
+        return list(torch._foreach_mul(xs, _arg(xs, h)))
+
+    @staticmethod
+    def add(xs: Tensors, ys: Tensors) -> Tensors:
+        return list(torch._foreach_add(xs, ys))
+
+    @staticmethod
+    def sub(xs: Tensors, ys: Tensors) -> Tensors:
+        return list(torch._foreach_sub(xs, ys))
+
+    @staticmethod
+    def sign(xs: Tensors) -> Tensors:
+        return list(torch._foreach_sign(xs))
+
+    @staticmethod
+    def clamp_abs(xs: Tensors, t: Column) -> Tensors:
+        arg = _arg(xs, t)
+        if isinstance(arg[0], torch.Tensor):
+            out = list(torch._foreach_maximum(xs, torch._foreach_neg(arg)))
+            torch._foreach_minimum_(out, arg)
+        else:
+            out = list(torch._foreach_clamp_min(xs, [-v for v in arg]))
+            torch._foreach_clamp_max_(out, arg)
+        return out
+
+    @staticmethod
+    def lerp(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
+        return list(torch._foreach_lerp(xs, ys, _arg(xs, h)))
+
+    @staticmethod
+    def iadd(fresh: Tensors, ys: Tensors) -> Tensors:
+        torch._foreach_add_(fresh, ys)
+        return fresh
+
+    @staticmethod
+    def isub(fresh: Tensors, ys: Tensors) -> Tensors:
+        torch._foreach_sub_(fresh, ys)
+        return fresh
+
+    @staticmethod
+    def imul(fresh: Tensors, h: Column) -> Tensors:
+        torch._foreach_mul_(fresh, _arg(fresh, h))
+        return fresh
+
+
+PER_LEAF = PerLeaf()
+FOREACH = Foreach()
+Ops = PerLeaf | Foreach

@@ -1,0 +1,58 @@
+"""Turning a ``where=`` argument into one bool per leaf (see :mod:`funcreg.select`)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+import torch
+
+from funcreg._tree import Flat, leaves_like
+
+Where = Union[None, Callable[[str, torch.Tensor], bool], Any]
+
+
+def selection(flat: Flat, where: Where, *, allow_empty: bool = False) -> list[bool]:
+    """One bool per leaf of ``flat``: does ``where`` select it?
+
+    Raises ``TypeError`` for a ``where`` of the wrong kind or one that selects a
+    non-floating-point leaf, and ``ValueError`` when it selects nothing.
+    """
+    if where is None:
+        mask = [leaf.is_floating_point() for leaf in flat.leaves]
+    elif callable(where):
+        mask = []
+        for path, leaf in zip(flat.paths, flat.leaves):
+            chosen = where(path, leaf)
+            if not isinstance(chosen, bool):
+                raise TypeError(
+                    f"where returned a {type(chosen).__name__} for leaf {path!r}; it must "
+                    "return a Python bool"
+                )
+            mask.append(chosen)
+    else:
+        if isinstance(where, (str, bytes, torch.Tensor)):
+            raise TypeError(
+                "where must be None, a callable (path, leaf) -> bool, or a pytree of bools "
+                f"shaped like params, not a {type(where).__name__}"
+            )
+        mask = leaves_like(flat, where, "where")
+        for path, chosen in zip(flat.paths, mask):
+            if not isinstance(chosen, bool):
+                raise TypeError(
+                    f"where leaf {path!r} is a {type(chosen).__name__}; a where pytree "
+                    "holds Python bools"
+                )
+    for path, leaf, chosen in zip(flat.paths, flat.leaves, mask):
+        if chosen and not leaf.is_floating_point():
+            raise TypeError(
+                f"where selects leaf {path!r} of dtype {leaf.dtype}; only floating-point "
+                "leaves can be regularized or optimized"
+            )
+    if not allow_empty and not any(mask):
+        raise ValueError(
+            "where selects no leaf of params"
+            + (f" (leaves: {', '.join(flat.paths[:8])}{', ...' if len(flat.paths) > 8 else ''})"
+               if flat.paths else " (params is empty)")
+            + "; see fr.select.describe(params, where)"
+        )
+    return mask

@@ -1,0 +1,144 @@
+"""What every penalty family shares: selection, hyperparameters, pairing, dispatch.
+
+A family (one module each: :mod:`~funcreg.penalties.l1`, ...) supplies only its math, per
+leaf for the value and as leaf-list code for the gradient and the prox (see
+:mod:`funcreg._ops`); :class:`Penalty` turns that into the four public operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from funcreg import _dispatch, _hyper
+from funcreg._ops import Column, Ops, Tensors
+from funcreg._selection import Where, selection
+from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensors
+
+
+class Penalty:
+    """A penalty family: ``penalty(params, lam)`` is its value; ``.grad``, ``.add_grad``
+    and ``.prox`` are its exact gradient, the gradient added to a gradient tree, and its
+    proximal operator.
+
+    Subclasses set :attr:`name`, :attr:`options` (extra keyword arguments and their
+    defaults; ``REQUIRED`` for none) and implement :meth:`_value`, :meth:`_grad` and
+    :meth:`_prox`. :meth:`_columns` turns options into per-selected-leaf columns.
+    """
+
+    name: str = ""
+    options: dict[str, Any] = {}
+    #: whether ``lam`` and ``step`` may be given per element (separable penalties)
+    elementwise: bool = True
+
+    REQUIRED = object()
+
+    # ----------------------------------------------------------------- the family's math
+    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, *extra: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _grad(self, ops: Ops, ws: Tensors, lam: Column, *extra: Column) -> Tensors:
+        raise NotImplementedError
+
+    def _prox(
+        self, ops: Ops, ws: Tensors, lam: Column, step: Column, *extra: Column
+    ) -> Tensors:
+        raise NotImplementedError
+
+    def _columns(
+        self, flat: Flat, sel: list[int], options: dict[str, Any]
+    ) -> tuple[list[Any], ...]:
+        """Per-selected-leaf columns for the options (none by default)."""
+        return ()
+
+    # --------------------------------------------------------------- the public operations
+    def __call__(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> torch.Tensor:
+        flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
+        terms = [
+            self._value(flat.leaves[i], lam_col[k], *(c[k] for c in extra))
+            for k, i in enumerate(sel)
+        ]
+        return sum(terms[1:], terms[0])
+
+    def grad(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> Any:
+        flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
+        ws = [flat.leaves[i] for i in sel]
+        fast = _dispatch.use_fast_path(ws, lam_col, *extra)
+        new = _dispatch.run(self._grad, [ws, lam_col, *extra], ws, fast=fast)
+        out = [torch.zeros_like(x) for x in flat.leaves]
+        for i, g in zip(sel, new):
+            out[i] = g
+        return flat.unflatten(out)
+
+    def add_grad(
+        self, grads: Any, params: Any, lam: Any, *, where: Where = None, **options: Any
+    ) -> Any:
+        flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
+        gs_all = leaves_like(flat, grads, "grads")
+        for i in sel:
+            if gs_all[i] is not None:
+                check_pair(flat.paths[i], flat.leaves[i], gs_all[i], "grads")
+        # A None gradient means "no gradient": it stays None, as in torch.optim.
+        keep = [k for k, i in enumerate(sel) if gs_all[i] is not None]
+        if not keep:
+            return grads
+        idx = [sel[k] for k in keep]
+        ws = [flat.leaves[i] for i in idx]
+        gs = [gs_all[i] for i in idx]
+        cols = [[c[k] for k in keep] for c in (lam_col, *extra)]
+        fast = _dispatch.use_fast_path(ws, gs, *cols)
+        new = _dispatch.run(self._add_grad, [gs, ws, *cols], ws, fast=fast)
+        out = list(gs_all)
+        for i, g in zip(idx, new):
+            out[i] = g
+        return flat.unflatten(out)
+
+    def prox(
+        self, params: Any, lam: Any, step: Any, *, where: Where = None, **options: Any
+    ) -> Any:
+        flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
+        step_col = _hyper.per_leaf(
+            "step", step, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
+        )
+        ws = [flat.leaves[i] for i in sel]
+        fast = _dispatch.use_fast_path(ws, lam_col, step_col, *extra)
+        new = _dispatch.run(self._prox, [ws, lam_col, step_col, *extra], ws, fast=fast)
+        out = list(flat.leaves)
+        for i, w in zip(sel, new):
+            out[i] = w
+        return flat.unflatten(out)
+
+    # ------------------------------------------------------------------------ plumbing
+    def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column, *extra: Column) -> Tensors:
+        return ops.iadd(self._grad(ops, ws, lam, *extra), gs)
+
+    def _why_not_elementwise(self) -> str:
+        return "" if self.elementwise else (
+            f"; {self.name} acts on whole groups, so it takes one value per leaf, not one "
+            "per element"
+        )
+
+    def _prepare(
+        self, params: Any, lam: Any, where: Where, options: dict[str, Any]
+    ) -> tuple[Flat, list[int], list[_hyper.Hyper], tuple[list[Any], ...]]:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise TypeError(f"{self.name}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        full = dict(self.options)
+        full.update(options)
+        for key, value in full.items():
+            if value is self.REQUIRED:
+                raise TypeError(f"{self.name}() missing required keyword argument {key!r}")
+        flat = flatten(params)
+        require_tensors(flat)
+        mask = selection(flat, where)
+        sel = [i for i, m in enumerate(mask) if m]
+        lam_col = _hyper.per_leaf(
+            "lam", lam, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
+        )
+        return flat, sel, lam_col, self._columns(flat, sel, full)
+
+    def __repr__(self) -> str:
+        return f"fr.{self.name}"
+

@@ -1,0 +1,63 @@
+"""Elastic net in scikit-learn's convention: value, gradient and prox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from funcreg import _hyper
+from funcreg._ops import Column, Ops, Tensors
+from funcreg._tree import Flat
+from funcreg.penalties._base import Penalty
+from funcreg.penalties.l1 import soft_threshold
+
+
+class ElasticNet(Penalty):
+    r"""Elastic net, as scikit-learn writes it (``alpha`` = λ, ``l1_ratio`` = ρ):
+
+    .. math:: \lambda\Big(\rho \sum_i |w_i| + \frac{1-\rho}{2} \sum_i w_i^2\Big)
+
+    Note the ½ on the squared term, unlike :data:`fr.l2 <funcreg.l2>`: ρ = 1 is
+    ``fr.l1``, ρ = 0 is ``fr.l2`` with λ/2.
+
+    * gradient :math:`\lambda\rho\,\mathrm{sign}(w) + \lambda(1-\rho)\,w`;
+    * prox with :math:`s` = ``step``:
+      :math:`\mathrm{soft}(w, s\lambda\rho) / (1 + s\lambda(1-\rho))`.
+
+    ``l1_ratio`` (keyword, default 0.5 as in scikit-learn) is a number in [0, 1] or a
+    0-d tensor.
+
+    >>> import torch, funcreg as fr
+    >>> w = {"w": torch.tensor([2.0, -0.5])}
+    >>> fr.elastic_net(w, 1.0, l1_ratio=0.5)
+    tensor(2.3125)
+    >>> fr.elastic_net.prox(w, 1.0, 1.0, l1_ratio=0.5)["w"]
+    tensor([1., 0.])
+    """
+
+    name = "elastic_net"
+    options = {"l1_ratio": 0.5}
+
+    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
+        rho = _hyper.number("l1_ratio", options["l1_ratio"], low=0.0, high=1.0)
+        return (_hyper.per_leaf("l1_ratio", rho, flat, sel, high=1.0),)
+
+    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, rho: _hyper.Hyper) -> torch.Tensor:
+        per_element = isinstance(lam, torch.Tensor) and lam.ndim
+        l1 = (lam * w.abs()).sum() if per_element else lam * w.abs().sum()
+        l2 = (lam * w.square()).sum() if per_element else lam * w.square().sum()
+        return rho * l1 + (1 - rho) / 2 * l2
+
+    def _grad(self, ops: Ops, ws: Tensors, lam: Column, rho: Column) -> Tensors:
+        a = _hyper.combine(lambda l, r: l * r, lam, rho)
+        b = _hyper.combine(lambda l, r: l * (1 - r), lam, rho)
+        return ops.iadd(ops.imul(ops.sign(ws), a), ops.mul(ws, b))
+
+    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, rho: Column) -> Tensors:
+        t = _hyper.combine(lambda l, s, r: s * l * r, lam, step, rho)
+        shrink = _hyper.combine(lambda l, s, r: 1 / (1 + s * l * (1 - r)), lam, step, rho)
+        return ops.imul(soft_threshold(ops, ws, t), shrink)
+
+
+elastic_net = ElasticNet()

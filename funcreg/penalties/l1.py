@@ -1,0 +1,56 @@
+"""L1 (lasso): value, subgradient, and soft-thresholding prox."""
+
+from __future__ import annotations
+
+import torch
+
+from funcreg import _hyper
+from funcreg._ops import Column, Ops, Tensors
+from funcreg.penalties._base import Penalty
+
+
+class L1(Penalty):
+    r"""L1 penalty :math:`\lambda \sum_i |w_i|`.
+
+    * ``fr.l1(params, lam)``: the value (0-d tensor, differentiable);
+    * ``fr.l1.grad(params, lam)``: :math:`\lambda\,\mathrm{sign}(w)`, with the subgradient 0
+      at :math:`w = 0`;
+    * ``fr.l1.add_grad(grads, params, lam)``: ``grads`` plus that gradient;
+    * ``fr.l1.prox(params, lam, step)``: soft thresholding at :math:`t = \lambda\,\mathrm{step}`,
+
+      .. math:: \mathrm{prox}(w) = \mathrm{sign}(w)\max(|w| - t, 0) = w - \mathrm{clamp}(w, -t, t),
+
+      exactly 0 where :math:`|w| \le t` (true sparsity, which subgradient steps never give).
+
+    ``lam`` and ``step`` may also be given per element (a tensor shaped like the leaf):
+    a weighted lasso, or the per-element step of a proximal Adam.
+
+    >>> import torch, funcreg as fr
+    >>> w = {"w": torch.tensor([-2.0, 0.5, 3.0])}
+    >>> fr.l1(w, 0.1)
+    tensor(0.5500)
+    >>> fr.l1.prox(w, 1.0, 1.0)["w"]
+    tensor([-1.,  0.,  2.])
+    """
+
+    name = "l1"
+
+    def _value(self, w: torch.Tensor, lam: _hyper.Hyper) -> torch.Tensor:
+        if isinstance(lam, torch.Tensor) and lam.ndim:
+            return (lam * w.abs()).sum()
+        return lam * w.abs().sum()
+
+    def _grad(self, ops: Ops, ws: Tensors, lam: Column) -> Tensors:
+        return ops.imul(ops.sign(ws), lam)
+
+    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
+        t = _hyper.combine(lambda a, s: a * s, lam, step)
+        return soft_threshold(ops, ws, t)
+
+
+def soft_threshold(ops: Ops, ws: Tensors, t: Column) -> Tensors:
+    """``w - clamp(w, -t, t)``: exact zeros where ``|w| <= t``, ties included."""
+    return ops.sub(ws, ops.clamp_abs(ws, t))
+
+
+l1 = L1()
