@@ -2,15 +2,19 @@
 
 Penalties (``l1``, ``l2``, ``elastic_net``, ``group_lasso``, ``l2_sp``) are values,
 exact gradients (``.grad``, ``.add_grad``) and proximal operators (``.prox``) over parameter
-pytrees; ``penalized`` adds them to a loss; ``select`` chooses leaves. See DESIGN.md.
+pytrees; ``penalized`` adds them to a loss; ``select`` chooses leaves; ``sgd``, ``adam``
+and ``adamw`` are stateless optimizer steps. See DESIGN.md.
 """
 
 from funcreg import select
+from funcreg.optim import adam, adamw, sgd
 from funcreg.penalized import penalized
 from funcreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, l2_sp
 
 __all__ = [
     "Penalty",
+    "adam",
+    "adamw",
     "elastic_net",
     "group_lasso",
     "l1",
@@ -18,5 +22,6 @@ __all__ = [
     "l2_sp",
     "penalized",
     "select",
+    "sgd",
 ]
 __version__ = "0.1.0"

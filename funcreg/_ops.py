@@ -52,10 +52,51 @@ class PerLeaf:
     def lerp(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
         return [torch.lerp(x, y, _as_tensor(v, x)) for x, y, v in zip(xs, ys, h)]
 
+    @staticmethod
+    def neg(xs: Tensors) -> Tensors:
+        return [-x for x in xs]
+
+    @staticmethod
+    def axpy(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
+        """``x + h * y``."""
+        return [x + y * v for x, y, v in zip(xs, ys, h)]
+
+    @staticmethod
+    def addcmul(fresh: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
+        """``fresh + h * y * z``."""
+        return [x + v * y * z for x, y, z, v in zip(fresh, ys, zs, h)]
+
+    @staticmethod
+    def div(xs: Tensors, ys: Tensors) -> Tensors:
+        return [x / y for x, y in zip(xs, ys)]
+
+    @staticmethod
+    def sqrt(xs: Tensors) -> Tensors:
+        return [torch.sqrt(x) for x in xs]
+
+    @staticmethod
+    def maximum(xs: Tensors, ys: Tensors) -> Tensors:
+        return [torch.maximum(x, y) for x, y in zip(xs, ys)]
+
+    @staticmethod
+    def add_scalar(xs: Tensors, h: Column) -> Tensors:
+        """``x + h``."""
+        return [x + v for x, v in zip(xs, h)]
+
+    @staticmethod
+    def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
+        """``1 - b ** e`` for each 0-d exponent (Adam's bias corrections)."""
+        return [1 - b**e for b, e in zip(base, exponents)]
+
+    @staticmethod
+    def ireciprocal(fresh: Tensors) -> Tensors:
+        return [torch.reciprocal(x) for x in fresh]
+
     # "fresh" arguments below are tensors the caller just allocated; FOREACH reuses them.
     iadd = add
     isub = sub
     imul = mul
+    iadd_scalar = add_scalar
 
 
 def _clamp(x: torch.Tensor, t: Hyper) -> torch.Tensor:
@@ -110,6 +151,64 @@ class Foreach:
     @staticmethod
     def lerp(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
         return list(torch._foreach_lerp(xs, ys, _arg(xs, h)))
+
+    @staticmethod
+    def neg(xs: Tensors) -> Tensors:
+        return list(torch._foreach_neg(xs))
+
+    @staticmethod
+    def axpy(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
+        arg = _arg(xs, h)
+        if isinstance(arg[0], torch.Tensor):
+            return list(torch._foreach_addcmul(xs, ys, arg))
+        out = list(torch._foreach_mul(ys, arg))
+        torch._foreach_add_(out, xs)
+        return out
+
+    @staticmethod
+    def addcmul(fresh: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
+        arg = _arg(fresh, h)
+        if isinstance(arg[0], torch.Tensor):
+            torch._foreach_addcmul_(fresh, torch._foreach_mul(ys, arg), zs)
+        else:
+            torch._foreach_addcmul_(fresh, ys, zs, arg)
+        return fresh
+
+    @staticmethod
+    def div(xs: Tensors, ys: Tensors) -> Tensors:
+        return list(torch._foreach_div(xs, ys))
+
+    @staticmethod
+    def sqrt(xs: Tensors) -> Tensors:
+        return list(torch._foreach_sqrt(xs))
+
+    @staticmethod
+    def maximum(xs: Tensors, ys: Tensors) -> Tensors:
+        return list(torch._foreach_maximum(xs, ys))
+
+    @staticmethod
+    def add_scalar(xs: Tensors, h: Column) -> Tensors:
+        return list(torch._foreach_add(xs, _arg(xs, h)))
+
+    @staticmethod
+    def iadd_scalar(fresh: Tensors, h: Column) -> Tensors:
+        torch._foreach_add_(fresh, _arg(fresh, h))
+        return fresh
+
+    @staticmethod
+    def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
+        b = base[0]
+        if isinstance(b, torch.Tensor) or any(v != b for v in base):
+            return PerLeaf.one_minus_pow(base, exponents)
+        out = list(torch._foreach_pow(b, exponents))
+        torch._foreach_neg_(out)
+        torch._foreach_add_(out, 1)
+        return out
+
+    @staticmethod
+    def ireciprocal(fresh: Tensors) -> Tensors:
+        torch._foreach_reciprocal_(fresh)
+        return fresh
 
     @staticmethod
     def iadd(fresh: Tensors, ys: Tensors) -> Tensors:

@@ -1,0 +1,243 @@
+"""Stateless Adam and AdamW, step for step torch.optim.Adam / AdamW, and Adam's
+per-element step size for a proximal Adam."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from funcreg import _dispatch, _hyper
+from funcreg._ops import Column, Ops, Tensors
+from funcreg._selection import Where
+from funcreg._tree import flatten, leaves_like, require_tensors
+from funcreg.optim._common import prepare
+
+
+class Adam:
+    r"""Adam as a pure function, step for step torch.optim.Adam (``decoupled=False``) or
+    torch.optim.AdamW (``decoupled=True``).
+
+    With :math:`g` the gradient (negated when ``maximize``), :math:`t` the leaf's step
+    count after this step, :math:`\gamma` = ``lr`` and ``betas`` = :math:`(\beta_1, \beta_2)`:
+
+    .. math::
+        g &\leftarrow g + \mathrm{wd}\cdot w \quad\text{(coupled)}, \qquad
+        w \leftarrow w\,(1 - \gamma\,\mathrm{wd}) \quad\text{(decoupled)} \\
+        m &\leftarrow \beta_1 m + (1-\beta_1) g, \qquad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2 \\
+        \hat v &= \max(\hat v_{\text{prev}}, v) \ \text{(amsgrad)}, \quad \hat v = v \ \text{(otherwise)} \\
+        w &\leftarrow w - \frac{\gamma}{1-\beta_1^t}\,
+            \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    ``weight_decay`` keeps torch.optim's meaning (coupled: ``wd * w`` added to the
+    gradient; decoupled: ``w * (1 - lr * wd)``); ``where`` chooses the decayed leaves (all
+    by default), so ``where=fr.select.weights`` is torch.optim with a second parameter group
+    without decay. A leaf whose gradient is ``None`` keeps its value and state.
+
+    The state is ``{"step", "exp_avg", "exp_avg_sq"}`` (plus ``"max_exp_avg_sq"`` from
+    ``init(params, amsgrad=True)``), each a tree like params; ``step`` holds one float32
+    0-d count per leaf. Hyperparameters may be Python numbers or 0-d tensors (batched
+    under ``vmap``).
+
+    >>> import torch, funcreg as fr
+    >>> params, grads = {"w": torch.tensor([1.0, -1.0])}, {"w": torch.tensor([0.5, -2.0])}
+    >>> state = fr.adam.init(params)
+    >>> params, state = fr.adam.step(params, grads, state, lr=0.1)
+    >>> params["w"]
+    tensor([ 0.9000, -0.9000])
+    """
+
+    def __init__(self, name: str, decoupled: bool, weight_decay: float):
+        self.name = name
+        self._decoupled = decoupled
+        self._weight_decay = weight_decay
+
+    def init(self, params: Any, *, amsgrad: bool = False) -> dict[str, Any]:
+        """Zero moments and step counts; ``amsgrad=True`` adds the running max of ``v``."""
+        flat = flatten(params)
+        require_tensors(flat)
+        leaves = flat.leaves
+        state = {
+            "step": flat.unflatten(
+                [torch.zeros((), dtype=torch.float32, device=p.device) for p in leaves]
+            ),
+            "exp_avg": flat.unflatten([torch.zeros_like(p) for p in leaves]),
+            "exp_avg_sq": flat.unflatten([torch.zeros_like(p) for p in leaves]),
+        }
+        if amsgrad:
+            state["max_exp_avg_sq"] = flat.unflatten([torch.zeros_like(p) for p in leaves])
+        return state
+
+    def step(
+        self,
+        params: Any,
+        grads: Any,
+        state: dict[str, Any],
+        *,
+        lr: Any = 1e-3,
+        betas: tuple[Any, Any] = (0.9, 0.999),
+        eps: Any = 1e-8,
+        weight_decay: Any = None,
+        decoupled: bool | None = None,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        where: Where = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """One Adam step: returns ``(new_params, new_state)``; the inputs are not modified.
+
+        ``weight_decay`` and ``decoupled`` default to torch.optim's: 0 and coupled for
+        ``fr.adam``, 1e-2 and decoupled for ``fr.adamw``.
+        """
+        decoupled = self._decoupled if decoupled is None else decoupled
+        weight_decay = self._weight_decay if weight_decay is None else weight_decay
+        lr = _hyper.number("lr", lr)
+        beta1, beta2 = _betas(betas)
+        eps = _hyper.number("eps", eps)
+        weight_decay = _hyper.number("weight_decay", weight_decay)
+        keys = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+        batch = prepare(self.name, params, grads, state, keys, where)
+        use_decay = not (isinstance(weight_decay, float) and weight_decay == 0)
+
+        new: dict[str, list[Any]] = {key: [None] * len(batch.active) for key in keys}
+        new_p: list[Any] = [None] * len(batch.active)
+        parts: dict[bool, list[int]] = {}
+        for k in range(len(batch.active)):
+            parts.setdefault(use_decay and batch.decayed[k], []).append(k)
+        for decay, ks in parts.items():
+            idx = [batch.active[k] for k in ks]
+            ps = [batch.flat.leaves[i] for i in idx]
+            gs = [batch.grads[i] for i in idx]
+            st = [[batch.state[key][i] for i in idx] for key in keys]
+            hyper = [_hyper.per_leaf(n, v, batch.flat, idx) for n, v in
+                     (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps),
+                      ("weight_decay", weight_decay))]
+            options = dict(decay=decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize)
+            fast = _dispatch.use_fast_path(ps, gs, *st, *hyper)
+            fused = fast and all(not isinstance(v, torch.Tensor)
+                                 for v in (beta1, beta2, eps, weight_decay))
+
+            def body(ops: Ops, ps: Tensors, gs: Tensors, *rest: Any) -> Any:
+                st, hyper = rest[: len(keys)], rest[len(keys):]
+                if fused:
+                    return _fused(ps, gs, *st, *hyper, **options)
+                return _adam(ops, ps, gs, *st, *hyper, **options)
+
+            outs = _dispatch.run(body, [ps, gs, *st, *hyper], ps, fast=fast)
+            for j, k in enumerate(ks):
+                new_p[k] = outs[0][j]
+                for key, out in zip(keys, outs[1:]):
+                    new[key][k] = out[j]
+        return batch.rebuild(new_p, new, state)
+
+    def step_size(
+        self, state: dict[str, Any], *, lr: Any, betas: tuple[Any, Any] = (0.9, 0.999),
+        eps: Any = 1e-8,
+    ) -> Any:
+        r"""Adam's per-element step, a tree like params, for a proximal Adam.
+
+        After a step, Adam moved each weight by ``step_size * m``:
+
+        .. math:: \eta = \frac{\gamma}{1-\beta_1^t}\,\frac{1}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+        (with ``max_exp_avg_sq`` as :math:`\hat v` when the state has it, and 0 for a leaf
+        never stepped). The prox of a penalty scaled by this metric gives proximal Adam::
+
+            params, state = fr.adam.step(params, grads, state, lr=lr)
+            params = fr.l1.prox(params, lam, fr.adam.step_size(state, lr=lr))
+
+        Pass the same ``lr``, ``betas`` and ``eps`` as to the step.
+        """
+        lr = _hyper.number("lr", lr)
+        beta1, beta2 = _betas(betas)
+        eps = _hyper.number("eps", eps)
+        if not isinstance(state, dict) or "exp_avg_sq" not in state or "step" not in state:
+            raise ValueError(f"{self.name}.step_size needs a state from {self.name}.init")
+        key = "max_exp_avg_sq" if "max_exp_avg_sq" in state else "exp_avg_sq"
+        flat = flatten(state[key], f"state[{key!r}]")
+        require_tensors(flat, f"state[{key!r}]")
+        steps = leaves_like(flat, state["step"], "state['step']")
+        every = list(range(len(flat.leaves)))
+        hyper = [_hyper.per_leaf(n, v, flat, every) for n, v in
+                 (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps))]
+        fast = _dispatch.use_fast_path(flat.leaves, steps, *hyper)
+        out = _dispatch.run(_step_size, [flat.leaves, steps, *hyper], flat.leaves, fast=fast)
+        return flat.unflatten(out)
+
+
+def _betas(betas: Any) -> tuple[_hyper.Hyper, _hyper.Hyper]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError("betas must be a pair (beta1, beta2)")
+    return tuple(  # type: ignore[return-value]
+        _hyper.number(f"beta{k + 1}", b, high=1.0, high_open=True) for k, b in enumerate(betas)
+    )
+
+
+def _corrections(
+    ops: Ops, steps: Tensors, like: Tensors, beta1: Column, beta2: Column
+) -> tuple[Tensors, Tensors]:
+    """``1 - beta ** t`` per leaf, in float64 for float64 leaves and float32 otherwise
+    (torch.optim computes them in double on the host)."""
+    t = [s.to(torch.float64 if x.dtype == torch.float64 else torch.float32) for s, x in zip(steps, like)]
+    return ops.one_minus_pow(beta1, t), ops.one_minus_pow(beta2, t)
+
+
+def _adam(
+    ops: Ops, ps: Tensors, gs: Tensors, steps: Tensors, ms: Tensors, vs: Tensors, *rest: Any,
+    decay: bool, decoupled: bool, amsgrad: bool, maximize: bool,
+) -> tuple[Tensors, ...]:
+    vmaxs = rest[0] if amsgrad else None
+    lr, beta1, beta2, eps, wd = rest[1:] if amsgrad else rest
+    new_steps = ops.add_scalar(steps, [1.0] * len(steps))
+    g = ops.neg(gs) if maximize else gs
+    if decay and not decoupled:
+        g = ops.axpy(g, ps, wd)
+    if decay and decoupled:
+        ps = ops.mul(ps, _hyper.combine(lambda a, w: 1 - a * w, lr, wd))
+    m = ops.lerp(ms, g, _hyper.combine(lambda b: 1 - b, beta1))
+    v = ops.addcmul(ops.mul(vs, beta2), g, g, _hyper.combine(lambda b: 1 - b, beta2))
+    vhat = v
+    if amsgrad:
+        vhat = vmaxs = ops.maximum(vmaxs, v)
+    bc1, bc2 = _corrections(ops, new_steps, ps, beta1, beta2)
+    denom = ops.iadd_scalar(ops.imul(ops.sqrt(vhat), [b.rsqrt() for b in bc2]), eps)
+    update = ops.imul(ops.div(m, denom), [-a / b for a, b in zip(lr, bc1)])
+    new_p = ops.iadd(update, ps)
+    return (new_p, new_steps, m, v) + ((vmaxs,) if amsgrad else ())
+
+
+def _fused(
+    ps: Tensors, gs: Tensors, steps: Tensors, ms: Tensors, vs: Tensors, *rest: Any,
+    decay: bool, decoupled: bool, amsgrad: bool, maximize: bool,
+) -> tuple[Tensors, ...]:
+    """torch's fused Adam(W) kernel, run in place on fresh copies: the inputs stay untouched."""
+    vmaxs = [x.clone() for x in rest[0]] if amsgrad else []
+    lr, beta1, beta2, eps, wd = rest[1:] if amsgrad else rest
+    new_p = [p.clone() for p in ps]
+    new_m = [m.clone() for m in ms]
+    new_v = [v.clone() for v in vs]
+    new_steps = list(torch._foreach_add(steps, 1.0))
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    kernel(
+        new_p, gs, new_m, new_v, vmaxs, new_steps,
+        lr=lr[0], beta1=beta1[0], beta2=beta2[0],
+        weight_decay=wd[0] if decay else 0.0, eps=eps[0],
+        amsgrad=amsgrad, maximize=maximize,
+    )
+    return (new_p, new_steps, new_m, new_v) + ((vmaxs,) if amsgrad else ())
+
+
+def _step_size(
+    ops: Ops, vs: Tensors, steps: Tensors, lr: Column, beta1: Column, beta2: Column, eps: Column
+) -> Tensors:
+    # A leaf never stepped has t = 0: its step size is 0, not lr / 0.
+    taken = [(s > 0).to(torch.float64 if v.dtype == torch.float64 else torch.float32)
+             for s, v in zip(steps, vs)]
+    bc1, bc2 = _corrections(ops, [s.clamp_min(1) for s in steps], vs, beta1, beta2)
+    denom = ops.iadd_scalar(ops.imul(ops.sqrt(vs), [b.rsqrt() for b in bc2]), eps)
+    scale = [a * k / b for a, k, b in zip(lr, taken, bc1)]
+    return ops.imul(ops.ireciprocal(denom), scale)
+
+
+adam = Adam("fr.adam", decoupled=False, weight_decay=0.0)
+adamw = Adam("fr.adamw", decoupled=True, weight_decay=1e-2)
