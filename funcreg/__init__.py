@@ -7,6 +7,7 @@ and ``adamw`` are stateless optimizer steps. See DESIGN.md.
 """
 
 from funcreg import select
+from funcreg.ensemble import converged, replicate, update_where
 from funcreg.optim import adam, adamw, sgd
 from funcreg.penalized import penalized
 from funcreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, l2_sp
@@ -15,13 +16,16 @@ __all__ = [
     "Penalty",
     "adam",
     "adamw",
+    "converged",
     "elastic_net",
     "group_lasso",
     "l1",
     "l2",
     "l2_sp",
     "penalized",
+    "replicate",
     "select",
     "sgd",
+    "update_where",
 ]
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ from funcreg import _dispatch, _hyper
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._selection import Where
 from funcreg._tree import flatten, require_tensors
-from funcreg.optim._common import Batch, prepare
+from funcreg.optim._common import prepare
 
 
 class SGD:
@@ -31,9 +31,12 @@ class SGD:
     every leaf with a gradient is updated. A leaf whose gradient is ``None`` keeps its value
     and its state.
 
-    The state is ``{"momentum_buffer": tree}`` whose leaves are ``None`` until the first step
-    with momentum, as in torch.optim. Every hyperparameter may be a Python number or a 0-d
-    tensor, batched under ``vmap`` for an ensemble.
+    The state is ``{"step": tree, "momentum_buffer": tree}``: a 0-d float32 step count per
+    leaf and a zero-initialized buffer (``init(params, momentum=False)`` leaves the buffer
+    out, for plain SGD). A zero buffer makes the first step ``b = g`` exactly as in
+    torch.optim; the count is what tells the first step when ``dampening`` is not 0. Every
+    hyperparameter may be a Python number or a 0-d tensor, batched under ``vmap`` for an
+    ensemble.
 
     Proximal SGD, for true zeros from L1, is this step followed by the prox at step ``lr``::
 
@@ -50,11 +53,15 @@ class SGD:
 
     name = "fr.sgd"
 
-    def init(self, params: Any) -> dict[str, Any]:
-        """The initial state: no momentum buffer yet for any leaf."""
+    def init(self, params: Any, *, momentum: bool = True) -> dict[str, Any]:
+        """Zero step counts, and zero momentum buffers unless ``momentum=False``."""
         flat = flatten(params)
         require_tensors(flat)
-        return {"momentum_buffer": flat.unflatten([None] * len(flat.leaves))}
+        state = {"step": flat.unflatten(
+            [torch.zeros((), dtype=torch.float32, device=p.device) for p in flat.leaves])}
+        if momentum:
+            state["momentum_buffer"] = flat.unflatten([torch.zeros_like(p) for p in flat.leaves])
+        return state
 
     def step(
         self,
@@ -75,91 +82,95 @@ class SGD:
         momentum = _hyper.number("momentum", momentum)
         dampening = _hyper.number("dampening", dampening, high=1.0)
         weight_decay = _hyper.number("weight_decay", weight_decay)
-        if nesterov and isinstance(momentum, float) and (momentum == 0 or dampening != 0):
+        if nesterov and (
+            (isinstance(momentum, float) and momentum == 0)
+            or (isinstance(dampening, float) and dampening != 0)
+        ):
             raise ValueError("nesterov needs a momentum and zero dampening")
-        batch = prepare(self.name, params, grads, state, ("momentum_buffer",), where,
-                        optional=("momentum_buffer",))
         # A Python-number 0 is known to be 0: no buffer, no decay, as in torch.optim.
         use_momentum = not (isinstance(momentum, float) and momentum == 0)
         use_decay = not (isinstance(weight_decay, float) and weight_decay == 0)
+        keys = ("step", "momentum_buffer") if use_momentum else ("step",)
+        batch = prepare(self.name, params, grads, state, keys, where)
+        options = dict(use_momentum=use_momentum, nesterov=nesterov, maximize=maximize,
+                       damped=not (isinstance(dampening, float) and dampening == 0))
+        # torch's fused kernel knows the first step only as one flag for all leaves; with a
+        # zero buffer and no dampening, every step is the same formula, so it needs none.
+        fused = not any(isinstance(v, torch.Tensor) for v in (momentum, dampening, weight_decay))
+        fused = fused and not options["damped"]
 
+        new: dict[str, list[Any]] = {key: [None] * len(batch.active) for key in keys}
         new_p: list[Any] = [None] * len(batch.active)
-        new_b: list[Any] = [None] * len(batch.active)
-        bufs = batch.state["momentum_buffer"]
-        parts: dict[tuple[bool, bool], list[int]] = {}
-        for k, i in enumerate(batch.active):
-            first = bufs[i] is None
-            parts.setdefault((use_decay and batch.decayed[k], first), []).append(k)
-        for (decay, first), ks in parts.items():
+        parts: dict[bool, list[int]] = {}
+        for k in range(len(batch.active)):
+            parts.setdefault(use_decay and batch.decayed[k], []).append(k)
+        for decay, ks in parts.items():
             idx = [batch.active[k] for k in ks]
             ps = [batch.flat.leaves[i] for i in idx]
             gs = [batch.grads[i] for i in idx]
-            bs = [bufs[i] for i in idx]
+            st = [[batch.state[key][i] for i in idx] for key in keys]
             hyper = [_hyper.per_leaf(n, v, batch.flat, idx) for n, v in
                      (("lr", lr), ("momentum", momentum), ("dampening", dampening),
                       ("weight_decay", weight_decay))]
-            options = dict(decay=decay, first=first, use_momentum=use_momentum,
-                           nesterov=nesterov, maximize=maximize)
-            fast = _dispatch.use_fast_path(ps, gs, [] if first else bs, *hyper)
-            fused = fast and all(not isinstance(v, torch.Tensor)
-                                 for v in (momentum, dampening, weight_decay))
+            fast = _dispatch.use_fast_path(ps, gs, *st, *hyper)
 
-            def body(ops: Ops, *cols: Any) -> Any:
-                if fused:
-                    return _fused(*cols, **options)
-                return _sgd(ops, *cols, **options)
+            def body(ops: Ops, ps: Tensors, gs: Tensors, *rest: Any) -> Any:
+                st, hyper = rest[: len(keys)], rest[len(keys):]
+                if fast and fused:
+                    return _fused(ps, gs, *st, *hyper, decay=decay, **options)
+                return _sgd(ops, ps, gs, *st, *hyper, decay=decay, **options)
 
-            outs = _dispatch.run(body, [ps, gs, bs, *hyper], ps, fast=fast)
-            for k, p, b in zip(ks, *outs):
-                new_p[k] = p
-                new_b[k] = b if use_momentum else bufs[batch.active[k]]
-        return batch.rebuild(new_p, {"momentum_buffer": new_b}, state)
+            outs = _dispatch.run(body, [ps, gs, *st, *hyper], ps, fast=fast)
+            for j, k in enumerate(ks):
+                new_p[k] = outs[0][j]
+                for key, out in zip(keys, outs[1:]):
+                    new[key][k] = out[j]
+        return batch.rebuild(new_p, new, state)
 
 
 def _sgd(
-    ops: Ops, ps: Tensors, gs: Tensors, bufs: list[Any], lr: Column, momentum: Column,
-    dampening: Column, wd: Column, *, decay: bool, first: bool, use_momentum: bool,
-    nesterov: bool, maximize: bool,
-) -> tuple[Tensors, list[Any]]:
+    ops: Ops, ps: Tensors, gs: Tensors, steps: Tensors, *rest: Any, decay: bool,
+    use_momentum: bool, damped: bool, nesterov: bool, maximize: bool,
+) -> tuple[Tensors, ...]:
+    bufs = rest[0] if use_momentum else None
+    lr, momentum, dampening, wd = rest[1:] if use_momentum else rest
+    new_steps = ops.add_scalar(steps, [1.0] * len(steps))
     g = ops.neg(gs) if maximize else gs
     if decay:
         g = ops.axpy(g, ps, wd)
-    new_bufs: list[Any] = bufs
-    if use_momentum:
-        if first:
-            # The buffer starts as the gradient itself; copy it so state never aliases grads.
-            new_bufs = [x.clone() for x in g] if g is gs else g
-        else:
-            undamped = _hyper.combine(lambda d: 1 - d, dampening)
-            new_bufs = ops.axpy(ops.mul(bufs, momentum), g, undamped)
-        g = ops.axpy(g, new_bufs, momentum) if nesterov else new_bufs
-    return ops.axpy(ps, g, _hyper.combine(lambda a: -a, lr)), new_bufs
+    if not use_momentum:
+        return ops.axpy(ps, g, _hyper.combine(lambda a: -a, lr)), new_steps
+    if damped:
+        # The buffer starts at zero: the first step must take all of g, later ones (1 - τ).
+        first = [(s == 0).to(p.dtype) for s, p in zip(steps, ps)]
+        kept = [1 - d * (1 - f) for d, f in zip(dampening, first)]
+    else:
+        kept = [1.0] * len(ps)
+    new_bufs = ops.axpy(ops.mul(bufs, momentum), g, kept)
+    g = ops.axpy(g, new_bufs, momentum) if nesterov else new_bufs
+    return ops.axpy(ps, g, _hyper.combine(lambda a: -a, lr)), new_steps, new_bufs
 
 
 def _fused(
-    ps: Tensors, gs: Tensors, bufs: list[Any], lr: Column, momentum: Column,
-    dampening: Column, wd: Column, *, decay: bool, first: bool, use_momentum: bool,
-    nesterov: bool, maximize: bool,
-) -> tuple[Tensors, list[Any]]:
+    ps: Tensors, gs: Tensors, steps: Tensors, *rest: Any, decay: bool, use_momentum: bool,
+    damped: bool, nesterov: bool, maximize: bool,
+) -> tuple[Tensors, ...]:
     """torch's fused SGD kernel, run in place on fresh copies so the inputs stay untouched."""
+    bufs = [b.clone() for b in rest[0]] if use_momentum else []
+    lr, momentum, dampening, wd = rest[1:] if use_momentum else rest
     new_p = [p.clone() for p in ps]
-    if not use_momentum:
-        new_bufs: list[Any] = []
-    elif first:
-        new_bufs = [torch.empty_like(g) for g in gs]
-    else:
-        new_bufs = [b.clone() for b in bufs]
     torch._fused_sgd_(
-        new_p, gs, new_bufs,
+        new_p, gs, bufs,
         weight_decay=wd[0] if decay else 0.0,
         momentum=momentum[0] if use_momentum else 0.0,
         lr=lr[0],
-        dampening=dampening[0],
+        dampening=0.0,
         nesterov=nesterov,
         maximize=maximize,
-        is_first_step=first,
+        is_first_step=False,
     )
-    return new_p, new_bufs if use_momentum else bufs
+    new_steps = list(torch._foreach_add(steps, 1.0))
+    return (new_p, new_steps) + ((bufs,) if use_momentum else ())
 
 
 sgd = SGD()
