@@ -60,7 +60,7 @@ def update_where(active: Any, new: Any, old: Any) -> Any:
     flat = flatten(old, "old")
     news = leaves_like(flat, new, "new")
     if isinstance(active, bool):
-        return new if active else old
+        return flat.unflatten([n if active or o is None else o for o, n in zip(flat.leaves, news)])
     if not isinstance(active, torch.Tensor) or active.dtype != torch.bool or active.ndim > 1:
         raise TypeError("active must be a Python bool or a 0-d or 1-d bool tensor")
     out = []
