@@ -1,0 +1,90 @@
+"""Smoke tests: every example runs as a script (``python examples/X.py``, short settings) and
+prints what its docstring promises. Each takes a few seconds, mostly torch's import;
+``-m "not examples"`` leaves them out."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.examples
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_SKLEARN = importlib.util.find_spec("sklearn") is not None
+
+
+def run(*args: str) -> str:
+    """Run ``python *args`` from the repository root on one thread; return its stdout."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_every_example_has_a_smoke_test() -> None:
+    tested = {"quickstart.py", "lambda_sweep.py", "functional_training.py", "lasso_path.py"}
+    assert {p.name for p in (ROOT / "examples").glob("*.py")} == tested
+
+
+def test_quickstart() -> None:
+    out = run("examples/quickstart.py")
+    assert "penalized loss" in out
+    gap = float(re.search(r"autograd vs add_grad: (\S+)", out).group(1))
+    assert gap < 1e-5
+
+
+def test_lambda_sweep() -> None:
+    out = run("examples/lambda_sweep.py", "--steps", "50", "--plot", "")
+    assert "step    50/50" in out
+    assert re.search(r"lambda\s+train\s+val\s+zeros", out)
+    assert "best lambda" in out
+
+
+def test_functional_training() -> None:
+    out = run("examples/functional_training.py", "--steps", "60")
+    assert re.search(r"variant\s+train\s+val\s+objective\s+exact zeros", out)
+    zeros = {m.group(1): float(m.group(2)) for m in
+             re.finditer(r"^\s*(subgradient|proximal)(?:\s+\S+){3}\s+([\d.]+)%", out, re.M)}
+    assert set(zeros) == {"subgradient", "proximal"}, out
+    assert zeros["proximal"] >= 10.0 and zeros["proximal"] > zeros["subgradient"], zeros
+
+
+def _table(out: str) -> list[tuple[float, int, float]]:
+    assert re.search(r"lambda\s+nonzeros\s+objective", out), out
+    return [(float(a), int(b), float(c)) for a, b, c in
+            re.findall(r"^\s*([\d.e+-]+)\s+(\d+)\s+([\d.]+)\s*$", out, re.M)]
+
+
+def test_lasso_path() -> None:
+    out = run("examples/lasso_path.py", "--iters", "2000", "--n-lambdas", "12")
+    rows = _table(out)
+    assert len(rows) == 12
+    assert rows[0][1] == 0  # the path starts above lambda_max: all coefficients exactly 0
+    assert [r[0] for r in rows] == sorted((r[0] for r in rows), reverse=True)
+    assert "0/12 lambdas still moving" in out
+    if HAVE_SKLEARN:
+        assert "diabetes" in out
+        gap = float(re.search(r"vs scikit-learn lasso_path: (\S+)", out).group(1))
+        assert gap < 1e-6, out
+    else:
+        assert "generated sparse-regression data" in out
+
+
+def test_lasso_path_without_sklearn() -> None:
+    """The fallback data, with scikit-learn hidden whether or not it is installed."""
+    code = ("import runpy, sys; sys.modules['sklearn'] = None; "
+            "sys.argv = ['lasso_path.py', '--n-lambdas', '8']; "
+            "runpy.run_path('examples/lasso_path.py', run_name='__main__')")
+    out = run("-c", code)
+    assert "generated sparse-regression data" in out
+    assert "scikit-learn lasso_path:" not in out
+    rows = _table(out)
+    assert len(rows) == 8 and rows[0][1] == 0 and rows[-1][1] > 0
