@@ -11,9 +11,27 @@ from torch import nn
 from torch.func import grad, stack_module_state, vmap
 
 import funcreg as fr
-from conftest import assert_untouched, snapshot, walk
 
 Pair = collections.namedtuple("Pair", ["first", "second"])
+
+
+def walk(tree, prefix=""):
+    """[(dotted path, leaf)] of dicts, lists and tuples, written without optree."""
+    if isinstance(tree, dict):
+        return [pl for k, v in tree.items() for pl in walk(v, f"{prefix}{k}.")]
+    if isinstance(tree, (list, tuple)):
+        return [pl for i, v in enumerate(tree) for pl in walk(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], tree)]
+
+
+def snapshot(*trees):
+    return [(x, x.detach().clone(), x._version) for t in trees for _, x in walk(t)
+            if isinstance(x, torch.Tensor)]
+
+
+def assert_untouched(snap) -> None:
+    for x, value, version in snap:
+        assert x._version == version and torch.equal(x.detach(), value)
 
 
 def _tree():
