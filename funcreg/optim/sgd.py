@@ -142,7 +142,9 @@ def _sgd(
         return ops.axpy(ps, g, _hyper.combine(lambda a: -a, lr)), new_steps
     if damped:
         # The buffer starts at zero: the first step must take all of g, later ones (1 - τ).
-        first = [(s == 0).to(p.dtype) for s, p in zip(steps, ps)]
+        # torch.optim ignores dampening without momentum; a tensor momentum may be 0.
+        first = [((s == 0) | (m == 0) if isinstance(m, torch.Tensor) else s == 0).to(p.dtype)
+                 for s, m, p in zip(steps, momentum, ps)]
         kept = [1 - d * (1 - f) for d, f in zip(dampening, first)]
     else:
         kept = [1.0] * len(ps)

@@ -1,0 +1,303 @@
+"""fr.sgd / fr.adam / fr.adamw follow torch.optim step for step, on every route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import funcreg as fr
+from optim_helpers import (  # noqa: F401  (_one_thread is an autouse fixture)
+    DEVICES,
+    ROUTES,
+    RouteSpy,
+    _one_thread,
+    assert_trajectory_close,
+    assert_tree_close,
+    check_route,
+    fr_trajectory,
+    full_kwargs,
+    grad_sequence,
+    mlp_forward,
+    mlp_params,
+    on_route,
+    route_kwargs,
+    tol,
+    torch_trajectory,
+)
+
+STEPS = 200
+
+SGD_CASES = {
+    "plain": dict(lr=0.05),
+    "momentum": dict(lr=0.02, momentum=0.9),
+    "dampening": dict(lr=0.02, momentum=0.9, dampening=0.3),
+    "nesterov": dict(lr=0.02, momentum=0.8, nesterov=True),
+    "wd": dict(lr=0.05, weight_decay=0.1),
+    "maximize": dict(lr=0.02, maximize=True),
+    "all": dict(lr=0.01, momentum=0.7, dampening=0.2, weight_decay=0.05, maximize=True),
+    "nesterov-wd-max": dict(lr=0.01, momentum=0.95, nesterov=True, weight_decay=0.3, maximize=True),
+    # torch.optim ignores dampening without momentum
+    "dampening-no-momentum": dict(lr=0.03, dampening=0.5),
+}
+
+ADAM_CASES = {
+    "default": dict(lr=0.01),
+    "betas-eps": dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6),
+    "wd": dict(lr=0.01, weight_decay=0.1),
+    "amsgrad": dict(lr=0.01, amsgrad=True),
+    "maximize": dict(lr=0.01, maximize=True),
+    "all": dict(lr=0.005, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.2, amsgrad=True, maximize=True),
+}
+
+ADAMW_CASES = {
+    "default": dict(lr=0.01),
+    "wd": dict(lr=0.01, weight_decay=0.3),
+    "amsgrad-max": dict(lr=0.01, weight_decay=0.05, amsgrad=True, maximize=True, betas=(0.8, 0.99)),
+}
+
+CASES = (
+    [pytest.param("sgd", k, v, id=f"sgd-{k}") for k, v in SGD_CASES.items()]
+    + [pytest.param("adam", k, v, id=f"adam-{k}") for k, v in ADAM_CASES.items()]
+    + [pytest.param("adamw", k, v, id=f"adamw-{k}") for k, v in ADAMW_CASES.items()]
+)
+
+OPTIMS = {
+    "sgd": (fr.sgd, torch.optim.SGD),
+    "adam": (fr.adam, torch.optim.Adam),
+    "adamw": (fr.adamw, torch.optim.AdamW),
+}
+
+
+def _split(opt: Any, kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(init kwargs, step kwargs): amsgrad state comes from init(amsgrad=True)."""
+    if opt is fr.sgd or not kw.get("amsgrad"):
+        return {}, kw
+    return {"amsgrad": True}, kw
+
+
+def _expect_fused(opt: Any, kw: dict[str, Any]) -> bool:
+    # Undamped SGD and every Adam(W) with Python-number hypers run torch's fused kernel.
+    return opt is not fr.sgd or kw.get("dampening", 0.0) == 0.0
+
+
+# A tensor lr on the fused kernels is one more route; a few cases cover it.
+TENSOR_LR_CASES = {"sgd-nesterov-wd-max", "sgd-all", "adam-all", "adamw-amsgrad-max"}
+ROUTED_CASES = [
+    pytest.param(*c.values, route, id=f"{c.id}-{route}")
+    for c in CASES
+    for route in ROUTES
+    if route != "fused-tensor-lr" or c.id in TENSOR_LR_CASES
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name,case,kw,route", ROUTED_CASES)
+def test_trajectory_matches_torch_optim_float64(
+    name: str, case: str, kw: dict[str, Any], route: str, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opt, ref_cls = OPTIMS[name]
+    params = mlp_params(torch.float64, device)
+    grads = grad_sequence(params, STEPS)
+    expected = torch_trajectory(ref_cls, params, grads, **kw)
+
+    init, step_kw = _split(opt, kw)
+    step_kw = route_kwargs(route, full_kwargs(opt, step_kw), torch.float64, device)
+    spy = RouteSpy(monkeypatch)
+    with on_route(route):
+        actual = fr_trajectory(opt, params, grads, init, **step_kw)
+    check_route(spy, route, expect_fused=_expect_fused(opt, kw))
+    assert_trajectory_close(actual, expected, torch.float64)
+
+
+FLOAT32_CASES = [
+    pytest.param("sgd", SGD_CASES["all"], id="sgd-all"),
+    pytest.param("sgd", SGD_CASES["nesterov-wd-max"], id="sgd-nesterov"),
+    pytest.param("adam", ADAM_CASES["all"], id="adam-all"),
+    pytest.param("adamw", ADAMW_CASES["amsgrad-max"], id="adamw-amsgrad-max"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name,kw", FLOAT32_CASES)
+def test_trajectory_matches_torch_optim_float32(name: str, kw: dict[str, Any], route: str, device: str) -> None:
+    opt, ref_cls = OPTIMS[name]
+    params = mlp_params(torch.float32, device)
+    grads = grad_sequence(params, STEPS)
+    expected = torch_trajectory(ref_cls, params, grads, **kw)
+    init, step_kw = _split(opt, kw)
+    step_kw = route_kwargs(route, full_kwargs(opt, step_kw), torch.float32, device)
+    with on_route(route):
+        actual = fr_trajectory(opt, params, grads, init, **step_kw)
+    assert_trajectory_close(actual, expected, torch.float32)
+
+
+def _weights_and_rest(wd: float) -> Any:
+    def groups(ps: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        return [
+            {"params": [v for v in ps.values() if v.ndim >= 2], "weight_decay": wd},
+            {"params": [v for v in ps.values() if v.ndim < 2], "weight_decay": 0.0},
+        ]
+
+    return groups
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("route", ["fused", "foreach", "composable"])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        pytest.param("sgd", dict(lr=0.02, momentum=0.9, weight_decay=0.3), id="sgd"),
+        pytest.param("sgd", dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.3), id="sgd-nesterov"),
+        pytest.param("adam", dict(lr=0.01, weight_decay=0.3, amsgrad=True), id="adam"),
+        pytest.param("adamw", dict(lr=0.01, weight_decay=0.3), id="adamw"),
+    ],
+)
+def test_where_weights_equals_two_param_groups(name: str, kw: dict[str, Any], route: str, device: str) -> None:
+    """``where=fr.select.weights`` is torch.optim with a second group without decay."""
+    opt, ref_cls = OPTIMS[name]
+    params = mlp_params(torch.float64, device)
+    grads = grad_sequence(params, STEPS)
+    ref_kw = {k: v for k, v in kw.items() if k != "weight_decay"}
+    expected = torch_trajectory(ref_cls, params, grads, groups=_weights_and_rest(kw["weight_decay"]), **ref_kw)
+    init, step_kw = _split(opt, kw)
+    step_kw = route_kwargs(route, full_kwargs(opt, step_kw), torch.float64, device)
+    with on_route(route):
+        actual = fr_trajectory(opt, params, grads, init, where=fr.select.weights, **step_kw)
+    assert_trajectory_close(actual, expected, torch.float64)
+    # and the decay does matter: biases decayed too would be a different trajectory
+    with on_route(route):
+        all_decayed = fr_trajectory(opt, params, grads, init, **step_kw)
+    assert not torch.allclose(all_decayed[-1]["0.bias"], expected[-1]["0.bias"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(all_decayed[0]["0.weight"], expected[0]["0.weight"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        pytest.param("sgd", dict(lr=0.02, momentum=0.9, dampening=0.1, weight_decay=0.01), id="sgd"),
+        pytest.param("adam", dict(lr=0.01, weight_decay=0.01, amsgrad=True), id="adam"),
+        pytest.param("adamw", dict(lr=0.01), id="adamw"),
+    ],
+)
+def test_intermittent_none_gradients_match_torch_optim(name: str, kw: dict[str, Any], route: str) -> None:
+    """A leaf without a gradient is skipped (its momentum / step count do not advance),
+    including on the very first step, exactly as torch.optim skips ``grad is None``."""
+    opt, ref_cls = OPTIMS[name]
+    params = mlp_params(torch.float64)
+    grads = grad_sequence(params, 60)
+    for t, g in enumerate(grads):
+        if t % 3 == 0:
+            g["0.bias"] = None
+        if t < 5 or t % 7 == 0:
+            g["2.weight"] = None
+    expected = torch_trajectory(ref_cls, params, grads, **kw)
+    init, step_kw = _split(opt, kw)
+    step_kw = route_kwargs(route, full_kwargs(opt, step_kw), torch.float64)
+    with on_route(route):
+        actual = fr_trajectory(opt, params, grads, init, **step_kw)
+    assert_trajectory_close(actual, expected, torch.float64)
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        pytest.param("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3), id="sgd-nesterov"),
+        pytest.param("adam", dict(lr=0.01, weight_decay=1e-3, amsgrad=True), id="adam-amsgrad"),
+        pytest.param("adamw", dict(lr=0.01, weight_decay=0.05), id="adamw"),
+    ],
+)
+def test_real_training_loop_matches_torch_optim(name: str, kw: dict[str, Any]) -> None:
+    """Gradients from a real loss: nn.Module + torch.optim against functional_call +
+    torch.func.grad + fr, 200 steps of full-batch regression in float64."""
+    opt, ref_cls = OPTIMS[name]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    y = torch.sin(x @ torch.randn(4, 3, generator=g, dtype=torch.float64))
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    ref_opt = ref_cls(model.parameters(), **kw)
+
+    def loss_fn(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(torch.func.functional_call(model, p, (x,)), y)
+
+    grad_fn = torch.func.grad(loss_fn)
+    init, step_kw = _split(opt, kw)
+    state = opt.init(params, **init)
+    first_loss = loss_fn(params).item()
+    for t in range(STEPS):
+        ref_opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        ref_opt.step()
+        params, state = opt.step(params, grad_fn(params), state, **step_kw)
+        assert_tree_close(params, {k: v.detach() for k, v in model.named_parameters()},
+                          rtol=1e-10, atol=1e-10, what=f"step {t + 1}: ")
+    assert loss_fn(params).item() < 0.5 * first_loss  # it did train
+    # the functional forward used above is the same network
+    torch.testing.assert_close(mlp_forward(params, x), model(x).detach())
+
+
+@pytest.mark.parametrize("route", ["fused", "foreach", "composable"])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        pytest.param("sgd", dict(lr=0.02, momentum=0.9, weight_decay=0.1), id="sgd"),
+        pytest.param("adam", dict(lr=0.01, amsgrad=True), id="adam"),
+        pytest.param("adamw", dict(lr=0.01), id="adamw"),
+    ],
+)
+def test_mixed_dtype_tree_matches_torch_optim(name: str, kw: dict[str, Any], route: str) -> None:
+    """float64 and float32 leaves in one tree (two groups on the fast path): each follows
+    torch.optim in its own precision. Tensor hyperparameters are float64 here, so the
+    float32 leaves get them cast, as torch.optim's Python floats are."""
+    opt, ref_cls = OPTIMS[name]
+    params = mlp_params(torch.float64)
+    params["2.weight"] = params["2.weight"].float()
+    params["0.bias"] = params["0.bias"].float()
+    grads = grad_sequence(params, 100)
+    expected = torch_trajectory(ref_cls, params, grads, **kw)
+    init, step_kw = _split(opt, kw)
+    step_kw = route_kwargs(route, full_kwargs(opt, step_kw), torch.float64)
+    with on_route(route):
+        actual = fr_trajectory(opt, params, grads, init, **step_kw)
+    for k in params:
+        a = torch.stack([p[k] for p in actual])
+        e = torch.stack([p[k] for p in expected])
+        assert a.dtype == params[k].dtype
+        torch.testing.assert_close(a, e, **tol(params[k].dtype), msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("opt", [fr.sgd, fr.adam], ids=["sgd", "adam"])
+def test_l2_penalty_in_the_loss_equals_weight_decay_two_lambda(opt: Any) -> None:
+    """fr.l2(params, lam) = lam Σw² has gradient 2 lam w: coupled weight_decay = 2 lam."""
+    lam = 0.05
+    params = mlp_params(torch.float64)
+    grads = grad_sequence(params, 50)
+    kw = dict(lr=0.02, momentum=0.9) if opt is fr.sgd else dict(lr=0.01)
+    p_pen = p_wd = params
+    s_pen, s_wd = opt.init(params), opt.init(params)
+    for g in grads:
+        pen = torch.func.grad(lambda p: fr.l2(p, lam))(p_pen)
+        p_pen, s_pen = opt.step(p_pen, {k: g[k] + pen[k] for k in g}, s_pen, **kw)
+        p_wd, s_wd = opt.step(p_wd, g, s_wd, weight_decay=2 * lam, **kw)
+    assert_tree_close(p_pen, p_wd, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ["fused", "composable"])
+def test_adam_decoupled_is_adamw(route: str) -> None:
+    params = mlp_params(torch.float64)
+    grads = grad_sequence(params, 20)
+    with on_route(route):
+        a = fr_trajectory(fr.adam, params, grads, lr=0.01, decoupled=True, weight_decay=1e-2)
+        w = fr_trajectory(fr.adamw, params, grads, lr=0.01)
+        c = fr_trajectory(fr.adamw, params, grads, lr=0.01, decoupled=False, weight_decay=0.0)
+        d = fr_trajectory(fr.adam, params, grads, lr=0.01)
+    for x, y in ((a, w), (c, d)):
+        for p, q in zip(x, y):
+            for k in p:
+                assert torch.equal(p[k], q[k])
