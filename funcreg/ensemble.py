@@ -68,6 +68,8 @@ def update_where(active: Any, new: Any, old: Any) -> Any:
         if o is None:
             out.append(n)
             continue
+        if not isinstance(n, torch.Tensor):
+            raise TypeError(f"new leaf {path!r} is a {type(n).__name__}, but old holds a tensor")
         if active.ndim == 1:
             if o.ndim == 0 or o.shape[0] != active.shape[0]:
                 raise ValueError(
@@ -93,10 +95,10 @@ def converged(old: Any, new: Any, *, rtol: float = 1e-6, atol: float = 0.0) -> t
     flat = flatten(old, "old")
     require_tensors(flat, "old")
     news = leaves_like(flat, new, "new")
-    if not flat.leaves:
-        raise ValueError("converged needs at least one leaf")
+    pairs = [(o, n) for o, n in zip(flat.leaves, news) if o.numel()]
+    if not pairs:
+        raise ValueError("converged needs at least one non-empty leaf")
     # float32 so that leaves of different dtypes can be stacked
-    change = torch.stack([(n - o).abs().amax().float() for o, n in zip(flat.leaves, news)
-                          if o.numel()]).amax()
-    scale = torch.stack([o.abs().amax().float() for o in flat.leaves if o.numel()]).amax()
+    change = torch.stack([(n - o).abs().amax().float() for o, n in pairs]).amax()
+    scale = torch.stack([o.abs().amax().float() for o, _ in pairs]).amax()
     return change <= atol + rtol * scale

@@ -312,3 +312,14 @@ def test_vmapped_training_freezes_a_converged_member_exactly() -> None:
             alone, alone_state = raw_step(alone, alone_state, lrs[i])
         for k in alone:
             torch.testing.assert_close(params[k][i], alone[k], rtol=1e-6, atol=1e-7)
+
+
+def test_converged_all_empty_leaves_is_a_clear_error():
+    empty = {"w": torch.zeros(0, 3)}
+    with pytest.raises(ValueError, match="non-empty leaf"):
+        fr.converged(empty, empty)
+
+
+def test_update_where_none_new_leaf_for_tensor_old_names_the_leaf():
+    with pytest.raises(TypeError, match="'w'"):
+        fr.update_where(torch.tensor(True), {"w": None}, {"w": torch.zeros(2)})

@@ -154,12 +154,12 @@ def test_step_size_is_zero_for_a_leaf_never_stepped(route: str) -> None:
 
 
 @pytest.mark.parametrize("route", ["fused", "composable"])
-def test_step_size_uses_max_exp_avg_sq_with_amsgrad_state(route: str) -> None:
+def test_step_size_uses_max_exp_avg_sq_with_amsgrad(route: str) -> None:
     _, state, _ = _adam_state(amsgrad=True, steps=6, shrink=True)
     for k in state["exp_avg_sq"]:
         assert (state["max_exp_avg_sq"][k] > state["exp_avg_sq"][k]).all()
     with on_route(route):
-        eta = fr.adam.step_size(state, lr=0.01)
+        eta = fr.adam.step_size(state, lr=0.01, amsgrad=True)
     for k in state["exp_avg_sq"]:
         expected = _hand_step_size(state["max_exp_avg_sq"][k], 6, 0.01, (0.9, 0.999), 1e-8)
         torch.testing.assert_close(eta[k], expected, rtol=1e-12, atol=0)
@@ -175,7 +175,7 @@ def test_step_size_is_how_far_adam_moved_per_unit_of_momentum(route: str, amsgra
     kw = route_kwargs(route, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6), torch.float64)
     with on_route(route):
         new, new_state = fr.adam.step(params, grads, state, amsgrad=amsgrad, **kw)
-        eta = fr.adam.step_size(new_state, **kw)
+        eta = fr.adam.step_size(new_state, amsgrad=amsgrad, **kw)
     for k in params:
         torch.testing.assert_close(new[k] - params[k], -eta[k] * new_state["exp_avg"][k], rtol=1e-9, atol=1e-15)
 
@@ -191,3 +191,9 @@ def test_prox_with_step_size_accepts_per_element_steps_on_float32() -> None:
     for k in params:
         expected = params[k] - params[k].clamp(-50.0 * eta[k], 50.0 * eta[k])
         torch.testing.assert_close(out[k], expected)
+
+
+def test_step_size_with_amsgrad_needs_the_amsgrad_state() -> None:
+    params = mlp_params(torch.float64)
+    with pytest.raises(ValueError, match=r"amsgrad=True"):
+        fr.adam.step_size(fr.adam.init(params), lr=0.01, amsgrad=True)

@@ -132,7 +132,7 @@ class Adam:
 
     def step_size(
         self, state: dict[str, Any], *, lr: Any, betas: tuple[Any, Any] = (0.9, 0.999),
-        eps: Any = 1e-8,
+        eps: Any = 1e-8, amsgrad: bool = False,
     ) -> Any:
         r"""Adam's per-element step, a tree like params, for a proximal Adam.
 
@@ -140,20 +140,23 @@ class Adam:
 
         .. math:: \eta = \frac{\gamma}{1-\beta_1^t}\,\frac{1}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
 
-        (with ``max_exp_avg_sq`` as :math:`\hat v` when the state has it, and 0 for a leaf
-        never stepped). The prox of a penalty scaled by this metric gives proximal Adam::
+        (with ``max_exp_avg_sq`` as :math:`\hat v` when ``amsgrad``, and 0 for a leaf never
+        stepped). The prox of a penalty scaled by this metric gives proximal Adam::
 
             params, state = fr.adam.step(params, grads, state, lr=lr)
             params = fr.l1.prox(params, lam, fr.adam.step_size(state, lr=lr))
 
-        Pass the same ``lr``, ``betas`` and ``eps`` as to the step.
+        Pass the same ``lr``, ``betas``, ``eps`` and ``amsgrad`` as to the step.
         """
         lr = _hyper.number("lr", lr)
         beta1, beta2 = _betas(betas)
         eps = _hyper.number("eps", eps)
-        if not isinstance(state, dict) or "exp_avg_sq" not in state or "step" not in state:
-            raise ValueError(f"{self.name}.step_size needs a state from {self.name}.init")
-        key = "max_exp_avg_sq" if "max_exp_avg_sq" in state else "exp_avg_sq"
+        key = "max_exp_avg_sq" if amsgrad else "exp_avg_sq"
+        if not isinstance(state, dict) or key not in state or "step" not in state:
+            raise ValueError(
+                f"{self.name}.step_size needs a state from {self.name}.init"
+                + ("(params, amsgrad=True)" if amsgrad else "")
+            )
         flat = flatten(state[key], f"state[{key!r}]")
         require_tensors(flat, f"state[{key!r}]")
         steps = leaves_like(flat, state["step"], "state['step']")
