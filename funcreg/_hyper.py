@@ -13,9 +13,10 @@ import math
 from numbers import Real
 from typing import Any, Union
 
+import optree
 import torch
 
-from funcreg._tree import Flat, flatten
+from funcreg._tree import NAMESPACE, Flat, flatten
 
 Hyper = Union[float, torch.Tensor]
 
@@ -70,7 +71,9 @@ def per_leaf(
     also be a tensor shaped like its leaf (a per-element step, as a proximal Adam needs);
     ``why`` is added to the error when such a value is not allowed. Tensors are cast to their leaf's dtype and device.
     """
-    if isinstance(value, (torch.Tensor, Real)):
+    if isinstance(value, (torch.Tensor, Real)) or optree.tree_is_leaf(
+        value, none_is_leaf=True, namespace=NAMESPACE
+    ):  # one value for all leaves (number() rejects a str, None, ...: TypeError)
         shared = number(name, value, low=low, high=high)
         return _cast([shared] * len(selected), [flat.leaves[i] for i in selected])
 
@@ -105,6 +108,13 @@ def per_leaf(
 
 def _cast(values: list[Hyper], leaves: list[torch.Tensor]) -> list[Hyper]:
     """Cast tensor values to their leaf's dtype and device, once per distinct pair."""
+    if torch.compiler.is_compiling():
+        # No id()-keyed cache while tracing: id() of a tensor makes Dynamo guard on that
+        # object's identity, so every new λ tensor would recompile. Inductor dedups anyway.
+        return [
+            v.to(dtype=leaf.dtype, device=leaf.device) if isinstance(v, torch.Tensor) else v
+            for v, leaf in zip(values, leaves)
+        ]
     cache: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
     out: list[Hyper] = []
     for v, leaf in zip(values, leaves):
@@ -124,6 +134,9 @@ def combine(fn: Any, *columns: list[Hyper]) -> list[Hyper]:
     scalars; when one tensor λ serves every leaf, this keeps it to one tiny kernel instead
     of one per leaf.
     """
+    if torch.compiler.is_compiling():
+        # See _cast: id() on a traced tensor would guard on its identity (recompiles).
+        return [fn(*args) for args in zip(*columns)]
     cache: dict[tuple[int, ...], Hyper] = {}
     out: list[Hyper] = []
     for args in zip(*columns):

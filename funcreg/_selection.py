@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Union
 
+import optree
 import torch
 
-from funcreg._tree import Flat, leaves_like
+from funcreg._tree import NAMESPACE, Flat, leaves_like
 
 Where = Union[None, Callable[[str, torch.Tensor], bool], Any]
 
@@ -30,7 +31,11 @@ def selection(flat: Flat, where: Where, *, allow_empty: bool = False) -> list[bo
                 )
             mask.append(chosen)
     else:
-        if isinstance(where, (str, bytes, torch.Tensor)):
+        if isinstance(where, (str, bytes, torch.Tensor)) or (
+            # a lone number or object is no pytree of bools (a lone bool may be one)
+            not isinstance(where, bool)
+            and optree.tree_is_leaf(where, none_is_leaf=True, namespace=NAMESPACE)
+        ):
             raise TypeError(
                 "where must be None, a callable (path, leaf) -> bool, or a pytree of bools "
                 f"shaped like params, not a {type(where).__name__}"

@@ -87,7 +87,7 @@ def group_norms(w: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, int]:
     others = [d for d in range(w.ndim) if d != dim % w.ndim]
     if not others:  # a 1-d leaf grouped along its only dim: each element is a group
         return w.abs(), 1
-    return torch.linalg.vector_norm(w, dim=others, keepdim=True), math.prod(w.shape[d] for d in others)
+    return torch.linalg.vector_norm(w, dim=others, keepdim=True), math.prod([w.shape[d] for d in others])
 
 
 group_lasso = GroupLasso()

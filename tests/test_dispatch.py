@@ -1,0 +1,161 @@
+"""The fast (``torch._foreach_*``) and composable (per-leaf) paths agree, and the
+automatic choice picks the fast path for plain tensors and the composable one under
+torch.func transforms and autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import funcreg as fr
+from funcreg import _dispatch
+from conftest import FAMILIES, FAMILY_IDS, Family, is_float, lams, leaf_dict, steps, trees, walk
+
+forced = _dispatch.forced
+
+
+def _all_ops(fam: Family, params, grads, lam, step, opts):
+    return (
+        fam.penalty.grad(params, lam, **opts),
+        fam.penalty.add_grad(grads, params, lam, **opts),
+        fam.penalty.prox(params, lam, step, **opts),
+    )
+
+
+def _compare(a, b, what: str) -> None:
+    for (path, x), (_, y) in zip(walk(a), walk(b)):
+        if x is None:
+            assert y is None, (what, path)
+            continue
+        assert x.dtype == y.dtype and x.shape == y.shape, (what, path)
+        tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}.get(x.dtype, 0)
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=f"{what} {path}")
+
+
+@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@given(data=st.data())
+def test_fast_and_composable_paths_agree(fam: Family, data: st.DataObject) -> None:
+    # mixed dtypes in one tree: several (device, dtype) groups on the fast path
+    params = data.draw(trees(dtypes=(torch.float32, torch.float64, torch.bfloat16), mode="zeros", int_leaves=True, max_leaves=7))
+    lam = data.draw(lams(params, separable=fam.separable))
+    step = data.draw(steps(params, separable=fam.separable))
+    opts = fam.options(params, data.draw)
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    grads = {p: (torch.randn(x.shape, generator=gen).to(x.dtype) if is_float(x) else None) for p, x in walk(params)}
+    if data.draw(st.booleans()) and grads:  # a None gradient for some float leaf
+        first = next((p for p, x in walk(params) if is_float(x)), None)
+        grads[first] = None
+    with forced("fast"):
+        fast = _all_ops(fam, params, grads, lam, step, opts)
+    with forced("composable"):
+        comp = _all_ops(fam, params, grads, lam, step, opts)
+    for name, a, b in zip(("grad", "add_grad", "prox"), fast, comp):
+        _compare(a, b, name)
+
+
+@pytest.mark.parametrize(
+    "fam, lam_form",
+    [
+        pytest.param(f, form, id=f"{f.name}-{form}")
+        for f in FAMILIES
+        for form in ("float", "tensor", "dict", "element")
+        if f.separable or form != "element"  # group lasso takes one λ per leaf
+    ],
+)
+def test_paths_agree_on_mixed_dtype_model(fam: Family, lam_form: str) -> None:
+    g = torch.Generator().manual_seed(11)
+    params = {
+        "a.weight": torch.randn(4, 3, generator=g),
+        "a.bias": torch.randn(4, generator=g, dtype=torch.float64),
+        "b.weight": torch.randn(2, 4, generator=g, dtype=torch.float64),
+        "b.bias": torch.randn(2, generator=g),
+        "c": torch.randn(3, 3, generator=g, dtype=torch.bfloat16),
+    }
+    lam = {
+        "float": 0.3,
+        "tensor": torch.tensor(0.3),
+        "dict": {k: 0.1 * (i + 1) for i, k in enumerate(params)},
+        "element": {k: torch.rand(v.shape, generator=g) for k, v in params.items()},
+    }[lam_form]
+    grads = {k: torch.randn(v.shape, generator=g).to(v.dtype) for k, v in params.items()}
+    opts = fam.options(params)
+    with forced("fast"):
+        fast = _all_ops(fam, params, grads, lam, 0.5, opts)
+    with forced("composable"):
+        comp = _all_ops(fam, params, grads, lam, 0.5, opts)
+    for name, a, b in zip(("grad", "add_grad", "prox"), fast, comp):
+        _compare(a, b, name)
+        for k, v in params.items():
+            assert leaf_dict(a)[k].dtype == v.dtype
+
+
+class _Spy:
+    """Records what ``use_fast_path`` decided."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[bool] = []
+        real = _dispatch.use_fast_path
+
+        def spy(*columns):
+            out = real(*columns)
+            self.calls.append(out)
+            return out
+
+        monkeypatch.setattr(_dispatch, "use_fast_path", spy)
+
+
+def test_plain_tensors_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    foreach_calls = []
+    real_sign = torch._foreach_sign
+    monkeypatch.setattr(torch, "_foreach_sign", lambda xs: foreach_calls.append(len(xs)) or real_sign(xs))
+    spy = _Spy(monkeypatch)
+    p = {"w": torch.randn(3, 2), "b": torch.randn(3)}
+    fr.l1.grad(p, 0.1)
+    fr.l1.add_grad(p, p, torch.tensor(0.1))
+    fr.l1.prox(p, 0.1, 0.5)
+    assert spy.calls == [True, True, True]
+    assert foreach_calls and set(foreach_calls) == {2}  # one multi-tensor sign over both leaves
+    for fam in FAMILIES:
+        spy.calls.clear()
+        fam.penalty.prox(p, 0.1, torch.tensor(0.5), **fam.options(p))
+        assert spy.calls == [True], fam.name
+
+
+def test_transforms_and_autograd_take_the_composable_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    foreach_calls = []
+    real_sign = torch._foreach_sign
+    monkeypatch.setattr(torch, "_foreach_sign", lambda xs: foreach_calls.append(len(xs)) or real_sign(xs))
+    spy = _Spy(monkeypatch)
+    p = {"w": torch.randn(3, 2), "b": torch.randn(3)}
+    # vmap over λ: the hyperparameter is a batched (functorch-wrapped) tensor
+    out = torch.func.vmap(lambda lam: fr.l1.grad(p, lam))(torch.tensor([0.1, 0.2]))
+    torch.testing.assert_close(out["w"][1], 0.2 * torch.sign(p["w"]))
+    # vmap over params
+    torch.func.vmap(lambda q: fr.l1.grad(q, 0.1))({k: v.expand(2, *v.shape) for k, v in p.items()})
+    # torch.func.grad through .add_grad: params are wrapped
+    torch.func.grad(lambda q: fr.l2.add_grad(q, q, 0.1)["w"].sum())(p)
+    # params that require grad, with grad mode on
+    leaf = {k: v.clone().requires_grad_() for k, v in p.items()}
+    g = fr.l2.grad(leaf, 0.5)
+    g["w"].sum().backward()
+    torch.testing.assert_close(leaf["w"].grad, torch.ones(3, 2))
+    assert spy.calls and not any(spy.calls)
+    assert foreach_calls == []
+    # the same leaves under no_grad are plain again
+    spy.calls.clear()
+    with torch.no_grad():
+        fr.l1.grad(leaf, 0.1)
+    assert spy.calls == [True] and foreach_calls == [2]  # l1.grad: foreach sign over both leaves
+
+
+def test_forced_rejects_unknown_path_and_restores() -> None:
+    with pytest.raises(ValueError):
+        with forced("fastest"):  # type: ignore[arg-type]
+            pass
+    with forced("composable"):
+        with forced("fast"):
+            assert _dispatch.use_fast_path([torch.ones(1)])
+        assert not _dispatch.use_fast_path([torch.ones(1)])
+    assert _dispatch.use_fast_path([torch.ones(1)])
