@@ -136,7 +136,8 @@ def test_sgd_dampening_above_one() -> None:
 @pytest.mark.parametrize("opt", [fr.adam, fr.adamw], ids=["adam", "adamw"])
 def test_adam_rejects_negative_or_non_finite_numbers(opt: Any, name: str, value: float) -> None:
     params, grads, state = _setup(opt, {})
-    _raises(ValueError, rf"{name}.*finite number", lambda: opt.step(params, grads, state, **{name: value}),
+    kwargs = {"lr": 1e-3, name: value}
+    _raises(ValueError, rf"{name}.*finite number", lambda: opt.step(params, grads, state, **kwargs),
             params, grads, state)
 
 
@@ -148,7 +149,7 @@ def test_adam_rejects_negative_or_non_finite_numbers(opt: Any, name: str, value:
 @pytest.mark.parametrize("opt", [fr.adam, fr.adamw], ids=["adam", "adamw"])
 def test_adam_betas_outside_0_1(opt: Any, betas: tuple, which: str) -> None:
     params, grads, state = _setup(opt, {})
-    _raises(ValueError, rf"{which}.*\[0\.0, 1\.0\)", lambda: opt.step(params, grads, state, betas=betas),
+    _raises(ValueError, rf"{which}.*\[0\.0, 1\.0\)", lambda: opt.step(params, grads, state, lr=1e-3, betas=betas),
             params, grads, state)
     _raises(ValueError, rf"{which}", lambda: opt.step_size(state, lr=0.1, betas=betas), state)
 
@@ -156,7 +157,7 @@ def test_adam_betas_outside_0_1(opt: Any, betas: tuple, which: str) -> None:
 @pytest.mark.parametrize("betas", [0.9, (0.9,), (0.9, 0.99, 0.999), None])
 def test_adam_betas_must_be_a_pair(betas: Any) -> None:
     params, grads, state = _setup(fr.adam, {})
-    _raises(TypeError, r"betas must be a pair", lambda: fr.adam.step(params, grads, state, betas=betas),
+    _raises(TypeError, r"betas must be a pair", lambda: fr.adam.step(params, grads, state, lr=1e-3, betas=betas),
             params, grads, state)
 
 

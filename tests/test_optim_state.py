@@ -156,7 +156,7 @@ def test_step_mutates_nothing(opt: Any, init: dict, kw: dict, route: str, device
 def test_step_size_mutates_nothing(route: str) -> None:
     params = mlp_params(torch.float64)
     state = fr.adam.init(params, amsgrad=True)
-    params, state = fr.adam.step(params, grad_sequence(params, 1)[0], state, amsgrad=True)
+    params, state = fr.adam.step(params, grad_sequence(params, 1)[0], state, lr=1e-3, amsgrad=True)
     snap = snapshot(state)
     with on_route(route):
         eta = fr.adam.step_size(state, lr=0.01)

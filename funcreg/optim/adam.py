@@ -75,7 +75,7 @@ class Adam:
         grads: Any,
         state: dict[str, Any],
         *,
-        lr: Any = 1e-3,
+        lr: Any,
         betas: tuple[Any, Any] = (0.9, 0.999),
         eps: Any = 1e-8,
         weight_decay: Any = None,
