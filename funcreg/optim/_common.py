@@ -49,14 +49,11 @@ def prepare(
     state: Any,
     keys: tuple[str, ...],
     where: Where,
-    *,
-    optional: tuple[str, ...] = (),
 ) -> Batch:
     """Validate a step's inputs and find the leaves it updates.
 
-    ``keys`` are the state entries the step reads (each a tree like params; an entry in
-    ``optional`` may hold ``None`` leaves). Every check runs before anything is computed,
-    so an error never leaves a half-applied update behind.
+    ``keys`` are the state entries the step reads, each a tree like params. Every check
+    runs before anything is computed, so an error never leaves a half-applied update.
     """
     flat = flatten(params)
     require_tensors(flat)
@@ -83,8 +80,6 @@ def prepare(
             check_pair(path, leaf, gs[i], "grads")
         for key in keys:
             value = st[key][i]
-            if value is None and key in optional:
-                continue
             if key == "step":
                 if not isinstance(value, torch.Tensor) or value.ndim != 0:
                     raise ValueError(f"{name}: state['step'] leaf {path!r} must be a 0-d tensor")
