@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from funcreg import _dispatch, _hyper
 from funcreg._selection import Where, selection
 from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensors
 
@@ -26,7 +27,53 @@ class Batch:
     active: list[int]
     decayed: list[bool]
 
-    def rebuild(
+    def update(
+        self,
+        old_state: dict[str, Any],
+        hyper: dict[str, Any],
+        *,
+        use_decay: bool,
+        fused_ok: bool,
+        fused: Callable[..., tuple[list[Any], ...]],
+        generic: Callable[..., tuple[list[Any], ...]],
+        **options: Any,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Run one step on the active leaves and return the new params and state trees.
+
+        Decayed and undecayed leaves go separately (torch.optim's two parameter groups):
+        ``generic(ops, params, grads, *state, *hyper, decay=..., **options)`` runs on the
+        chosen implementation of :mod:`funcreg._ops`; on the fast path, and when
+        ``fused_ok``, ``fused(params, grads, *state, *hyper, ...)`` runs torch's fused
+        kernel instead. Both return the new params then one list per state entry, in the
+        order of ``self.state``.
+        """
+        keys = list(self.state)
+        new_p: list[Any] = [None] * len(self.active)
+        new = {key: [None] * len(self.active) for key in keys}
+        parts: dict[bool, list[int]] = {}
+        for k, decayed in enumerate(self.decayed):
+            parts.setdefault(use_decay and decayed, []).append(k)
+        for decay, ks in parts.items():
+            idx = [self.active[k] for k in ks]
+            ps = [self.flat.leaves[i] for i in idx]
+            gs = [self.grads[i] for i in idx]
+            st = [[self.state[key][i] for i in idx] for key in keys]
+            cols = [_hyper.per_leaf(n, v, self.flat, idx) for n, v in hyper.items()]
+            fast = _dispatch.use_fast_path(ps, gs, *st, *cols)
+
+            def body(ops: Any, *columns: Any) -> Any:
+                if fast and fused_ok:
+                    return fused(*columns, decay=decay, **options)
+                return generic(ops, *columns, decay=decay, **options)
+
+            outs = _dispatch.run(body, [ps, gs, *st, *cols], ps, fast=fast)
+            for j, k in enumerate(ks):
+                new_p[k] = outs[0][j]
+                for key, out in zip(keys, outs[1:]):
+                    new[key][k] = out[j]
+        return self._rebuild(new_p, new, old_state)
+
+    def _rebuild(
         self, new_params: list[torch.Tensor], new_state: dict[str, list[Any]], old_state: dict[str, Any]
     ) -> tuple[Any, dict[str, Any]]:
         """Params and state trees with the active leaves replaced, the rest as they were."""

@@ -99,36 +99,18 @@ class Adam:
         batch = prepare(self.name, params, grads, state, keys, where)
         use_decay = not (isinstance(weight_decay, float) and weight_decay == 0)
 
-        new: dict[str, list[Any]] = {key: [None] * len(batch.active) for key in keys}
-        new_p: list[Any] = [None] * len(batch.active)
-        parts: dict[bool, list[int]] = {}
-        for k in range(len(batch.active)):
-            parts.setdefault(use_decay and batch.decayed[k], []).append(k)
-        for decay, ks in parts.items():
-            idx = [batch.active[k] for k in ks]
-            ps = [batch.flat.leaves[i] for i in idx]
-            gs = [batch.grads[i] for i in idx]
-            st = [[batch.state[key][i] for i in idx] for key in keys]
-            hyper = [_hyper.per_leaf(n, v, batch.flat, idx) for n, v in
-                     (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps),
-                      ("weight_decay", weight_decay))]
-            options = dict(decay=decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize)
-            fast = _dispatch.use_fast_path(ps, gs, *st, *hyper)
-            fused = fast and all(not isinstance(v, torch.Tensor)
-                                 for v in (beta1, beta2, eps, weight_decay))
-
-            def body(ops: Ops, ps: Tensors, gs: Tensors, *rest: Any) -> Any:
-                st, hyper = rest[: len(keys)], rest[len(keys):]
-                if fused:
-                    return _fused(ps, gs, *st, *hyper, **options)
-                return _adam(ops, ps, gs, *st, *hyper, **options)
-
-            outs = _dispatch.run(body, [ps, gs, *st, *hyper], ps, fast=fast)
-            for j, k in enumerate(ks):
-                new_p[k] = outs[0][j]
-                for key, out in zip(keys, outs[1:]):
-                    new[key][k] = out[j]
-        return batch.rebuild(new_p, new, state)
+        return batch.update(
+            state,
+            {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay},
+            use_decay=use_decay,
+            # torch's fused kernel takes a float or tensor lr, and floats for the rest
+            fused_ok=not any(isinstance(v, torch.Tensor) for v in (beta1, beta2, eps, weight_decay)),
+            fused=_fused,
+            generic=_adam,
+            decoupled=decoupled,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
 
     def step_size(
         self, state: dict[str, Any], *, lr: Any, betas: tuple[Any, Any] = (0.9, 0.999),

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from funcreg import _dispatch, _hyper
-from funcreg._ops import Column, Ops, Tensors
+from funcreg import _hyper
+from funcreg._ops import Ops, Tensors
 from funcreg._selection import Where
 from funcreg._tree import flatten, require_tensors
 from funcreg.optim._common import prepare
@@ -92,40 +92,22 @@ class SGD:
         use_decay = not (isinstance(weight_decay, float) and weight_decay == 0)
         keys = ("step", "momentum_buffer") if use_momentum else ("step",)
         batch = prepare(self.name, params, grads, state, keys, where)
-        options = dict(use_momentum=use_momentum, nesterov=nesterov, maximize=maximize,
-                       damped=not (isinstance(dampening, float) and dampening == 0))
-        # torch's fused kernel knows the first step only as one flag for all leaves; with a
-        # zero buffer and no dampening, every step is the same formula, so it needs none.
-        fused = not any(isinstance(v, torch.Tensor) for v in (momentum, dampening, weight_decay))
-        fused = fused and not options["damped"]
-
-        new: dict[str, list[Any]] = {key: [None] * len(batch.active) for key in keys}
-        new_p: list[Any] = [None] * len(batch.active)
-        parts: dict[bool, list[int]] = {}
-        for k in range(len(batch.active)):
-            parts.setdefault(use_decay and batch.decayed[k], []).append(k)
-        for decay, ks in parts.items():
-            idx = [batch.active[k] for k in ks]
-            ps = [batch.flat.leaves[i] for i in idx]
-            gs = [batch.grads[i] for i in idx]
-            st = [[batch.state[key][i] for i in idx] for key in keys]
-            hyper = [_hyper.per_leaf(n, v, batch.flat, idx) for n, v in
-                     (("lr", lr), ("momentum", momentum), ("dampening", dampening),
-                      ("weight_decay", weight_decay))]
-            fast = _dispatch.use_fast_path(ps, gs, *st, *hyper)
-
-            def body(ops: Ops, ps: Tensors, gs: Tensors, *rest: Any) -> Any:
-                st, hyper = rest[: len(keys)], rest[len(keys):]
-                if fast and fused:
-                    return _fused(ps, gs, *st, *hyper, decay=decay, **options)
-                return _sgd(ops, ps, gs, *st, *hyper, decay=decay, **options)
-
-            outs = _dispatch.run(body, [ps, gs, *st, *hyper], ps, fast=fast)
-            for j, k in enumerate(ks):
-                new_p[k] = outs[0][j]
-                for key, out in zip(keys, outs[1:]):
-                    new[key][k] = out[j]
-        return batch.rebuild(new_p, new, state)
+        damped = not (isinstance(dampening, float) and dampening == 0)
+        return batch.update(
+            state,
+            {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay},
+            use_decay=use_decay,
+            # torch's fused kernel knows the first step only as one flag for all leaves; with
+            # a zero buffer and no dampening every step is the same formula, so it needs none.
+            fused_ok=not damped and not any(
+                isinstance(v, torch.Tensor) for v in (momentum, dampening, weight_decay)),
+            fused=_fused,
+            generic=_sgd,
+            use_momentum=use_momentum,
+            damped=damped,
+            nesterov=nesterov,
+            maximize=maximize,
+        )
 
 
 def _sgd(
