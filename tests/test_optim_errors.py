@@ -12,7 +12,6 @@ import funcreg as fr
 from optim_helpers import (  # noqa: F401  (_one_thread is an autouse fixture)
     _one_thread,
     assert_untouched,
-    grad_sequence,
     mlp_params,
     on_route,
     snapshot,

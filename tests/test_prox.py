@@ -18,7 +18,6 @@ from conftest import (
     assert_close_ref,
     elementwise,
     group_slices,
-    is_float,
     lams,
     leaf_dict,
     resolve,

@@ -8,7 +8,6 @@ import collections
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 from torch import nn
 
 import funcreg as fr
