@@ -69,12 +69,15 @@ def per_leaf(
     are params paths (a nested pytree shaped like params or a flat dict keyed by dotted
     path; unselected leaves may be left out). With ``elementwise``, a per-leaf value may
     also be a tensor shaped like its leaf (a per-element step, as a proximal Adam needs);
-    ``why`` is added to the error when such a value is not allowed. Tensors are cast to their leaf's dtype and device.
+    ``why`` is added to the error when such a value is not allowed. Tensors are cast to
+    their leaf's dtype and device.
     """
     if isinstance(value, (torch.Tensor, Real)) or optree.tree_is_leaf(
         value, none_is_leaf=True, namespace=NAMESPACE
     ):  # one value for all leaves (number() rejects a str, None, ...: TypeError)
         shared = number(name, value, low=low, high=high)
+        if not isinstance(shared, torch.Tensor):
+            return [shared] * len(selected)
         return _cast([shared] * len(selected), [flat.leaves[i] for i in selected])
 
     given = flatten(value, name)

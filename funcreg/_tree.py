@@ -66,6 +66,11 @@ def leaves_like(flat: Flat, tree: Any, what: str) -> list[Any]:
     were inserted in another order, or a list where params hold a tuple, line up with the
     params; a missing or an extra leaf is an error that names it.
     """
+    # The common case, the very structure of params, needs no path strings: an equal
+    # spec (dict key order included) means equal paths.
+    leaves, spec = optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
+    if spec == flat.spec:
+        return leaves
     other = flatten(tree, what)
     if other.paths == flat.paths:
         return other.leaves
