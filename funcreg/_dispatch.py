@@ -33,20 +33,26 @@ def forced(path: Path | None) -> Iterator[None]:
         _forced = previous
 
 
-def _traced(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and (
-        torch._C._functorch.is_functorch_wrapped_tensor(x)
-        or (x.requires_grad and torch.is_grad_enabled())
-    )
-
-
 def use_fast_path(*columns: Iterable[Any]) -> bool:
     """Whether ``_foreach_*`` kernels may run on every tensor in ``columns``."""
     if _forced is not None:
         return _forced == "fast"
     if torch.compiler.is_compiling():
         return False
-    return not any(_traced(x) for column in columns for x in column)
+    # A tensor is traced when a torch.func transform wraps it, or autograd records it.
+    # This runs on every call, over every leaf and hyperparameter: keep it a tight loop.
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    grad_mode = torch.is_grad_enabled()
+    tensor = torch.Tensor
+    for column in columns:
+        for x in column:
+            if isinstance(x, tensor) and (wrapped(x) or (grad_mode and x.requires_grad)):
+                return False
+    return True
+
+
+def _foreach_for(device: torch.device) -> _ops.Foreach:
+    return _ops.FOREACH_CPU if device.type == "cpu" else _ops.FOREACH
 
 
 def run(
@@ -69,11 +75,11 @@ def run(
     for i, leaf in enumerate(group_by):
         groups.setdefault((leaf.device, leaf.dtype), []).append(i)
     if len(groups) == 1:
-        return body(_ops.FOREACH, *columns)
+        return body(_foreach_for(group_by[0].device), *columns)
     outputs: list[list[Any]] | None = None
     single = False
-    for idx in groups.values():
-        result = body(_ops.FOREACH, *([col[i] for i in idx] for col in columns))
+    for (device, _), idx in groups.items():
+        result = body(_foreach_for(device), *([col[i] for i in idx] for col in columns))
         single = isinstance(result, list)
         parts = [result] if single else list(result)
         if outputs is None:

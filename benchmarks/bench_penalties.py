@@ -1,0 +1,411 @@
+"""Penalty gradients, regularized training steps and the L1 prox, side by side (issue 3).
+
+Three tables of medians over interleaved repetitions (see ``_timing.py``), each with a
+ratio column relative to its first row and the minor page faults per call:
+
+1. ``fr.l1.add_grad`` / ``fr.l2.add_grad`` on a 50-leaf dict of 2.5M float32 values,
+   against ``torch.func.grad`` of the penalty value plus adding it to the gradients, a
+   per-leaf Python loop, and funcreg's own composable path forced.
+   Target: ``add_grad`` at least 3x faster than autograd of the penalty.
+2. One L1-regularized SGD step of an 8.4M-parameter MLP (1024-2048-2048-1024-10,
+   batch 64): the penalty in the loss with ``.backward()``, a per-parameter gradient
+   hook, a post-accumulate-grad hook, and funcreg (``torch.func.grad`` + ``fr.l1.add_grad``),
+   all against the unregularized step, functional and ``nn.Module``. The SGD update is
+   the same call everywhere (``torch._foreach_add_(params, grads, alpha=-lr)``), so only
+   the regularization differs. Every variant regularizes every parameter, biases too.
+   Target: the funcreg step within 1.10x of the unregularized functional step.
+3. ``fr.l1.prox`` on the 50-leaf dict, against a per-leaf ``w - w.clamp(-t, t)`` loop,
+   the composable path forced, and (for reference) per-leaf ``F.softshrink``.
+
+``--compile`` adds ``torch.compile(fullgraph=True)`` rows: ``add_grad`` and ``prox`` with
+tensor hyperparameters, and the funcreg step with ``add_grad`` and the update compiled
+together. Every variant's result is checked against funcreg's before anything is timed.
+
+funcreg's functions are pure, so each call writes a fresh output; with glibc's default
+malloc, large freed blocks go back to the OS and the next call page-faults them in again
+(the faults column shows when). To see the step without that cost, run the step table
+with ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184``.
+
+    python benchmarks/bench_penalties.py             # all tables (well under a minute)
+    python benchmarks/bench_penalties.py --compile   # plus the torch.compile rows
+    python benchmarks/bench_penalties.py --quick     # a few repetitions: a smoke test
+    python benchmarks/bench_penalties.py --only step --threads 1
+
+``main(argv)`` takes the same arguments as a list and returns the tables as
+``{title: markdown}`` for ``benchmarks/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import funcreg as fr  # noqa: E402
+from funcreg import _dispatch  # noqa: E402
+from _timing import Case, environment, markdown_table, measure  # noqa: E402
+
+LAM = 1e-4  # add_grad and the training step
+LR = 1e-3
+PROX_LAM, PROX_STEP = 0.2, 0.1  # threshold 0.02: zeroes about 30% of the tree's values
+
+
+# --------------------------------------------------------------------------- workloads
+def make_tree(seed: int = 0) -> dict[str, torch.Tensor]:
+    """50 leaves, 2,527,040 float32 values: 25 weights of varied shapes (matrices and
+    conv kernels) and their 25 biases, in ``named_parameters()`` order."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(256, 384), (384, 256), (320, 320), (128, 64, 3, 3), (512, 256)]
+    tree: dict[str, torch.Tensor] = {}
+    for i in range(25):
+        shape = shapes[i % len(shapes)]
+        tree[f"block{i}.weight"] = torch.randn(shape, generator=gen) * 0.05
+        tree[f"block{i}.bias"] = torch.randn(shape[0], generator=gen) * 0.05
+    return tree
+
+
+def make_mlp(seed: int = 0) -> nn.Module:
+    """1024-2048-2048-1024-10 MLP with ReLU: 8,403,978 parameters."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(1024, 2048), nn.ReLU(),
+        nn.Linear(2048, 2048), nn.ReLU(),
+        nn.Linear(2048, 1024), nn.ReLU(),
+        nn.Linear(1024, 10),
+    )
+
+
+def numel(tree: dict[str, torch.Tensor]) -> int:
+    return sum(v.numel() for v in tree.values())
+
+
+def _check(name: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    for k in want:
+        if not torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6):
+            err = (got[k] - want[k]).abs().max().item()
+            raise AssertionError(f"{name}: leaf {k!r} differs from funcreg's result by {err:.3g}")
+
+
+# ------------------------------------------------------------- 1. add_grad on a 50-leaf tree
+def add_grad_cases(penalty: str) -> list[Case]:
+    params = make_tree(0)
+    grads = {k: v.clone() for k, v in make_tree(1).items()}
+    lam = LAM
+    if penalty == "l1":
+        family = fr.l1
+
+        def value(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return sum(lam * w.abs().sum() for w in p.values())
+
+        def loop() -> dict[str, torch.Tensor]:
+            return {k: g + lam * torch.sign(params[k]) for k, g in grads.items()}
+
+        loop_text = "`{k: g + lam*torch.sign(w)}`"
+    else:
+        family = fr.l2
+
+        def value(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return sum(lam * w.square().sum() for w in p.values())
+
+        def loop() -> dict[str, torch.Tensor]:
+            return {k: g + 2 * lam * params[k] for k, g in grads.items()}
+
+        loop_text = "`{k: g + 2*lam*w}`"
+    penalty_grad = grad(value)
+
+    def fast() -> Any:
+        return family.add_grad(grads, params, lam)
+
+    def autograd() -> dict[str, torch.Tensor]:
+        pg = penalty_grad(params)
+        return {k: g + pg[k] for k, g in grads.items()}
+
+    def composable() -> Any:
+        with _dispatch.forced("composable"):
+            return family.add_grad(grads, params, lam)
+
+    cases = [
+        Case(f"`fr.{penalty}.add_grad` (fast path)", fast),
+        Case(f"`torch.func.grad` of the {penalty} value, + grads", autograd),
+        Case(f"per-leaf loop {loop_text}", loop),
+        Case(f"`fr.{penalty}.add_grad`, composable path forced", composable),
+    ]
+    want = fast()
+    for case in cases[1:]:
+        _check(case.name, case.fn(), want)
+    return cases
+
+
+def add_grad_compiled(penalty: str) -> list[Case]:
+    params = make_tree(0)
+    grads = {k: v.clone() for k, v in make_tree(1).items()}
+    family = fr.l1 if penalty == "l1" else fr.l2
+    lam = torch.tensor(LAM)  # a tensor λ, as a sweep over λ would pass it
+
+    def fn(g: Any, p: Any, lam: torch.Tensor) -> Any:
+        return family.add_grad(g, p, lam)
+
+    compiled = torch.compile(fn, fullgraph=True)
+    case = Case(f"`fr.{penalty}.add_grad` [torch.compile, fullgraph, tensor λ]",
+                lambda: compiled(grads, params, lam))
+    _check(case.name, case.fn(), family.add_grad(grads, params, LAM))
+    return [case]
+
+
+# --------------------------------------------------------- 2. one regularized MLP training step
+def step_cases(batch: int = 64, *, compiled: bool = False) -> list[Case]:
+    """Closures that each run one SGD step on their own copy of the same MLP.
+
+    With ``compiled``, one more row: funcreg's ``add_grad`` and the same update under
+    one ``torch.compile``, which fuses λ·sign(w) into the update's single pass.
+    """
+    base = make_mlp(0)
+    torch.manual_seed(1)
+    x = torch.randn(batch, 1024)
+    y = torch.randint(0, 10, (batch,))
+    lam, lr = LAM, LR
+
+    def update(ps: list[torch.Tensor], gs: list[torch.Tensor]) -> None:
+        # The one SGD update every variant shares, in place on the model's storage.
+        torch._foreach_add_(ps, gs, alpha=-lr)
+
+    def functional(kind: str) -> tuple[Callable[[], Any], nn.Module]:
+        """``torch.func.grad`` of the task loss, then by ``kind``: nothing ("none"),
+        ``fr.l1.add_grad`` ("funcreg"), the same and the update compiled together
+        ("compiled"), or the yardstick ("floor") described in ``builders``."""
+        model = copy.deepcopy(base)
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        plist = list(params.values())
+
+        def loss_fn(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return F.cross_entropy(functional_call(model, p, (x,)), y)
+
+        grad_fn = grad(loss_fn)
+
+        def regularized_update(p: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> None:
+            g = fr.l1.add_grad(g, p, lam)
+            update(list(p.values()), list(g.values()))
+
+        fused = torch.compile(regularized_update, fullgraph=True) if kind == "compiled" else None
+
+        def step() -> None:
+            g = grad_fn(params)
+            if fused is not None:
+                fused(params, g)
+                return
+            gs = list(g.values())
+            if kind == "funcreg":
+                gs = list(fr.l1.add_grad(g, params, lam).values())
+            elif kind == "floor":
+                gs = list(torch._foreach_add(gs, plist))
+            update(plist, gs)
+
+        return step, model
+
+    def module(kind: str) -> tuple[Callable[[], Any], nn.Module]:
+        model = copy.deepcopy(base)
+        plist = list(model.parameters())
+        if kind == "hook":
+            for p in plist:
+                p.register_hook(lambda g, p=p: g + lam * torch.sign(p))
+        elif kind == "post_hook":
+            def add_sign(p: torch.Tensor) -> None:
+                p.grad.add_(torch.sign(p), alpha=lam)
+
+            for p in plist:
+                p.register_post_accumulate_grad_hook(add_sign)
+
+        def step() -> None:
+            for p in plist:
+                p.grad = None
+            loss = F.cross_entropy(model(x), y)
+            if kind == "in_loss":
+                loss = loss + lam * sum(p.abs().sum() for p in plist)
+            loss.backward()
+            with torch.no_grad():
+                update(plist, [p.grad for p in plist])
+
+        return step, model
+
+    # (row name, builder, which rows must end the first step at the same parameters, note)
+    builders: list[tuple[str, Callable[[], tuple[Callable[[], Any], nn.Module]], str, str]] = [
+        ("unregularized: `torch.func.grad` + update", lambda: functional("none"), "plain",
+         "baseline for funcreg"),
+        ("unregularized: `nn.Module` `.backward()` + update", lambda: module("none"), "plain",
+         "baseline for the module recipes"),
+        ("L1 in the loss, `.backward()` + update", lambda: module("in_loss"), "l1",
+         "the common recipe"),
+        ("L1 by `param.register_hook(g + λ·sign(p))` + update", lambda: module("hook"), "l1", ""),
+        ("L1 by post-accumulate-grad hook `p.grad.add_(sign(p), alpha=λ)` + update",
+         lambda: module("post_hook"), "l1", "mutates `.grad` in place"),
+        ("L1 by funcreg: `torch.func.grad` + `fr.l1.add_grad` + update",
+         lambda: functional("funcreg"), "l1", ""),
+    ]
+    if compiled:
+        builders.append(
+            ("L1 by funcreg, `fr.l1.add_grad` + update under one `torch.compile`",
+             lambda: functional("compiled"), "l1",
+             "same math; Inductor fuses λ·sign(w) into the update")
+        )
+    builders.append(
+        ("yardstick: `torch.func.grad` + `torch._foreach_add(g, w)` + update",
+         lambda: functional("floor"), "",
+         "not L1: one pass reading g and w into a fresh tree, the least an eager pure "
+         "add_grad can cost")
+    )
+
+    # One step from the same start must give the same parameters within each group.
+    results: dict[str, dict[str, torch.Tensor]] = {}
+    for name, build, group, _ in builders:
+        if not group:
+            continue
+        step, model = build()
+        step()
+        got = {k: v.detach() for k, v in model.named_parameters()}
+        if group in results:
+            _check(name, got, results[group])
+        else:
+            results[group] = got
+    del results
+
+    cases = []
+    for name, build, _, note in builders:
+        step, _model = build()
+        cases.append(Case(name, step, note))
+    return cases
+
+
+# ------------------------------------------------------------------- 3. prox on a 50-leaf tree
+def prox_cases() -> list[Case]:
+    params = make_tree(0)
+    lam, step = PROX_LAM, PROX_STEP
+    t = lam * step
+
+    def fast() -> Any:
+        return fr.l1.prox(params, lam, step)
+
+    def loop() -> dict[str, torch.Tensor]:
+        return {k: w - w.clamp(-t, t) for k, w in params.items()}
+
+    def composable() -> Any:
+        with _dispatch.forced("composable"):
+            return fr.l1.prox(params, lam, step)
+
+    def softshrink() -> dict[str, torch.Tensor]:
+        return {k: F.softshrink(w, t) for k, w in params.items()}
+
+    cases = [
+        Case("`fr.l1.prox` (fast path)", fast),
+        Case("per-leaf loop `w - w.clamp(-t, t)`", loop),
+        Case("`fr.l1.prox`, composable path forced", composable),
+        Case("per-leaf `F.softshrink(w, t)`", softshrink,
+             "reference only: one fused kernel, Python-float t only"),
+    ]
+    want = fast()
+    for case in cases[1:]:
+        _check(case.name, case.fn(), want)
+    return cases
+
+
+def prox_compiled() -> list[Case]:
+    params = make_tree(0)
+    lam, step = torch.tensor(PROX_LAM), torch.tensor(PROX_STEP)
+    compiled = torch.compile(lambda p, a, s: fr.l1.prox(p, a, s), fullgraph=True)
+    case = Case("`fr.l1.prox` [torch.compile, fullgraph, tensor λ and step]",
+                lambda: compiled(params, lam, step))
+    _check(case.name, case.fn(), fr.l1.prox(params, PROX_LAM, PROX_STEP))
+    return [case]
+
+
+# ------------------------------------------------------------------------------- driver
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    """Run the benchmarks (``argv`` as on the command line; ``None`` reads ``sys.argv``),
+    print the tables, and return them as ``{title: markdown}``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few repetitions only")
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile rows (compiling takes a minute or so)")
+    parser.add_argument("--only", choices=["add_grad", "step", "prox"], action="append",
+                        help="run only this table (repeatable); default: all")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="repetitions for the tree tables (the step table takes a third)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads first (default: torch's own choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    reps = args.reps or (10 if args.quick else 300)
+    step_reps = max(3, reps // 3)
+    warmup = 2 if args.quick else 10
+
+    tree = make_tree()
+    mlp = make_mlp()
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    print(f"# funcreg penalty benchmarks (issue 3)\n\n{environment()}\n"
+          f"allocator: glibc malloc, GLIBC_TUNABLES={tunables!r}"
+          f"{'' if tunables else ' (defaults)'}\n")
+    print(f"tree: {len(tree)} leaves, {numel(tree):,} float32 values; "
+          f"MLP: 1024-2048-2048-1024-10, {numel(dict(mlp.named_parameters())):,} parameters, "
+          f"batch 64; λ={LAM:g}, lr={LR:g}; prox λ={PROX_LAM:g}, step={PROX_STEP:g}; "
+          f"medians of {reps} (steps: {step_reps}) interleaved "
+          f"repetitions after {warmup} warm-up calls\n", flush=True)
+    del tree, mlp
+
+    tables: dict[str, str] = {}
+
+    def emit(title: str, cases: list[Case], n: int, target: Callable[[list], str] | None = None) -> None:
+        rows = measure(cases, reps=n, warmup=warmup, count_faults=True)
+        text = markdown_table(rows, title=title)
+        if target is not None:
+            text += "\n\n" + "\n".join("- " + line for line in target(rows).splitlines())
+        tables[title] = text
+        print(text + "\n", flush=True)
+
+    def add_grad_target(rows: list) -> str:
+        speedup = rows[1].median_ms / rows[0].median_ms
+        return (f"add_grad is {speedup:.2f}x faster than autograd of the penalty "
+                f"(target >= 3x: {'met' if speedup >= 3 else 'MISSED'})")
+
+    only = set(args.only or ["add_grad", "step", "prox"])
+    for penalty in ("l1", "l2") if "add_grad" in only else ():
+        cases = add_grad_cases(penalty)
+        if args.compile:
+            cases += add_grad_compiled(penalty)
+        emit(f"`fr.{penalty}.add_grad`, 50 leaves, 2.5M float32", cases, reps, add_grad_target)
+
+    def step_target(rows: list) -> str:
+        lines = []
+        for row in rows:
+            ratio = row.median_ms / rows[0].median_ms
+            if "by funcreg" in row.name:
+                lines.append(f"{row.name} / unregularized functional step = {ratio:.3f} "
+                             f"(target <= 1.10: {'met' if ratio <= 1.10 else 'MISSED'})")
+            elif row.name.startswith("yardstick"):
+                lines.append(f"yardstick (one fresh pass, no L1) / unregularized functional "
+                             f"step = {ratio:.3f}")
+        return "\n".join(lines)
+
+    if "step" in only:
+        emit("L1-regularized SGD step, MLP 8.4M params, batch 64",
+             step_cases(compiled=args.compile), step_reps, step_target)
+
+    if "prox" in only:
+        cases = prox_cases()
+        if args.compile:
+            cases += prox_compiled()
+        emit("`fr.l1.prox`, 50 leaves, 2.5M float32", cases, reps)
+    return tables
+
+
+if __name__ == "__main__":
+    main()
