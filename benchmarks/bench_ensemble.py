@@ -9,7 +9,9 @@ training step is forward, backward, L2 gradient and SGD with momentum:
 * **funcreg, vmap**: the 16 members' params stacked (``fr.replicate``), and one
   ``torch.func.vmap`` over ``grad`` of the task loss, ``fr.l2.add_grad`` with a batched λ
   and ``fr.sgd.step``;
-* the same vmapped step under ``torch.compile``.
+* the same vmapped step under ``torch.compile``;
+* a yardstick: ``vmap`` of ``grad`` of the task loss alone, what torch.func costs before
+  any regularization or update.
 
 Before timing, one step of each is checked to give the same parameters.
 
@@ -77,10 +79,13 @@ def cases_for(sizes: tuple[int, ...]) -> list[Case]:
         return run
 
     _check(loop_step, models, funcreg_step(), holder)
+    grads_only = vmap(grad(mse), in_dims=(0, None, None))
     return [
         Case("loop over 16 models, torch.optim.SGD", loop_step),
         Case("funcreg, vmap over 16", funcreg_step()),
         Case("funcreg, vmap over 16 [torch.compile]", funcreg_step(compiled)),
+        Case("yardstick: vmap of grad alone, no penalty, no update",
+             lambda: grads_only(holder["params"], x, y)),
     ]
 
 
