@@ -89,6 +89,18 @@ class Batch:
         return self.flat.unflatten(params), state
 
 
+def zero_state(params: Any, buffers: tuple[str, ...]) -> dict[str, Any]:
+    """A step's initial state: ``"step"``, a 0-d float32 count per leaf on the leaf's
+    device (as torch.optim keeps it), and a zero tree like params for each of ``buffers``."""
+    flat = flatten(params)
+    require_tensors(flat)
+    state = {"step": flat.unflatten(
+        [torch.zeros((), dtype=torch.float32, device=p.device) for p in flat.leaves])}
+    for name in buffers:
+        state[name] = flat.unflatten([torch.zeros_like(p) for p in flat.leaves])
+    return state
+
+
 def prepare(
     name: str,
     params: Any,

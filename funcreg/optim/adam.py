@@ -11,7 +11,7 @@ from funcreg import _dispatch, _hyper
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._selection import Where
 from funcreg._tree import flatten, leaves_like, require_tensors
-from funcreg.optim._common import prepare
+from funcreg.optim._common import prepare, zero_state
 
 
 class Adam:
@@ -55,19 +55,8 @@ class Adam:
 
     def init(self, params: Any, *, amsgrad: bool = False) -> dict[str, Any]:
         """Zero moments and step counts; ``amsgrad=True`` adds the running max of ``v``."""
-        flat = flatten(params)
-        require_tensors(flat)
-        leaves = flat.leaves
-        state = {
-            "step": flat.unflatten(
-                [torch.zeros((), dtype=torch.float32, device=p.device) for p in leaves]
-            ),
-            "exp_avg": flat.unflatten([torch.zeros_like(p) for p in leaves]),
-            "exp_avg_sq": flat.unflatten([torch.zeros_like(p) for p in leaves]),
-        }
-        if amsgrad:
-            state["max_exp_avg_sq"] = flat.unflatten([torch.zeros_like(p) for p in leaves])
-        return state
+        buffers = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+        return zero_state(params, buffers)
 
     def step(
         self,

@@ -9,8 +9,7 @@ import torch
 from funcreg import _hyper
 from funcreg._ops import Ops, Tensors
 from funcreg._selection import Where
-from funcreg._tree import flatten, require_tensors
-from funcreg.optim._common import prepare
+from funcreg.optim._common import prepare, zero_state
 
 
 class SGD:
@@ -55,13 +54,7 @@ class SGD:
 
     def init(self, params: Any, *, momentum: bool = True) -> dict[str, Any]:
         """Zero step counts, and zero momentum buffers unless ``momentum=False``."""
-        flat = flatten(params)
-        require_tensors(flat)
-        state = {"step": flat.unflatten(
-            [torch.zeros((), dtype=torch.float32, device=p.device) for p in flat.leaves])}
-        if momentum:
-            state["momentum_buffer"] = flat.unflatten([torch.zeros_like(p) for p in flat.leaves])
-        return state
+        return zero_state(params, ("momentum_buffer",) if momentum else ())
 
     def step(
         self,
