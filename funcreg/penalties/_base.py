@@ -54,6 +54,8 @@ class Penalty:
 
     # --------------------------------------------------------------- the public operations
     def __call__(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> torch.Tensor:
+        """The penalty's value over the leaves ``where`` selects: a 0-d tensor (batched under
+        ``vmap``) that autograd and torch.func can differentiate."""
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         terms = [
             self._value(flat.leaves[i], lam_col[k], *(c[k] for c in extra))
@@ -62,6 +64,8 @@ class Penalty:
         return sum(terms[1:], terms[0])
 
     def grad(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> Any:
+        """The penalty's gradient, computed in closed form (no autograd): a tree like
+        params, zero on the leaves ``where`` does not select."""
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         ws = [flat.leaves[i] for i in sel]
         fast = _dispatch.use_fast_path(ws, lam_col, *extra)
@@ -74,6 +78,10 @@ class Penalty:
     def add_grad(
         self, grads: Any, params: Any, lam: Any, *, where: Where = None, **options: Any
     ) -> Any:
+        """``grads`` plus the penalty's gradient on the selected leaves, as a new tree.
+
+        Unselected leaves pass through as they are, and a ``None`` gradient stays ``None``.
+        """
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         gs_all = leaves_like(flat, grads, "grads")
         for i in sel:
@@ -97,6 +105,11 @@ class Penalty:
     def prox(
         self, params: Any, lam: Any, step: Any, *, where: Where = None, **options: Any
     ) -> Any:
+        r"""The proximal operator
+        :math:`\operatorname{argmin}_u \tfrac12\lVert u - w\rVert^2 + \mathrm{step}\cdot P(u)`
+        on the selected leaves; the others pass through as they are. ``step`` takes the
+        same forms as ``lam`` and, for separable penalties, a tensor shaped like the leaf
+        (the per-element step of a proximal Adam)."""
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         step_col = _hyper.per_leaf(
             "step", step, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
