@@ -8,6 +8,7 @@ insertion order. A leaf's path is its keys joined with ``.``, so the keys of
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,20 +34,27 @@ class Flat:
         return optree.tree_unflatten(self.spec, leaves)
 
 
-def _path_string(keys: tuple[Any, ...]) -> str:
-    return ".".join(str(k) for k in keys)
+@functools.lru_cache(maxsize=256)
+def _paths(spec: optree.PyTreeSpec) -> tuple[tuple[str, ...], str | None]:
+    """The dotted paths of a structure's leaves, and the first path that repeats, if any.
+
+    A training loop passes trees of one structure again and again: this runs once per
+    structure, not once per call.
+    """
+    paths = tuple(".".join(str(k) for k in keys) for keys in spec.paths())
+    seen: set[str] = set()
+    duplicate = next((p for p in paths if p in seen or seen.add(p)), None)
+    return paths, duplicate
 
 
 def flatten(tree: Any, what: str = "params") -> Flat:
     """Flatten ``tree``; two leaves whose paths print the same are an error."""
-    keys, leaves, spec = optree.tree_flatten_with_path(
-        tree, none_is_leaf=True, namespace=NAMESPACE
-    )
-    paths = tuple(_path_string(k) for k in keys)
-    if len(set(paths)) != len(paths):
-        seen: set[str] = set()
-        dup = next(p for p in paths if p in seen or seen.add(p))
-        raise ValueError(f"{what}: two leaves share the path {dup!r}; rename one of them")
+    leaves, spec = optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
+    # Dynamo traces through a cache (and warns); a compiled graph runs none of this anyway.
+    find = _paths.__wrapped__ if torch.compiler.is_compiling() else _paths
+    paths, duplicate = find(spec)
+    if duplicate is not None:
+        raise ValueError(f"{what}: two leaves share the path {duplicate!r}; rename one of them")
     return Flat(paths, leaves, spec)
 
 

@@ -59,7 +59,8 @@ class Batch:
             gs = [self.grads[i] for i in idx]
             st = [[self.state[key][i] for i in idx] for key in keys]
             cols = [_hyper.per_leaf(n, v, self.flat, idx) for n, v in hyper.items()]
-            fast = _dispatch.use_fast_path(ps, gs, *st, *cols)
+            # a column is its value cast per leaf: the values alone tell whether any is traced
+            fast = _dispatch.use_fast_path(ps, gs, *st, hyper.values())
 
             def body(ops: Any, *columns: Any) -> Any:
                 if fast and fused_ok:
