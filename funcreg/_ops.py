@@ -34,8 +34,8 @@ class PerLeaf:
         return [x * v for x, v in zip(xs, h)]
 
     @staticmethod
-    def add(xs: Tensors, ys: Tensors) -> Tensors:
-        return [x + y for x, y in zip(xs, ys)]
+    def iadd(fresh: Tensors, ys: Tensors) -> Tensors:
+        return [x + y for x, y in zip(fresh, ys)]
 
     @staticmethod
     def sub(xs: Tensors, ys: Tensors) -> Tensors:
@@ -44,11 +44,6 @@ class PerLeaf:
     @staticmethod
     def sign(xs: Tensors) -> Tensors:
         return [torch.sign(x) for x in xs]
-
-    @staticmethod
-    def clamp_abs(xs: Tensors, t: Column) -> Tensors:
-        """``clamp(x, -t, t)``."""
-        return [_clamp(x, v) for x, v in zip(xs, t)]
 
     @staticmethod
     def lerp(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
@@ -105,8 +100,6 @@ class PerLeaf:
         return [x - _clamp(x, v) for x, v in zip(xs, t)]
 
     # "fresh" arguments below are tensors the caller just allocated; FOREACH reuses them.
-    iadd = add
-    isub = sub
     imul = mul
     iadd_scalar = add_scalar
 
@@ -138,10 +131,6 @@ class Foreach:
         return list(torch._foreach_mul(xs, _arg(xs, h)))
 
     @staticmethod
-    def add(xs: Tensors, ys: Tensors) -> Tensors:
-        return list(torch._foreach_add(xs, ys))
-
-    @staticmethod
     def sub(xs: Tensors, ys: Tensors) -> Tensors:
         return list(torch._foreach_sub(xs, ys))
 
@@ -150,7 +139,8 @@ class Foreach:
         return list(torch._foreach_sign(xs))
 
     @staticmethod
-    def clamp_abs(xs: Tensors, t: Column) -> Tensors:
+    def _clamp_abs(xs: Tensors, t: Column) -> Tensors:
+        """``clamp(x, -t, t)``."""
         arg = _arg(xs, t)
         if isinstance(arg[0], torch.Tensor):
             out = list(torch._foreach_maximum(xs, torch._foreach_neg(arg)))
@@ -228,11 +218,6 @@ class Foreach:
         return fresh
 
     @staticmethod
-    def isub(fresh: Tensors, ys: Tensors) -> Tensors:
-        torch._foreach_sub_(fresh, ys)
-        return fresh
-
-    @staticmethod
     def imul(fresh: Tensors, h: Column) -> Tensors:
         torch._foreach_mul_(fresh, _arg(fresh, h))
         return fresh
@@ -245,7 +230,7 @@ class Foreach:
 
     @classmethod
     def soft_threshold(cls, xs: Tensors, t: Column) -> Tensors:
-        return list(torch._foreach_sub(xs, cls.clamp_abs(xs, t)))
+        return list(torch._foreach_sub(xs, cls._clamp_abs(xs, t)))
 
 
 class ForeachCPU(Foreach):
@@ -270,11 +255,6 @@ class ForeachCPU(Foreach):
             else:
                 torch.add(x, y, alpha=v, out=y)
         return fresh
-
-    @staticmethod
-    def clamp_abs(xs: Tensors, t: Column) -> Tensors:
-        negated: dict[int, torch.Tensor] = {}
-        return [_clamp_cpu(x, v, negated) for x, v in zip(xs, t)]
 
     @staticmethod
     def soft_threshold(xs: Tensors, t: Column) -> Tensors:
