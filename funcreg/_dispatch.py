@@ -55,6 +55,12 @@ def _foreach_for(device: torch.device) -> _ops.Foreach:
     return _ops.FOREACH_CPU if device.type == "cpu" else _ops.FOREACH
 
 
+#: On the fast path of a donated call, the leaves go to ``body`` in chunks of at most this
+#: many elements (or one leaf, if larger), so that its scratch tensors, such as the
+#: ``sign(w)`` of an L1 gradient, stay bounded instead of growing with the model.
+CHUNK = 1 << 23
+
+
 def run(
     body: Callable[..., Any],
     columns: Sequence[Sequence[Any]],
@@ -67,25 +73,45 @@ def run(
     ``body`` returns a list of leaves, or a tuple of such lists, one entry per input
     position. On the fast path it runs once per (device, dtype) group of ``group_by``, as
     torch.optim groups tensors for its foreach kernels, and the results are put back in
-    order.
+    order; when a column is owned (donated), groups are cut into chunks of at most
+    :data:`CHUNK` elements, and each part keeps its column's ownership.
     """
     if not fast:
         return body(_ops.PER_LEAF, *columns)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, leaf in enumerate(group_by):
         groups.setdefault((leaf.device, leaf.dtype), []).append(i)
-    if len(groups) == 1:
-        return body(_foreach_for(group_by[0].device), *columns)
+    if any(_ops.owned(col) for col in columns):
+        parts = [(device, chunk) for (device, _), idx in groups.items()
+                 for chunk in _chunks(idx, group_by)]
+    else:
+        parts = [(device, idx) for (device, _), idx in groups.items()]
+    if len(parts) == 1:
+        return body(_foreach_for(parts[0][0]), *columns)
     outputs: list[list[Any]] | None = None
     single = False
-    for (device, _), idx in groups.items():
-        result = body(_foreach_for(device), *([col[i] for i in idx] for col in columns))
+    for device, idx in parts:
+        result = body(_foreach_for(device), *(_ops.like(col, [col[i] for i in idx]) for col in columns))
         single = isinstance(result, list)
-        parts = [result] if single else list(result)
+        pieces = [result] if single else list(result)
         if outputs is None:
-            outputs = [[None] * len(group_by) for _ in parts]
-        for out, part in zip(outputs, parts):
-            for i, value in zip(idx, part):
+            outputs = [[None] * len(group_by) for _ in pieces]
+        for out, piece in zip(outputs, pieces):
+            for i, value in zip(idx, piece):
                 out[i] = value
     assert outputs is not None
     return outputs[0] if single else tuple(outputs)
+
+
+def _chunks(idx: list[int], leaves: Sequence[torch.Tensor]) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    size = 0
+    for i in idx:
+        n = leaves[i].numel()
+        if chunk and size + n > CHUNK:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += n
+    if chunk:
+        yield chunk

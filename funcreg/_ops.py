@@ -1,113 +1,70 @@
-"""Leaf-list arithmetic with two implementations: multi-tensor kernels and per-leaf ops.
+"""Leaf-list arithmetic, written once per family and run on one of two implementations.
 
-Every penalty and step in funcreg is written once, against the small vocabulary below, and
-runs on either implementation:
+Every penalty, step and projection in funcreg is a short function of lists of leaves
+(``ws``, ``gs``, ``ms``...) and hyperparameter columns, written against the vocabulary
+below and run by :mod:`funcreg._dispatch` on one of
 
-* :data:`FOREACH` calls ``torch._foreach_*`` kernels. The caller hands it leaves of one
-  (device, dtype) group; it may write in place into tensors it allocated itself.
-  :data:`FOREACH_CPU` is the same for CPU groups, except for a few ops where one fused
-  per-leaf kernel writing into a fresh tensor (``out=``) replaces a chain of foreach calls.
-* :data:`PER_LEAF` uses plain tensor ops, one leaf at a time, never in place, so that
-  ``vmap``, ``grad``, ``jacrev`` and ``torch.compile`` can trace it.
+* :data:`FOREACH` (and :data:`FOREACH_CPU` for CPU groups): ``torch._foreach_*``
+  kernels over leaves of one (device, dtype) group, the fast path;
+* :data:`PER_LEAF`: plain out-of-place tensor ops, one leaf at a time, which ``vmap``,
+  ``grad``, ``jacrev`` and ``torch.compile`` can trace, the composable path.
 
-A hyperparameter column ``h`` holds one value per leaf: a Python float, a 0-d tensor, or a
-tensor shaped like the leaf.
+**Ownership.** A list of leaves is *borrowed* (a plain ``list``: the caller's tensors,
+never written) or *owned* (:class:`Owned`: tensors the running call may overwrite,
+because it allocated them or because the caller donated them). The ops whose name ends
+in ``_`` work like torch's in-place ops on their first argument when it is owned (they
+write into it and return it), and like the out-of-place op when it is borrowed (the result
+goes into fresh tensors, which the call then owns). So one line of family math, ::
+
+    ms = ops.lerp_(ms, gs, 1 - beta1)
+
+is torch.optim's ``torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)`` when the state was
+donated, and ``torch._foreach_lerp(...)`` into a fresh tree otherwise; the ops that follow
+on ``ms`` then run in place either way. The ops without ``_`` always allocate, and
+return a :class:`Temp`, an intermediate that two ops may recycle: ``add_(xs, ys)`` writes
+``x + y`` into a ``Temp`` ``ys`` when ``xs`` is borrowed (``g + Δ`` into the buffer of
+``Δ``), and ``addcdiv_`` may scale a ``Temp`` divisor in place; so do not read a ``Temp``
+after passing it there. :data:`PER_LEAF` never writes in place: it returns plain lists,
+and a donated call copies its results into the donated storage afterwards
+(:mod:`funcreg._donation`).
+
+A hyperparameter column ``h`` holds one value per leaf: a Python float, a 0-d tensor, or
+a tensor that broadcasts against the leaf (a per-element λ, a group lasso's per-row
+scales). Where an op takes ``h``, a single Python float stands for the same value on
+every leaf.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence, Union
 
 import torch
 
 from funcreg._hyper import Hyper
 
 Tensors = list[torch.Tensor]
-Column = Sequence[Hyper]
+Column = Union[float, Sequence[Hyper]]
 
 
-class PerLeaf:
-    """Composable implementation: per-leaf, out-of-place tensor ops."""
-
-    @staticmethod
-    def mul(xs: Tensors, h: Column) -> Tensors:
-        return [x * v for x, v in zip(xs, h)]
-
-    @staticmethod
-    def iadd(fresh: Tensors, ys: Tensors) -> Tensors:
-        return [x + y for x, y in zip(fresh, ys)]
-
-    @staticmethod
-    def sub(xs: Tensors, ys: Tensors) -> Tensors:
-        return [x - y for x, y in zip(xs, ys)]
-
-    @staticmethod
-    def sign(xs: Tensors) -> Tensors:
-        return [torch.sign(x) for x in xs]
-
-    @staticmethod
-    def lerp(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
-        return [torch.lerp(x, y, _as_tensor(v, x)) for x, y, v in zip(xs, ys, h)]
-
-    @staticmethod
-    def neg(xs: Tensors) -> Tensors:
-        return [-x for x in xs]
-
-    @staticmethod
-    def axpy(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
-        """``x + h * y``."""
-        return [x + y * v for x, y, v in zip(xs, ys, h)]
-
-    @staticmethod
-    def addcmul(fresh: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
-        """``fresh + h * y * z``."""
-        return [x + v * y * z for x, y, z, v in zip(fresh, ys, zs, h)]
-
-    @staticmethod
-    def div(xs: Tensors, ys: Tensors) -> Tensors:
-        return [x / y for x, y in zip(xs, ys)]
-
-    @staticmethod
-    def sqrt(xs: Tensors) -> Tensors:
-        return [torch.sqrt(x) for x in xs]
-
-    @staticmethod
-    def maximum(xs: Tensors, ys: Tensors) -> Tensors:
-        return [torch.maximum(x, y) for x, y in zip(xs, ys)]
-
-    @staticmethod
-    def add_scalar(xs: Tensors, h: Column) -> Tensors:
-        """``x + h``."""
-        return [x + v for x, v in zip(xs, h)]
-
-    @staticmethod
-    def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
-        """``1 - b ** e`` for each 0-d exponent (Adam's bias corrections)."""
-        return [1 - b**e for b, e in zip(base, exponents)]
-
-    @staticmethod
-    def ireciprocal(fresh: Tensors) -> Tensors:
-        return [torch.reciprocal(x) for x in fresh]
-
-    @staticmethod
-    def iaxpy(xs: Tensors, fresh: Tensors, h: Column) -> Tensors:
-        """``x + h * fresh`` (the fast path writes it into ``fresh``)."""
-        return [x + y * v for x, y, v in zip(xs, fresh, h)]
-
-    @staticmethod
-    def soft_threshold(xs: Tensors, t: Column) -> Tensors:
-        """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
-        return [x - _clamp(x, v) for x, v in zip(xs, t)]
-
-    # "fresh" arguments below are tensors the caller just allocated; FOREACH reuses them.
-    imul = mul
-    iadd_scalar = add_scalar
+class Owned(list):
+    """Leaves the running call may overwrite: tensors it allocated, or donated inputs."""
 
 
-def _clamp(x: torch.Tensor, t: Hyper) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        return torch.clamp(x, -t, t)
-    return x.clamp(-t, t)
+class Temp(Owned):
+    """An intermediate result: owned, and free for the op it is passed to to recycle."""
+
+
+def owned(xs: Sequence[torch.Tensor]) -> bool:
+    return isinstance(xs, Owned)
+
+
+def like(xs: Sequence[torch.Tensor], items: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``items`` with the ownership of ``xs`` (for a subset or a reordering of ``xs``)."""
+    return type(xs)(items) if isinstance(xs, Owned) else items
+
+
+def _col(h: Column, n: int) -> Sequence[Hyper]:
+    return [h] * n if isinstance(h, (float, int)) else h
 
 
 def _as_tensor(v: Hyper, like: torch.Tensor) -> torch.Tensor:
@@ -116,121 +73,233 @@ def _as_tensor(v: Hyper, like: torch.Tensor) -> torch.Tensor:
     return torch.full((), v, dtype=like.dtype, device=like.device)
 
 
-def _arg(xs: Tensors, h: Column) -> list[float] | Tensors:
-    """A column as a foreach argument: a ScalarList when every value is a Python float."""
+def _scalar(h: Column, n: int) -> float | None:
+    """The one Python float every leaf of ``h`` holds, or ``None``."""
+    if isinstance(h, (float, int)):
+        return float(h)
+    first = h[0] if n else 0.0
+    if isinstance(first, torch.Tensor) or any(isinstance(v, torch.Tensor) or v != first for v in h):
+        return None
+    return float(first)
+
+
+def _arg(xs: Tensors, h: Column) -> float | list[float] | Tensors:
+    """``h`` as a foreach argument: one float, a ScalarList, or a list of tensors."""
+    if isinstance(h, (float, int)):
+        return float(h)
     if all(not isinstance(v, torch.Tensor) for v in h):
         return list(h)  # type: ignore[arg-type]
     return [_as_tensor(v, x) for x, v in zip(xs, h)]
 
 
-class Foreach:
-    """Fast implementation: ``torch._foreach_*`` over one (device, dtype) group."""
+class PerLeaf:
+    """Composable implementation: per-leaf out-of-place tensor ops; ownership is ignored."""
 
-    @staticmethod
-    def mul(xs: Tensors, h: Column) -> Tensors:
-        return list(torch._foreach_mul(xs, _arg(xs, h)))
-
-    @staticmethod
-    def sub(xs: Tensors, ys: Tensors) -> Tensors:
-        return list(torch._foreach_sub(xs, ys))
-
+    # ------------------------------------------------------------- allocating ops
     @staticmethod
     def sign(xs: Tensors) -> Tensors:
-        return list(torch._foreach_sign(xs))
-
-    @staticmethod
-    def _clamp_abs(xs: Tensors, t: Column) -> Tensors:
-        """``clamp(x, -t, t)``."""
-        arg = _arg(xs, t)
-        if isinstance(arg[0], torch.Tensor):
-            out = list(torch._foreach_maximum(xs, torch._foreach_neg(arg)))
-            torch._foreach_minimum_(out, arg)
-        else:
-            out = list(torch._foreach_clamp_min(xs, [-v for v in arg]))
-            torch._foreach_clamp_max_(out, arg)
-        return out
-
-    @staticmethod
-    def lerp(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
-        return list(torch._foreach_lerp(xs, ys, _arg(xs, h)))
+        return [torch.sign(x) for x in xs]
 
     @staticmethod
     def neg(xs: Tensors) -> Tensors:
-        return list(torch._foreach_neg(xs))
-
-    @staticmethod
-    def axpy(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
-        arg = _arg(xs, h)
-        if isinstance(arg[0], torch.Tensor):
-            return list(torch._foreach_addcmul(xs, ys, arg))
-        out = list(torch._foreach_mul(ys, arg))
-        torch._foreach_add_(out, xs)
-        return out
-
-    @staticmethod
-    def addcmul(fresh: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
-        arg = _arg(fresh, h)
-        if isinstance(arg[0], torch.Tensor):
-            torch._foreach_addcmul_(fresh, torch._foreach_mul(ys, arg), zs)
-        else:
-            torch._foreach_addcmul_(fresh, ys, zs, arg)
-        return fresh
-
-    @staticmethod
-    def div(xs: Tensors, ys: Tensors) -> Tensors:
-        return list(torch._foreach_div(xs, ys))
+        return [-x for x in xs]
 
     @staticmethod
     def sqrt(xs: Tensors) -> Tensors:
-        return list(torch._foreach_sqrt(xs))
+        return [torch.sqrt(x) for x in xs]
 
     @staticmethod
-    def maximum(xs: Tensors, ys: Tensors) -> Tensors:
-        return list(torch._foreach_maximum(xs, ys))
+    def sub(xs: Tensors, ys: Tensors) -> Tensors:
+        return [x - y for x, y in zip(xs, ys)]
 
     @staticmethod
-    def add_scalar(xs: Tensors, h: Column) -> Tensors:
-        return list(torch._foreach_add(xs, _arg(xs, h)))
-
-    @staticmethod
-    def iadd_scalar(fresh: Tensors, h: Column) -> Tensors:
-        torch._foreach_add_(fresh, _arg(fresh, h))
-        return fresh
+    def mul(xs: Tensors, h: Column) -> Tensors:
+        return [x * v for x, v in zip(xs, _col(h, len(xs)))]
 
     @staticmethod
     def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
-        b = base[0]
-        if isinstance(b, torch.Tensor) or any(v != b for v in base):
+        """``1 - b ** e`` for each 0-d exponent (Adam's bias corrections)."""
+        return [1 - b**e for b, e in zip(_col(base, len(exponents)), exponents)]
+
+    # ------------------------------------------- what torch's in-place ops compute
+    # Each keeps its first argument's dtype, as the in-place op would: a 0-d bfloat16 leaf
+    # times a 0-d float32 scalar (Adam's bias corrections) would otherwise promote.
+    @staticmethod
+    def add_(xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
+        """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
+        ys = _col(ys, len(xs))
+        if alpha is None:
+            return [_keep(x, x + y) for x, y in zip(xs, ys)]
+        return [_keep(x, x + a * y) for x, y, a in zip(xs, ys, _col(alpha, len(xs)))]
+
+    @staticmethod
+    def mul_(xs: Tensors, h: Column) -> Tensors:
+        return [_keep(x, x * v) for x, v in zip(xs, _col(h, len(xs)))]
+
+    @staticmethod
+    def div_(xs: Tensors, h: Column) -> Tensors:
+        return [_keep(x, x / v) for x, v in zip(xs, _col(h, len(xs)))]
+
+    @staticmethod
+    def lerp_(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
+        return [torch.lerp(x, y, _as_tensor(v, x)) for x, y, v in zip(xs, ys, _col(h, len(xs)))]
+
+    @staticmethod
+    def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
+        """``x + h * y * z``."""
+        return [_keep(x, x + v * y * z) for x, y, z, v in zip(xs, ys, zs, _col(h, len(xs)))]
+
+    @staticmethod
+    def addcdiv_(xs: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
+        """``x + h * y / z``."""
+        return [_keep(x, x + v * y / z) for x, y, z, v in zip(xs, ys, zs, _col(h, len(xs)))]
+
+    @staticmethod
+    def maximum_(xs: Tensors, ys: Tensors) -> Tensors:
+        return [torch.maximum(x, y) for x, y in zip(xs, ys)]
+
+    @staticmethod
+    def reciprocal_(xs: Tensors) -> Tensors:
+        return [torch.reciprocal(x) for x in xs]
+
+    @staticmethod
+    def soft_threshold_(xs: Tensors, t: Column) -> Tensors:
+        """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
+        return [_keep(x, x - _clamp(x, -v, v)) for x, v in zip(xs, _col(t, len(xs)))]
+
+
+def _keep(x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    return result if result.dtype == x.dtype else result.to(x.dtype)
+
+
+def _clamp(x: torch.Tensor, low: Hyper, high: Hyper) -> torch.Tensor:
+    if isinstance(low, torch.Tensor) or isinstance(high, torch.Tensor):
+        # torch.clamp takes tensor bounds only if both are tensors
+        return torch.clamp(x, _as_tensor(low, x), _as_tensor(high, x))
+    return x.clamp(low, high)
+
+
+def _cow(in_place: Callable[..., Any], out_of_place: Callable[..., Any], xs: Tensors,
+         *args: Any, **kwargs: Any) -> Tensors:
+    """A foreach op on ``xs``: in place when ``xs`` is owned, into fresh tensors otherwise."""
+    if owned(xs):
+        in_place(xs, *args, **kwargs)
+        return xs
+    # keep each leaf's dtype, as the in-place op does (see PerLeaf)
+    return Owned(_keep(x, r) for x, r in zip(xs, out_of_place(xs, *args, **kwargs)))
+
+
+class Foreach:
+    """Fast implementation: ``torch._foreach_*`` over one (device, dtype) group."""
+
+    # ------------------------------------------------------------- allocating ops
+    @staticmethod
+    def sign(xs: Tensors) -> Tensors:
+        return Temp(torch._foreach_sign(xs))
+
+    @staticmethod
+    def neg(xs: Tensors) -> Tensors:
+        return Temp(torch._foreach_neg(xs))
+
+    @staticmethod
+    def sqrt(xs: Tensors) -> Tensors:
+        return Temp(torch._foreach_sqrt(xs))
+
+    @staticmethod
+    def sub(xs: Tensors, ys: Tensors) -> Tensors:
+        return Temp(torch._foreach_sub(xs, ys))
+
+    @staticmethod
+    def mul(xs: Tensors, h: Column) -> Tensors:
+        return Temp(torch._foreach_mul(xs, _arg(xs, h)))
+
+    @staticmethod
+    def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
+        b = _scalar(base, len(exponents))
+        if b is None:
             return PerLeaf.one_minus_pow(base, exponents)
-        out = list(torch._foreach_pow(b, exponents))
+        out = torch._foreach_pow(b, exponents)
         torch._foreach_neg_(out)
-        torch._foreach_add_(out, 1)
-        return out
+        torch._foreach_add_(out, 1.0)
+        return Temp(out)
+
+    # --------------------------------------------------- in place on owned leaves
+    @staticmethod
+    def add_(xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
+        """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
+        if _is_column(ys):
+            return _cow(torch._foreach_add_, torch._foreach_add, xs, _arg(xs, ys))  # type: ignore[arg-type]
+        a = 1.0 if alpha is None else _scalar(alpha, len(xs))
+        if a is not None:
+            return _cow(torch._foreach_add_, torch._foreach_add, xs, ys, alpha=a)
+        scale = [_as_tensor(v, x) for x, v in zip(xs, _col(alpha, len(xs)))]  # type: ignore[arg-type]
+        return _cow(torch._foreach_addcmul_, torch._foreach_addcmul, xs, ys, scale)
 
     @staticmethod
-    def ireciprocal(fresh: Tensors) -> Tensors:
-        torch._foreach_reciprocal_(fresh)
-        return fresh
+    def mul_(xs: Tensors, h: Column) -> Tensors:
+        return _cow(torch._foreach_mul_, torch._foreach_mul, xs, _arg(xs, h))
 
     @staticmethod
-    def iadd(fresh: Tensors, ys: Tensors) -> Tensors:
-        torch._foreach_add_(fresh, ys)
-        return fresh
+    def div_(xs: Tensors, h: Column) -> Tensors:
+        return _cow(torch._foreach_div_, torch._foreach_div, xs, _arg(xs, h))
 
     @staticmethod
-    def imul(fresh: Tensors, h: Column) -> Tensors:
-        torch._foreach_mul_(fresh, _arg(fresh, h))
-        return fresh
+    def lerp_(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
+        return _cow(torch._foreach_lerp_, torch._foreach_lerp, xs, ys, _arg(xs, h))
 
     @staticmethod
-    def iaxpy(xs: Tensors, fresh: Tensors, h: Column) -> Tensors:
-        torch._foreach_mul_(fresh, _arg(fresh, h))
-        torch._foreach_add_(fresh, xs)
-        return fresh
+    def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
+        """``x + h * y * z``."""
+        arg = _arg(xs, h)
+        if isinstance(arg, list) and isinstance(arg[0], torch.Tensor):
+            # the op takes tensor scalars only as one 1-d CPU tensor
+            ys, arg = torch._foreach_mul(ys, arg), 1.0
+        return _cow(torch._foreach_addcmul_, torch._foreach_addcmul, xs, ys, zs, arg)
 
-    @classmethod
-    def soft_threshold(cls, xs: Tensors, t: Column) -> Tensors:
-        return list(torch._foreach_sub(xs, cls._clamp_abs(xs, t)))
+    @staticmethod
+    def addcdiv_(xs: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
+        """``x + h * y / z``; a tensor ``h`` is folded into ``zs`` when it is a :class:`Temp`
+        (as torch.optim's capturable Adam folds its step size into the denominator)."""
+        arg = _arg(xs, h)
+        if isinstance(arg, list) and isinstance(arg[0], torch.Tensor):
+            if isinstance(zs, Temp):
+                torch._foreach_div_(zs, arg)
+            else:
+                ys = torch._foreach_mul(ys, arg)
+            arg = 1.0
+        return _cow(torch._foreach_addcdiv_, torch._foreach_addcdiv, xs, ys, zs, arg)
+
+    @staticmethod
+    def maximum_(xs: Tensors, ys: Tensors) -> Tensors:
+        return _cow(torch._foreach_maximum_, torch._foreach_maximum, xs, ys)
+
+    @staticmethod
+    def reciprocal_(xs: Tensors) -> Tensors:
+        return _cow(torch._foreach_reciprocal_, torch._foreach_reciprocal, xs)
+
+    @staticmethod
+    def soft_threshold_(xs: Tensors, t: Column) -> Tensors:
+        """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
+        arg = _arg(xs, t)
+        if isinstance(arg, list) and isinstance(arg[0], torch.Tensor):
+            clamped = torch._foreach_maximum(xs, torch._foreach_neg(arg))
+            torch._foreach_minimum_(clamped, arg)
+        else:
+            low = -arg if isinstance(arg, float) else [-v for v in arg]  # type: ignore[union-attr]
+            clamped = torch._foreach_clamp_min(xs, low)
+            torch._foreach_clamp_max_(clamped, arg)
+        return _cow(torch._foreach_sub_, torch._foreach_sub, xs, clamped)
+
+
+def writable(xs: Tensors) -> Tensors:
+    """``xs`` if owned, else fresh copies of it: what a fused in-place kernel may run on."""
+    return xs if owned(xs) else Owned([x.clone() for x in xs])
+
+
+def _is_column(ys: Tensors | Column) -> bool:
+    """Whether ``add_``'s operand is a column of numbers rather than a list of tensors (a
+    list of 0-d tensors is both, and either reading gives the same sums)."""
+    return isinstance(ys, (float, int)) or not all(isinstance(y, torch.Tensor) for y in ys)
 
 
 class ForeachCPU(Foreach):
@@ -238,45 +307,60 @@ class ForeachCPU(Foreach):
 
     On CPU a ``torch._foreach_*`` op is a C++ loop of the per-tensor kernel over the
     leaves: one full pass over every leaf per op. Where a chain of them exists only
-    because foreach ops have no ``out=`` (``x + h * fresh`` as ``mul_`` then ``add_``,
-    a clamp as ``clamp_min`` then ``clamp_max_``, the subtraction of a soft threshold
-    into yet another new tensor), one per-leaf kernel does the work in one pass, writing
-    into the tensor that was just allocated. Same math, fewer passes over memory and
-    fewer allocations; the soft threshold also finishes each leaf while its clamp is
-    still in cache. Python-float hyperparameters reach ``alpha=`` or a clamp bound only
-    here, on plain tensors the fast path never sees traced.
+    because foreach ops have no ``out=`` (``g + λ·Δ`` into the fresh ``Δ``, a clamp as
+    ``clamp_min`` then ``clamp_max_``, the subtraction of a soft threshold into yet
+    another new tensor), one per-leaf kernel does the work in one pass, writing into a
+    tensor the call owns, and the soft threshold finishes each leaf while its clamp is
+    still in cache (and frees it at once, so a donated call needs one leaf of scratch).
+    Python-float hyperparameters reach ``alpha=`` or a clamp bound only here, on plain
+    tensors the fast path never sees traced.
     """
 
     @staticmethod
-    def iaxpy(xs: Tensors, fresh: Tensors, h: Column) -> Tensors:
-        for x, y, v in zip(xs, fresh, h):
-            if isinstance(v, torch.Tensor):
-                torch.addcmul(x, y, v, out=y)
+    def add_(xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
+        """As :meth:`Foreach.add_`, but into a :class:`Temp` ``ys`` in one pass per leaf
+        when ``xs`` is borrowed (``g + λ·sign(w)`` into the fresh ``sign(w)``)."""
+        if owned(xs) or not isinstance(ys, Temp):
+            return Foreach.add_(xs, ys, alpha)
+        alphas = _col(1.0 if alpha is None else alpha, len(xs))
+        for x, y, a in zip(xs, ys, alphas):
+            if isinstance(a, torch.Tensor):
+                torch.addcmul(x, y, a, out=y)
             else:
-                torch.add(x, y, alpha=v, out=y)
-        return fresh
+                torch.add(x, y, alpha=a, out=y)
+        return ys
 
     @staticmethod
-    def soft_threshold(xs: Tensors, t: Column) -> Tensors:
+    def mul_(xs: Tensors, h: Column) -> Tensors:
+        arg = _arg(xs, h)
+        if owned(xs) and xs and xs[0].dtype in (torch.bfloat16, torch.float16) \
+                and not (isinstance(arg, list) and isinstance(arg[0], torch.Tensor)):
+            # In place on a CPU half-precision group, _foreach_mul_ rounds a Python scalar
+            # to the leaves' dtype first (0.9 becomes 0.8984375 in bfloat16), unlike the
+            # out-of-place op and every other in-place foreach op: a float32 tensor keeps
+            # the scalar exact, so donated and pure calls agree to the bit.
+            arg = [torch.tensor(v, dtype=torch.float32) for v in _col(arg, len(xs))]  # type: ignore[arg-type]
+        return _cow(torch._foreach_mul_, torch._foreach_mul, xs, arg)
+
+    @staticmethod
+    def soft_threshold_(xs: Tensors, t: Column) -> Tensors:
         negated: dict[int, torch.Tensor] = {}
-        out = []
-        for x, v in zip(xs, t):
-            y = _clamp_cpu(x, v, negated)
-            torch.sub(x, y, out=y)
-            out.append(y)
+        out = xs if owned(xs) else Owned()
+        for x, v in zip(xs, _col(t, len(xs))):
+            if isinstance(v, torch.Tensor):
+                if id(v) not in negated:
+                    negated[id(v)] = torch.neg(v)
+                y = torch.clamp(x, negated[id(v)], v)
+            else:
+                y = torch.clamp(x, -v, v)
+            if out is xs:
+                x.sub_(y)
+            else:
+                out.append(torch.sub(x, y, out=y))
         return out
-
-
-def _clamp_cpu(x: torch.Tensor, t: Hyper, negated: dict[int, torch.Tensor]) -> torch.Tensor:
-    """``clamp(x, -t, t)`` in one kernel; ``negated`` keeps ``-t`` once per tensor ``t``."""
-    if not isinstance(t, torch.Tensor):
-        return torch.clamp(x, -t, t)
-    if id(t) not in negated:
-        negated[id(t)] = torch.neg(t)
-    return torch.clamp(x, negated[id(t)], t)
 
 
 PER_LEAF = PerLeaf()
 FOREACH = Foreach()
 FOREACH_CPU = ForeachCPU()
-Ops = PerLeaf | Foreach
+Ops = Union[PerLeaf, Foreach]

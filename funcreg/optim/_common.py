@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from funcreg import _dispatch, _hyper
+from funcreg import _dispatch, _donation, _hyper, _ops
 from funcreg._selection import Where, selection
 from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensors
 
@@ -36,6 +36,7 @@ class Batch:
         fused_ok: bool,
         fused: Callable[..., tuple[list[Any], ...]],
         generic: Callable[..., tuple[list[Any], ...]],
+        donate: bool,
         **options: Any,
     ) -> tuple[Any, dict[str, Any]]:
         """Run one step on the active leaves and return the new params and state trees.
@@ -43,11 +44,17 @@ class Batch:
         Decayed and undecayed leaves go separately (torch.optim's two parameter groups):
         ``generic(ops, params, grads, *state, *hyper, decay=..., **options)`` runs on the
         chosen implementation of :mod:`funcreg._ops`; on the fast path, and when
-        ``fused_ok``, ``fused(params, grads, *state, *hyper, ...)`` runs torch's fused
-        kernel instead. Both return the new params then one list per state entry, in the
-        order of ``self.state``.
+        ``fused_ok``, ``fused(ops, params, grads, *state, *hyper, ...)`` runs torch's
+        fused kernel instead. Both return the new params then one list per state entry,
+        in the order of ``self.state``. With ``donate``, the params and the state entries
+        of the active leaves are owned: the results land in their storage.
         """
         keys = list(self.state)
+        leaves = self.flat.leaves
+        in_place = donate and _donation.writable(
+            [leaves[i] for i in self.active] + [self.state[k][i] for k in keys for i in self.active])
+        if in_place:
+            self._check_donation(hyper)
         new_p: list[Any] = [None] * len(self.active)
         new = {key: [None] * len(self.active) for key in keys}
         parts: dict[bool, list[int]] = {}
@@ -55,24 +62,45 @@ class Batch:
             parts.setdefault(use_decay and decayed, []).append(k)
         for decay, ks in parts.items():
             idx = [self.active[k] for k in ks]
-            ps = [self.flat.leaves[i] for i in idx]
+            ps = [leaves[i] for i in idx]
             gs = [self.grads[i] for i in idx]
             st = [[self.state[key][i] for i in idx] for key in keys]
             cols = [_hyper.per_leaf(n, v, self.flat, idx) for n, v in hyper.items()]
             # a column is its value cast per leaf: the values alone tell whether any is traced
             fast = _dispatch.use_fast_path(ps, gs, *st, hyper.values())
+            donated = [ps, *st]
+            if in_place and fast:
+                ps, st = _ops.Owned(ps), [_ops.Owned(x) for x in st]
 
             def body(ops: Any, *columns: Any) -> Any:
                 if fast and fused_ok:
-                    return fused(*columns, decay=decay, **options)
+                    return fused(ops, *columns, decay=decay, **options)
                 return generic(ops, *columns, decay=decay, **options)
 
             outs = _dispatch.run(body, [ps, gs, *st, *cols], ps, fast=fast)
+            if in_place:
+                outs = [_donation.commit(d, out) for d, out in zip(donated, outs)]
             for j, k in enumerate(ks):
                 new_p[k] = outs[0][j]
                 for key, out in zip(keys, outs[1:]):
                     new[key][k] = out[j]
         return self._rebuild(new_p, new, old_state)
+
+    def _check_donation(self, hyper: dict[str, Any]) -> None:
+        """A donated step writes the params and state of the leaves with a gradient; it
+        reads the gradients, the hyperparameters and the leaves it leaves alone."""
+        paths, leaves = self.flat.paths, self.flat.leaves
+        active = set(self.active)
+        written: list[tuple[tuple[str, str], torch.Tensor]] = [
+            (("params", paths[i]), leaves[i]) for i in self.active]
+        read: list[tuple[tuple[str, str], Any]] = [
+            (("params", paths[i]), leaves[i]) for i in range(len(leaves)) if i not in active]
+        for key, values in self.state.items():
+            for i, v in enumerate(values):
+                (written if i in active else read).append(((f"state[{key!r}]", paths[i]), v))
+        read += [(("grads", paths[i]), self.grads[i]) for i in self.active]
+        read += [((name, None), v) for name, v in hyper.items() if isinstance(v, torch.Tensor)]
+        _donation.check(written, read)
 
     def _rebuild(
         self, new_params: list[torch.Tensor], new_state: dict[str, list[Any]], old_state: dict[str, Any]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from funcreg import _dispatch, _hyper
+from funcreg import _dispatch, _hyper, _ops
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._selection import Where
 from funcreg._tree import flatten, leaves_like, require_tensors
@@ -72,11 +72,16 @@ class Adam:
         amsgrad: bool = False,
         maximize: bool = False,
         where: Where = None,
+        donate: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
-        """One Adam step: returns ``(new_params, new_state)``; the inputs are not modified.
+        """One Adam step: returns ``(new_params, new_state)``.
 
         ``weight_decay`` and ``decoupled`` default to torch.optim's: 0 and coupled for
-        ``fr.adam``, 1e-2 and decoupled for ``fr.adamw``.
+        ``fr.adam``, 1e-2 and decoupled for ``fr.adamw``. The inputs are not modified,
+        unless ``donate=True``: then params and state are donated, the step writes into
+        their storage (on the fast path with Python-number hyperparameters it is
+        torch.optim's fused step, run on them in place) and returns trees holding those
+        same tensors.
         """
         decoupled = self._decoupled if decoupled is None else decoupled
         weight_decay = self._weight_decay if weight_decay is None else weight_decay
@@ -96,6 +101,7 @@ class Adam:
             fused_ok=not any(isinstance(v, torch.Tensor) for v in (beta1, beta2, eps, weight_decay)),
             fused=_fused,
             generic=_adam,
+            donate=donate,
             decoupled=decoupled,
             amsgrad=amsgrad,
             maximize=maximize,
@@ -162,43 +168,41 @@ def _adam(
 ) -> tuple[Tensors, ...]:
     vmaxs = rest[0] if amsgrad else None
     lr, beta1, beta2, eps, wd = rest[1:] if amsgrad else rest
-    new_steps = ops.add_scalar(steps, [1.0] * len(steps))
-    g = ops.neg(gs) if maximize else gs
+    steps = ops.add_(steps, 1.0)
+    if maximize:
+        gs = ops.neg(gs)
     if decay and not decoupled:
-        g = ops.axpy(g, ps, wd)
+        gs = ops.add_(gs, ps, wd)
     if decay and decoupled:
-        ps = ops.mul(ps, _hyper.combine(lambda a, w: 1 - a * w, lr, wd))
-    m = ops.lerp(ms, g, _hyper.combine(lambda b: 1 - b, beta1))
-    v = ops.addcmul(ops.mul(vs, beta2), g, g, _hyper.combine(lambda b: 1 - b, beta2))
-    vhat = v
+        ps = ops.mul_(ps, _hyper.combine(lambda a, w: 1 - a * w, lr, wd))
+    ms = ops.lerp_(ms, gs, _hyper.combine(lambda b: 1 - b, beta1))
+    vs = ops.addcmul_(ops.mul_(vs, beta2), gs, gs, _hyper.combine(lambda b: 1 - b, beta2))
     if amsgrad:
-        vhat = vmaxs = ops.maximum(vmaxs, v)
-    bc1, bc2 = _corrections(ops, new_steps, ps, beta1, beta2)
-    denom = ops.iadd_scalar(ops.imul(ops.sqrt(vhat), [b.rsqrt() for b in bc2]), eps)
-    update = ops.imul(ops.div(m, denom), [-a / b for a, b in zip(lr, bc1)])
-    new_p = ops.iadd(update, ps)
-    return (new_p, new_steps, m, v) + ((vmaxs,) if amsgrad else ())
+        vmaxs = ops.maximum_(vmaxs, vs)
+    bc1, bc2 = _corrections(ops, steps, ps, beta1, beta2)
+    denom = ops.add_(ops.div_(ops.sqrt(vmaxs if amsgrad else vs), [b.sqrt() for b in bc2]), eps)
+    ps = ops.addcdiv_(ps, ms, denom, [-a / b for a, b in zip(lr, bc1)])
+    return (ps, steps, ms, vs) + ((vmaxs,) if amsgrad else ())
 
 
 def _fused(
-    ps: Tensors, gs: Tensors, steps: Tensors, ms: Tensors, vs: Tensors, *rest: Any,
+    ops: Ops, ps: Tensors, gs: Tensors, steps: Tensors, ms: Tensors, vs: Tensors, *rest: Any,
     decay: bool, decoupled: bool, amsgrad: bool, maximize: bool,
 ) -> tuple[Tensors, ...]:
-    """torch's fused Adam(W) kernel, run in place on fresh copies: the inputs stay untouched."""
-    vmaxs = [x.clone() for x in rest[0]] if amsgrad else []
+    """torch's fused Adam(W) kernel: in place on donated params and state, as
+    torch.optim's fused step is, and otherwise on fresh copies (inputs stay untouched)."""
+    vmaxs = _ops.writable(rest[0]) if amsgrad else []
     lr, beta1, beta2, eps, wd = rest[1:] if amsgrad else rest
-    new_p = [p.clone() for p in ps]
-    new_m = [m.clone() for m in ms]
-    new_v = [v.clone() for v in vs]
-    new_steps = list(torch._foreach_add(steps, 1.0))
+    ps, ms, vs = _ops.writable(ps), _ops.writable(ms), _ops.writable(vs)
+    steps = ops.add_(steps, 1.0)
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
     kernel(
-        new_p, gs, new_m, new_v, vmaxs, new_steps,
+        ps, gs, ms, vs, vmaxs, steps,
         lr=lr[0], beta1=beta1[0], beta2=beta2[0],
         weight_decay=wd[0] if decay else 0.0, eps=eps[0],
         amsgrad=amsgrad, maximize=maximize,
     )
-    return (new_p, new_steps, new_m, new_v) + ((vmaxs,) if amsgrad else ())
+    return (ps, steps, ms, vs) + ((vmaxs,) if amsgrad else ())
 
 
 def _step_size(
@@ -208,9 +212,8 @@ def _step_size(
     taken = [(s > 0).to(torch.float64 if v.dtype == torch.float64 else torch.float32)
              for s, v in zip(steps, vs)]
     bc1, bc2 = _corrections(ops, [s.clamp_min(1) for s in steps], vs, beta1, beta2)
-    denom = ops.iadd_scalar(ops.imul(ops.sqrt(vs), [b.rsqrt() for b in bc2]), eps)
-    scale = [a * k / b for a, k, b in zip(lr, taken, bc1)]
-    return ops.imul(ops.ireciprocal(denom), scale)
+    denom = ops.add_(ops.div_(ops.sqrt(vs), [b.sqrt() for b in bc2]), eps)
+    return ops.mul_(ops.reciprocal_(denom), [a * k / b for a, k, b in zip(lr, taken, bc1)])
 
 
 adam = Adam("fr.adam", decoupled=False, weight_decay=0.0)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
+from funcreg import _hyper, _ops
 from funcreg._ops import Ops, Tensors
 from funcreg._selection import Where
 from funcreg.optim._common import prepare, zero_state
@@ -69,8 +69,15 @@ class SGD:
         weight_decay: Any = 0.0,
         maximize: bool = False,
         where: Where = None,
+        donate: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
-        """One SGD step: returns ``(new_params, new_state)``; the inputs are not modified."""
+        """One SGD step: returns ``(new_params, new_state)``.
+
+        The inputs are not modified, unless ``donate=True``: then params and state are
+        donated, the step writes into their storage (on the fast path, torch's fused SGD
+        kernel runs on them in place, as torch.optim's fused step does) and returns trees
+        holding those same tensors.
+        """
         lr = _hyper.number("lr", lr)
         momentum = _hyper.number("momentum", momentum)
         dampening = _hyper.number("dampening", dampening, high=1.0)
@@ -96,6 +103,7 @@ class SGD:
                 isinstance(v, torch.Tensor) for v in (momentum, dampening, weight_decay)),
             fused=_fused,
             generic=_sgd,
+            donate=donate,
             use_momentum=use_momentum,
             damped=damped,
             nesterov=nesterov,
@@ -109,35 +117,38 @@ def _sgd(
 ) -> tuple[Tensors, ...]:
     bufs = rest[0] if use_momentum else None
     lr, momentum, dampening, wd = rest[1:] if use_momentum else rest
-    new_steps = ops.add_scalar(steps, [1.0] * len(steps))
-    g = ops.neg(gs) if maximize else gs
+    if maximize:
+        gs = ops.neg(gs)
     if decay:
-        g = ops.axpy(g, ps, wd)
-    if not use_momentum:
-        return ops.axpy(ps, g, _hyper.combine(lambda a: -a, lr)), new_steps
-    if damped:
-        # The buffer starts at zero: the first step must take all of g, later ones (1 - τ).
-        # torch.optim ignores dampening without momentum; a tensor momentum may be 0.
-        first = [((s == 0) | (m == 0) if isinstance(m, torch.Tensor) else s == 0).to(p.dtype)
-                 for s, m, p in zip(steps, momentum, ps)]
-        kept = [1 - d * (1 - f) for d, f in zip(dampening, first)]
-    else:
-        kept = [1.0] * len(ps)
-    new_bufs = ops.axpy(ops.mul(bufs, momentum), g, kept)
-    g = ops.axpy(g, new_bufs, momentum) if nesterov else new_bufs
-    return ops.axpy(ps, g, _hyper.combine(lambda a: -a, lr)), new_steps, new_bufs
+        gs = ops.add_(gs, ps, wd)
+    if use_momentum:
+        if damped:
+            # The buffer starts at zero: the first step must take all of g, later ones
+            # (1 - τ). torch.optim ignores dampening without momentum; a tensor momentum
+            # may be 0.
+            first = [((s == 0) | (m == 0) if isinstance(m, torch.Tensor) else s == 0).to(p.dtype)
+                     for s, m, p in zip(steps, momentum, ps)]
+            kept: Any = [1 - d * (1 - f) for d, f in zip(dampening, first)]
+        else:
+            kept = None
+        bufs = ops.add_(ops.mul_(bufs, momentum), gs, kept)
+        gs = ops.add_(gs, bufs, momentum) if nesterov else bufs
+    ps = ops.add_(ps, gs, _hyper.combine(lambda a: -a, lr))
+    steps = ops.add_(steps, 1.0)
+    return (ps, steps) + ((bufs,) if use_momentum else ())
 
 
 def _fused(
-    ps: Tensors, gs: Tensors, steps: Tensors, *rest: Any, decay: bool, use_momentum: bool,
-    damped: bool, nesterov: bool, maximize: bool,
+    ops: Ops, ps: Tensors, gs: Tensors, steps: Tensors, *rest: Any, decay: bool,
+    use_momentum: bool, damped: bool, nesterov: bool, maximize: bool,
 ) -> tuple[Tensors, ...]:
-    """torch's fused SGD kernel, run in place on fresh copies so the inputs stay untouched."""
-    bufs = [b.clone() for b in rest[0]] if use_momentum else []
+    """torch's fused SGD kernel: in place on donated params and buffers, as torch.optim's
+    fused step is, and otherwise on fresh copies (inputs stay untouched)."""
+    bufs = _ops.writable(rest[0]) if use_momentum else []
     lr, momentum, dampening, wd = rest[1:] if use_momentum else rest
-    new_p = [p.clone() for p in ps]
+    ps = _ops.writable(ps)
     torch._fused_sgd_(
-        new_p, gs, bufs,
+        ps, gs, bufs,
         weight_decay=wd[0] if decay else 0.0,
         momentum=momentum[0] if use_momentum else 0.0,
         lr=lr[0],
@@ -146,8 +157,7 @@ def _fused(
         maximize=maximize,
         is_first_step=False,
     )
-    new_steps = list(torch._foreach_add(steps, 1.0))
-    return (new_p, new_steps) + ((bufs,) if use_momentum else ())
+    return (ps, ops.add_(steps, 1.0)) + ((bufs,) if use_momentum else ())
 
 
 sgd = SGD()

@@ -7,11 +7,12 @@ leaf for the value and as leaf-list code for the gradient and the prox (see
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, Iterator
 
 import torch
 
-from funcreg import _dispatch, _hyper
+from funcreg import _dispatch, _donation, _hyper, _ops
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._selection import Where, selection
 from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensors
@@ -70,17 +71,25 @@ class Penalty:
         ws = [flat.leaves[i] for i in sel]
         fast = _dispatch.use_fast_path(ws, lam_col, *extra)
         new = _dispatch.run(self._grad, [ws, lam_col, *extra], ws, fast=fast)
-        out = [torch.zeros_like(x) for x in flat.leaves]
+        out: list[Any] = list(flat.leaves)
         for i, g in zip(sel, new):
             out[i] = g
+        chosen = set(sel)
+        for i, x in enumerate(flat.leaves):
+            if i not in chosen:
+                out[i] = torch.zeros_like(x)
         return flat.unflatten(out)
 
     def add_grad(
-        self, grads: Any, params: Any, lam: Any, *, where: Where = None, **options: Any
+        self, grads: Any, params: Any, lam: Any, *, where: Where = None, donate: bool = False,
+        **options: Any,
     ) -> Any:
         """``grads`` plus the penalty's gradient on the selected leaves, as a new tree.
 
         Unselected leaves pass through as they are, and a ``None`` gradient stays ``None``.
+        ``donate=True`` donates ``grads``: the sums are written into its selected leaves,
+        and the returned tree holds those same tensors (see :mod:`funcreg._donation` for
+        what that means under torch.func transforms).
         """
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         gs_all = leaves_like(flat, grads, "grads")
@@ -96,27 +105,63 @@ class Penalty:
         gs = [gs_all[i] for i in idx]
         cols = [[c[k] for k in keep] for c in (lam_col, *extra)]
         fast = _dispatch.use_fast_path(ws, gs, *cols)
+        in_place = donate and _donation.writable(gs)
+        if in_place:
+            written = set(idx)
+            _donation.check(
+                ((("grads", flat.paths[i]), gs_all[i]) for i in idx),
+                itertools.chain(
+                    ((("params", p), w) for p, w in zip(flat.paths, flat.leaves)),
+                    ((("grads", p), g) for i, (p, g) in enumerate(zip(flat.paths, gs_all))
+                     if i not in written),
+                    self._hyper_reads(flat, idx, cols),
+                ),
+            )
+            if fast:
+                gs = _ops.Owned(gs)
         new = _dispatch.run(self._add_grad, [gs, ws, *cols], ws, fast=fast)
+        if in_place:
+            new = _donation.commit(gs, new)
         out = list(gs_all)
         for i, g in zip(idx, new):
             out[i] = g
         return flat.unflatten(out)
 
     def prox(
-        self, params: Any, lam: Any, step: Any, *, where: Where = None, **options: Any
+        self, params: Any, lam: Any, step: Any, *, where: Where = None, donate: bool = False,
+        **options: Any,
     ) -> Any:
         r"""The proximal operator
         :math:`\operatorname{argmin}_u \tfrac12\lVert u - w\rVert^2 + \mathrm{step}\cdot P(u)`
         on the selected leaves; the others pass through as they are. ``step`` takes the
         same forms as ``lam`` and, for separable penalties, a tensor shaped like the leaf
-        (the per-element step of a proximal Adam)."""
+        (the per-element step of a proximal Adam). ``donate=True`` donates ``params``:
+        the results are written into its selected leaves (which may be a live module's
+        parameters, ``{k: p.detach() for k, p in model.named_parameters()}``), and the
+        returned tree holds those same tensors."""
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         step_col = _hyper.per_leaf(
             "step", step, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
         )
         ws = [flat.leaves[i] for i in sel]
-        fast = _dispatch.use_fast_path(ws, lam_col, step_col, *extra)
-        new = _dispatch.run(self._prox, [ws, lam_col, step_col, *extra], ws, fast=fast)
+        cols = [lam_col, step_col, *extra]
+        fast = _dispatch.use_fast_path(ws, *cols)
+        in_place = donate and _donation.writable(ws)
+        if in_place:
+            written = set(sel)
+            _donation.check(
+                ((("params", flat.paths[i]), flat.leaves[i]) for i in sel),
+                itertools.chain(
+                    ((("params", p), w) for i, (p, w) in enumerate(zip(flat.paths, flat.leaves))
+                     if i not in written),
+                    self._hyper_reads(flat, sel, cols, ("lam", "step")),
+                ),
+            )
+            if fast:
+                ws = _ops.Owned(ws)
+        new = _dispatch.run(self._prox, [ws, *cols], ws, fast=fast)
+        if in_place:
+            new = _donation.commit(ws, new)
         out = list(flat.leaves)
         for i, w in zip(sel, new):
             out[i] = w
@@ -124,7 +169,20 @@ class Penalty:
 
     # ------------------------------------------------------------------------ plumbing
     def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column, *extra: Column) -> Tensors:
-        return ops.iadd(self._grad(ops, ws, lam, *extra), gs)
+        return ops.add_(gs, self._grad(ops, ws, lam, *extra))
+
+    def _hyper_reads(
+        self, flat: Flat, idx: list[int], cols: list[list[Any]], names: tuple[str, ...] = ("lam",)
+    ) -> Iterator[tuple[tuple[str, str], torch.Tensor]]:
+        """The tensors among the hyperparameter and option columns, labelled for errors."""
+        names = names + tuple(self.options)
+        seen: set[int] = set()
+        for k, col in enumerate(cols):
+            name = names[k] if k < len(names) else "an option"
+            for i, v in zip(idx, col):
+                if isinstance(v, torch.Tensor) and id(v) not in seen:
+                    seen.add(id(v))
+                    yield (name, flat.paths[i]), v
 
     def _why_not_elementwise(self) -> str:
         return "" if self.elementwise else (

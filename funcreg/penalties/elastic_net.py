@@ -10,7 +10,6 @@ from funcreg import _hyper
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty
-from funcreg.penalties.l1 import soft_threshold
 
 
 class ElasticNet(Penalty):
@@ -52,12 +51,12 @@ class ElasticNet(Penalty):
     def _grad(self, ops: Ops, ws: Tensors, lam: Column, rho: Column) -> Tensors:
         a = _hyper.combine(lambda l, r: l * r, lam, rho)
         b = _hyper.combine(lambda l, r: l * (1 - r), lam, rho)
-        return ops.iadd(ops.imul(ops.sign(ws), a), ops.mul(ws, b))
+        return ops.add_(ops.mul_(ops.sign(ws), a), ws, b)
 
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, rho: Column) -> Tensors:
         t = _hyper.combine(lambda l, s, r: s * l * r, lam, step, rho)
         shrink = _hyper.combine(lambda l, s, r: 1 / (1 + s * l * (1 - r)), lam, step, rho)
-        return ops.imul(soft_threshold(ops, ws, t), shrink)
+        return ops.mul_(ops.soft_threshold_(ws, t), shrink)
 
 
 elastic_net = ElasticNet()

@@ -76,7 +76,7 @@ class GroupLasso(Penalty):
             t = a * s * math.sqrt(size)
             safe = torch.where(norms > 0, norms, 1.0)
             scales.append((norms - t).clamp_min(0.0) / safe)
-        return ops.mul(ws, scales)
+        return ops.mul_(ws, scales)
 
 
 def group_norms(w: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, int]:

@@ -41,21 +41,13 @@ class L1(Penalty):
         return lam * w.abs().sum()
 
     def _grad(self, ops: Ops, ws: Tensors, lam: Column) -> Tensors:
-        return ops.imul(ops.sign(ws), lam)
+        return ops.mul_(ops.sign(ws), lam)
 
     def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column) -> Tensors:
-        # g + λ·sign(w) in two passes (sign into a fresh tensor, then one fused
-        # multiply-add into it) rather than three (sign, scale, add).
-        return ops.iaxpy(gs, ops.sign(ws), lam)
+        return ops.add_(gs, ops.sign(ws), lam)
 
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
-        t = _hyper.combine(lambda a, s: a * s, lam, step)
-        return soft_threshold(ops, ws, t)
-
-
-def soft_threshold(ops: Ops, ws: Tensors, t: Column) -> Tensors:
-    """``w - clamp(w, -t, t)``: exact zeros where ``|w| <= t``, ties included."""
-    return ops.soft_threshold(ws, t)
+        return ops.soft_threshold_(ws, _hyper.combine(lambda a, s: a * s, lam, step))
 
 
 l1 = L1()

@@ -39,8 +39,11 @@ class L2(Penalty):
     def _grad(self, ops: Ops, ws: Tensors, lam: Column) -> Tensors:
         return ops.mul(ws, _hyper.combine(lambda a: 2 * a, lam))
 
+    def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column) -> Tensors:
+        return ops.add_(gs, ws, _hyper.combine(lambda a: 2 * a, lam))
+
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
-        return ops.mul(ws, _hyper.combine(lambda a, s: 1 / (1 + 2 * a * s), lam, step))
+        return ops.mul_(ws, _hyper.combine(lambda a, s: 1 / (1 + 2 * a * s), lam, step))
 
 
 l2 = L2()

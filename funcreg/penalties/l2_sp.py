@@ -46,11 +46,11 @@ class L2SP(Penalty):
         return lam * (w - w0).square().sum()
 
     def _grad(self, ops: Ops, ws: Tensors, lam: Column, w0: Column) -> Tensors:
-        return ops.imul(ops.sub(ws, list(w0)), _hyper.combine(lambda a: 2 * a, lam))
+        return ops.mul_(ops.sub(ws, w0), _hyper.combine(lambda a: 2 * a, lam))
 
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, w0: Column) -> Tensors:
         c = _hyper.combine(lambda a, s: 2 * a * s / (1 + 2 * a * s), lam, step)
-        return ops.lerp(ws, list(w0), c)
+        return ops.lerp_(ws, w0, c)
 
 
 l2_sp = L2SP()

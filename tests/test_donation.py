@@ -1,0 +1,419 @@
+"""Donation (``donate=True``): the values of the pure call, bit for bit on the same path,
+written into the donated inputs' own storage; everything not donated left untouched; and
+every donation that cannot be honoured refused before anything is written."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch.func import grad, jacrev, vmap
+
+import funcreg as fr
+from conftest import FAMILIES, Family
+from optim_helpers import _one_thread  # noqa: F401  (autouse fixture)
+from optim_helpers import assert_untouched, clone_tree, snapshot
+
+forced = fr._dispatch.forced
+PATHS = ["fast", "composable"]
+
+
+def _tree(dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Leaves of every kind a model has, a 0-d one and an empty one included."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"0.weight": (4, 3), "0.bias": (4,), "1.weight": (2, 4, 3), "scale": (), "empty": (0, 3)}
+    return {k: (torch.randn(s, generator=g, dtype=torch.float64) * 0.6).to(dtype) for k, s in shapes.items()}
+
+
+def _grads(params: dict[str, torch.Tensor], seed: int = 1, none: str | None = "0.bias") -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: (None if k == none else torch.randn(v.shape, generator=g, dtype=torch.float64).to(v.dtype))
+            for k, v in params.items()}
+
+
+def _ptrs(tree: dict[str, Any]) -> dict[str, int]:
+    return {k: v.untyped_storage().data_ptr() for k, v in tree.items() if v is not None}
+
+
+def _assert_equal(actual: dict[str, Any], expected: dict[str, Any], what: str) -> None:
+    assert list(actual) == list(expected), what
+    for k in expected:
+        if expected[k] is None:
+            assert actual[k] is None, f"{what} {k}"
+        else:
+            assert actual[k].dtype == expected[k].dtype, f"{what} {k}"
+            assert torch.equal(actual[k], expected[k]), f"{what} {k}: not bit-equal to the pure call"
+
+
+def _assert_in_place(out: dict[str, Any], donated: dict[str, Any], ptrs: dict[str, int], what: str) -> None:
+    for k, x in donated.items():
+        if x is None:
+            assert out[k] is None
+            continue
+        assert out[k] is x, f"{what} {k}: the returned leaf is not the donated tensor"
+        assert x.untyped_storage().data_ptr() == ptrs[k], f"{what} {k}: storage changed"
+
+
+# ---------------------------------------------------------------------- penalty families
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("fam, lam", [
+    pytest.param(f, lam, id=f"{f.name}-{lam}") for f in FAMILIES
+    for lam in ("float", "tensor", "element") if f.separable or lam != "element"  # group lasso: one λ per leaf
+])
+def test_donated_add_grad_and_prox_equal_pure(fam: Family, dtype: torch.dtype, path: str, lam: str) -> None:
+    params = _tree(dtype)
+    grads = _grads(params)
+    opts = fam.options(params)
+    lam_value: Any = {"float": 0.3, "tensor": torch.tensor(0.3, dtype=torch.float64),
+                      "element": {k: torch.full(v.shape, 0.2, dtype=dtype) for k, v in params.items()}}[lam]
+    step = torch.tensor(0.7)
+    with forced(path):
+        pure_g = fam.penalty.add_grad(grads, params, lam_value, **opts)
+        pure_p = fam.penalty.prox(params, lam_value, step, **opts)
+
+        donated_g = clone_tree(grads)
+        ptrs = _ptrs(donated_g)
+        keep = snapshot(params, lam_value, opts.get("anchor"))
+        out_g = fam.penalty.add_grad(donated_g, params, lam_value, donate=True, **opts)
+        assert_untouched(keep)
+        _assert_equal(out_g, pure_g, "add_grad")
+        _assert_in_place(out_g, donated_g, ptrs, "add_grad")
+
+        donated_p = clone_tree(params)
+        ptrs = _ptrs(donated_p)
+        keep = snapshot(lam_value, step, opts.get("anchor"))
+        out_p = fam.penalty.prox(donated_p, lam_value, step, donate=True, **opts)
+        assert_untouched(keep)
+        _assert_equal(out_p, pure_p, "prox")
+        _assert_in_place(out_p, donated_p, ptrs, "prox")
+
+
+def test_unselected_leaves_and_none_gradients_are_not_written() -> None:
+    params, grads = _tree(torch.float32), _grads(_tree(torch.float32))
+    donated = clone_tree(grads)
+    keep = snapshot({k: donated[k] for k in ("0.weight", "1.weight") if k in donated})
+    out = fr.l1.add_grad(donated, params, 0.1, where=fr.select.exclude("weight"), donate=True)
+    assert_untouched(keep)
+    assert out["0.bias"] is None
+    donated = clone_tree(params)
+    keep = snapshot({k: donated[k] for k in ("0.bias", "scale")})
+    out = fr.l1.prox(donated, 0.1, 1.0, where=fr.select.weights, donate=True)
+    assert_untouched(keep)
+    assert out["0.bias"] is donated["0.bias"]
+
+
+def test_large_donated_tree_is_processed_in_bounded_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of the fast path (bounded scratch) give the same bits as one chunk."""
+    params = {f"w{i}": torch.randn(50, 40) for i in range(6)}
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    pure = fr.l1.add_grad(grads, params, 0.01)
+    monkeypatch.setattr(fr._dispatch, "CHUNK", 4000)  # two leaves per chunk
+    seen: list[int] = []
+    cls = type(fr.l1)
+    real = cls._add_grad
+
+    def spy(self: Any, ops: Any, gs: Any, ws: Any, lam: Any) -> Any:
+        seen.append(len(gs))
+        return real(self, ops, gs, ws, lam)
+
+    monkeypatch.setattr(cls, "_add_grad", spy)
+    donated = clone_tree(grads)
+    out = fr.l1.add_grad(donated, params, 0.01, donate=True)
+    assert seen == [2, 2, 2]
+    _assert_equal(out, pure, "chunked add_grad")
+
+
+# ---------------------------------------------------------------------- optimizer steps
+STEPS = [
+    pytest.param(fr.sgd, {}, dict(lr=0.05), id="sgd"),
+    pytest.param(fr.sgd, {}, dict(lr=0.05, momentum=0.9), id="sgd-momentum"),
+    pytest.param(fr.sgd, {}, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+                 id="sgd-nesterov"),
+    pytest.param(fr.sgd, {}, dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=0.1), id="sgd-dampening"),
+    pytest.param(fr.sgd, {"momentum": False}, dict(lr=0.05, weight_decay=0.1, where=fr.select.weights),
+                 id="sgd-where"),
+    pytest.param(fr.adam, {}, dict(lr=0.01), id="adam"),
+    pytest.param(fr.adam, {}, dict(lr=0.01, weight_decay=0.1, maximize=True), id="adam-coupled"),
+    pytest.param(fr.adam, {"amsgrad": True}, dict(lr=0.01, amsgrad=True), id="adam-amsgrad"),
+    pytest.param(fr.adamw, {}, dict(lr=0.01), id="adamw"),
+    pytest.param(fr.adamw, {"amsgrad": True}, dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True,
+                                                   where=fr.select.weights), id="adamw-amsgrad-where"),
+]
+ROUTES = ["fused", "foreach", "composable"]
+
+
+def _route_kw(route: str, opt: Any, kw: dict[str, Any]) -> dict[str, Any]:
+    if route != "foreach":
+        return kw
+    out = dict(kw)  # every number a tensor: the fast path's foreach ops, not the fused kernel
+    for name in ("lr", "momentum", "dampening", "weight_decay", "eps"):
+        if name in out:
+            out[name] = torch.tensor(out[name], dtype=torch.float64)
+    if opt is not fr.sgd:
+        out["betas"] = (torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.999, dtype=torch.float64))
+    return out
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("opt,init,kw", STEPS)
+def test_donated_step_equals_pure(opt: Any, init: dict, kw: dict, dtype: torch.dtype, route: str) -> None:
+    if route == "foreach" and dtype == torch.bfloat16 and opt is not fr.sgd:
+        pytest.skip("tensor betas are cast to the leaves' dtype, and 0.999 is 1.0 in bfloat16")
+    step_kw = _route_kw(route, opt, kw)
+    params = _tree(dtype)
+    pure_p, pure_s = params, opt.init(params, **init)
+    don_p, don_s = clone_tree(params), opt.init(params, **init)
+    with forced("composable" if route == "composable" else None):
+        for t in range(3):
+            g = _grads(params, seed=t + 1, none="0.bias" if t != 1 else "scale")
+            keep = snapshot(g, {k: v for k, v in step_kw.items() if isinstance(v, torch.Tensor)})
+            pure_p, pure_s = opt.step(pure_p, g, pure_s, **step_kw)
+            ptrs = _ptrs(don_p)
+            state_ptrs = {key: _ptrs(tree) for key, tree in don_s.items()}
+            out_p, out_s = opt.step(don_p, g, don_s, donate=True, **step_kw)
+            assert_untouched(keep)
+            _assert_equal(out_p, pure_p, f"step {t} params")
+            _assert_in_place(out_p, don_p, ptrs, f"step {t} params")
+            for key in pure_s:
+                _assert_equal(out_s[key], pure_s[key], f"step {t} state[{key!r}]")
+                _assert_in_place(out_s[key], don_s[key], state_ptrs[key], f"step {t} state[{key!r}]")
+            don_p, don_s = out_p, out_s
+
+
+def test_donated_fused_adamw_is_torch_optim_fused() -> None:
+    """No clone on the fused route: the kernel runs on the donated tensors themselves,
+    and the trajectory is torch.optim's fused AdamW, bit for bit."""
+    params = {k: v for k, v in _tree(torch.float32).items() if k != "empty"}
+    ref = {k: v.clone() for k, v in params.items()}
+    opt = torch.optim.AdamW(list(ref.values()), lr=0.01, weight_decay=0.1, fused=True)
+    state = fr.adamw.init(params)
+    for t in range(5):
+        g = _grads(params, seed=t + 1, none=None)
+        for k, p in ref.items():
+            p.grad = g[k].clone()
+        opt.step()
+        params, state = fr.adamw.step(params, g, state, lr=0.01, weight_decay=0.1, donate=True)
+    for k in ref:
+        assert torch.equal(params[k], ref[k]), k
+
+
+# ---------------------------------------------------------------------- a live nn.Module
+def test_prox_into_a_live_module_after_torch_optim_step() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 6), torch.randn(32, 2)
+    ptrs = {k: p.data_ptr() for k, p in model.named_parameters()}
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        live = {k: p.detach() for k, p in model.named_parameters()}
+        pure = fr.l1.prox(live, 0.05, 0.1, where=fr.select.weights)
+        out = fr.l1.prox(live, 0.05, 0.1, where=fr.select.weights, donate=True)
+        for k, p in model.named_parameters():
+            assert out[k] is live[k] and p.data_ptr() == ptrs[k]
+            assert torch.equal(p.detach(), pure[k]), k
+    zeros = sum(int((p == 0).sum()) for k, p in model.named_parameters() if "weight" in k)
+    assert zeros > 0  # the model itself holds exact zeros
+    # and the module keeps training: autograd still works on the written parameters
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_live_parameters_that_require_grad_are_refused() -> None:
+    model = torch.nn.Linear(3, 2)
+    params = dict(model.named_parameters())
+    keep = snapshot({k: p.detach() for k, p in params.items()})
+    with pytest.raises(ValueError, match=r"params leaf 'weight'.*requires grad.*detach"):
+        fr.l1.prox(params, 0.1, 1.0, donate=True)
+    assert_untouched(keep)
+    with torch.no_grad():  # allowed there: nothing records the write
+        fr.l1.prox(params, 0.1, 1.0, donate=True)
+
+
+# ---------------------------------------------------------------------- refused donations
+def _tied() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 3)
+    return w, lambda: fr.l1.prox({"a": w, "b": w}, 0.1, 1.0, donate=True)
+
+
+def _overlapping_views() -> tuple[Any, Callable[[], Any]]:
+    flat = torch.randn(10)
+    return flat, lambda: fr.l1.prox({"a": flat[:6], "b": flat[4:]}, 0.1, 1.0, donate=True)
+
+
+def _unselected_alias() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 3)
+    return w, lambda: fr.l1.prox({"a": w, "b": w[1:]}, 0.1, 1.0, where=fr.select.only("^a$"), donate=True)
+
+
+def _grads_is_params() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 3)
+    return w, lambda: fr.l1.add_grad({"a": w}, {"a": w}, 0.1, donate=True)
+
+
+def _anchor_is_params() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 3)
+    return w, lambda: fr.l2_sp.prox({"a": w}, 0.1, 1.0, anchor={"a": w}, donate=True)
+
+
+def _lam_is_params() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 3)
+    return w, lambda: fr.l1.prox({"a": w}, {"a": w}, 1.0, donate=True)
+
+
+def _expanded() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(3)
+    return w, lambda: fr.l1.prox({"a": w.expand(4, 3)}, 0.1, 1.0, donate=True)
+
+
+def _step_grads_is_params() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 3)
+    state = fr.sgd.init({"a": w})
+    return (w, state), lambda: fr.sgd.step({"a": w}, {"a": w}, state, lr=0.1, momentum=0.9, donate=True)
+
+
+def _state_entries_alias() -> tuple[Any, Callable[[], Any]]:
+    w, g = torch.randn(4, 3), torch.ones(4, 3)
+    state = fr.adam.init({"a": w})
+    state["exp_avg_sq"] = state["exp_avg"]
+    return (w, g, state), lambda: fr.adam.step({"a": w}, {"a": g}, state, lr=0.1, donate=True)
+
+
+def _shared_step_count() -> tuple[Any, Callable[[], Any]]:
+    params = {"a": torch.randn(4, 3), "b": torch.randn(2)}
+    grads = {k: torch.ones_like(v) for k, v in params.items()}
+    state = fr.adam.init(params)
+    state["step"]["b"] = state["step"]["a"]
+    return (params, grads, state), lambda: fr.adam.step(params, grads, state, lr=0.1, donate=True)
+
+
+def _hyper_is_params() -> tuple[Any, Callable[[], Any]]:
+    lr = torch.tensor(0.1)
+    state = fr.sgd.init({"lr": lr})
+    return (lr, state), lambda: fr.sgd.step({"lr": lr}, {"lr": torch.tensor(1.0)}, state, lr=lr, donate=True)
+
+
+REFUSALS = [
+    pytest.param(_tied, r"params leaf '(a|b)'.*shares memory with params leaf '(a|b)'", id="tied"),
+    pytest.param(_overlapping_views, r"shares memory", id="overlapping-views"),
+    pytest.param(_unselected_alias, r"params leaf 'a'.*shares memory with params leaf 'b'", id="unselected-alias"),
+    pytest.param(_grads_is_params, r"grads leaf 'a'.*params leaf 'a'", id="grads-is-params"),
+    pytest.param(_anchor_is_params, r"params leaf 'a'.*anchor leaf 'a'", id="anchor-is-params"),
+    pytest.param(_lam_is_params, r"params leaf 'a'.*lam leaf 'a'", id="lam-is-params"),
+    pytest.param(_expanded, r"params leaf 'a'.*overlap in memory.*expanded", id="expanded"),
+    pytest.param(_step_grads_is_params, r"(params|state\['momentum_buffer'\]) leaf 'a'.*grads leaf 'a'|"
+                 r"grads leaf 'a'.*params leaf 'a'", id="step-grads-is-params"),
+    pytest.param(_state_entries_alias, r"state\['exp_avg(_sq)?'\] leaf 'a'.*shares memory with state",
+                 id="state-entries-alias"),
+    pytest.param(_shared_step_count, r"state\['step'\] leaf '(a|b)'.*shares memory", id="shared-step-count"),
+    pytest.param(_hyper_is_params, r"params leaf 'lr'.*shares memory with lr|lr.*params leaf 'lr'",
+                 id="hyper-is-params"),
+]
+
+
+@pytest.mark.parametrize("case,match", REFUSALS)
+def test_refused_donations_write_nothing(case: Callable[[], Any], match: str) -> None:
+    inputs, call = case()
+    keep = snapshot(inputs)
+    with pytest.raises(ValueError, match=match):
+        call()
+    assert_untouched(keep)
+
+
+def test_disjoint_views_of_one_buffer_may_be_donated() -> None:
+    """A flat parameter buffer split into views (as FSDP1 keeps them) is no aliasing."""
+    flat = torch.randn(20)
+    params = {"a": flat[:12].view(4, 3), "b": flat[12:]}
+    pure = fr.l1.prox(params, 0.3, 1.0)
+    out = fr.l1.prox(params, 0.3, 1.0, donate=True)
+    _assert_equal(out, pure, "views")
+    assert torch.equal(flat[:12], pure["a"].reshape(-1))
+
+
+# ---------------------------------------------------------------------- transforms
+def test_donation_inside_vmap_writes_into_the_batched_inputs() -> None:
+    """An ensemble step that donates its own members' params: in place in the stacked
+    tensors (the vmapped inputs), with the values of the pure call."""
+    params = fr.replicate(_tree(torch.float64), 3)
+    lams = torch.tensor([0.0, 0.1, 0.5], dtype=torch.float64)
+    pure = vmap(lambda p, lam: fr.l1.prox(p, lam, 1.0))(params, lams)
+    donated = clone_tree(params)
+    ptrs = _ptrs(donated)
+    out = vmap(lambda p, lam: fr.l1.prox(p, lam, 1.0, donate=True))(donated, lams)
+    for k in pure:
+        assert torch.equal(out[k], pure[k]) and torch.equal(donated[k], pure[k]), k
+        assert donated[k].untyped_storage().data_ptr() == ptrs[k]
+
+
+def test_donation_inside_vmap_of_captured_params_stays_pure() -> None:
+    """Params captured from outside vmap cannot hold a batch of results: not written."""
+    params = _tree(torch.float64)
+    keep = snapshot(params)
+    lams = torch.tensor([0.0, 0.1, 0.5], dtype=torch.float64)
+    out = vmap(lambda lam: fr.l1.prox(params, lam, 1.0, donate=True))(lams)
+    pure = vmap(lambda lam: fr.l1.prox(params, lam, 1.0))(lams)
+    assert_untouched(keep)
+    for k in pure:
+        assert torch.equal(out[k], pure[k]), k
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev"])
+def test_donation_under_grad_and_jacrev_gives_the_pure_values(transform: str) -> None:
+    params = {"w": torch.randn(3, 2, dtype=torch.float64), "b": torch.randn(3, dtype=torch.float64)}
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    keep = snapshot(params, grads)
+
+    def loss(p: dict[str, torch.Tensor], donate: bool) -> torch.Tensor:
+        q = fr.l1.prox(p, 0.1, 1.0, donate=donate)
+        g = fr.l2.add_grad(clone_tree(grads) if donate else grads, q, 0.2, donate=donate)
+        q, _ = fr.sgd.step(q, g, fr.sgd.init(q), lr=0.1, momentum=0.5, donate=donate)
+        return sum((v ** 3).sum() for v in q.values())
+
+    fn = grad if transform == "grad" else jacrev
+    got = fn(lambda p: loss(p, True))(params)
+    want = fn(lambda p: loss(p, False))(params)
+    assert_untouched(keep)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_compiled_donated_step_and_prox_do_not_recompile() -> None:
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+
+    def train_step(p: Any, g: Any, s: Any, lr: torch.Tensor, lam: torch.Tensor) -> Any:
+        g = fr.l1.add_grad(g, p, lam, donate=True)
+        p, s = fr.sgd.step(p, g, s, lr=lr, momentum=0.9, donate=True)
+        return fr.l1.prox(p, lam, lr, donate=True), s
+
+    compiled = torch.compile(train_step, backend=counter, fullgraph=True)
+    params = {k: v for k, v in _tree(torch.float32).items() if k != "empty"}
+    ref_p, ref_s = clone_tree(params), fr.sgd.init(params)
+    don_p, don_s = clone_tree(params), fr.sgd.init(params)
+    for t, (lr, lam) in enumerate([(0.1, 0.01), (0.05, 0.02), (0.2, 0.0)]):
+        g = _grads(params, seed=t + 1, none=None)
+        ref_g = fr.l1.add_grad(g, ref_p, lam)
+        ref_p, ref_s = fr.sgd.step(ref_p, ref_g, ref_s, lr=lr, momentum=0.9)
+        ref_p = fr.l1.prox(ref_p, lam, lr)
+        ptrs = _ptrs(don_p)
+        out_p, out_s = compiled(don_p, clone_tree(g), don_s, torch.tensor(lr), torch.tensor(lam))
+        for k in ref_p:
+            torch.testing.assert_close(out_p[k], ref_p[k], rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(don_p[k], ref_p[k], rtol=1e-6, atol=1e-6)  # written in place
+            assert don_p[k].untyped_storage().data_ptr() == ptrs[k]
+            torch.testing.assert_close(don_s["momentum_buffer"][k], ref_s["momentum_buffer"][k],
+                                       rtol=1e-6, atol=1e-6)
+        don_p, don_s = out_p, out_s
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
