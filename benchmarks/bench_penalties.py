@@ -13,7 +13,8 @@ ratio column relative to its first row and the minor page faults per call:
    all against the unregularized step, functional and ``nn.Module``. The SGD update is
    the same call everywhere (``torch._foreach_add_(params, grads, alpha=-lr)``), so only
    the regularization differs. Every variant regularizes every parameter, biases too.
-   Target: the funcreg step within 1.10x of the unregularized functional step.
+   Targets: the funcreg step within 1.10x of the unregularized functional step (1.15x for
+   the donated eager step, 1.10x compiled).
 3. ``fr.l1.prox`` on the 50-leaf dict, against a per-leaf ``w - w.clamp(-t, t)`` loop,
    the composable path forced, and (for reference) per-leaf ``F.softshrink``.
 
@@ -191,11 +192,14 @@ def step_cases(batch: int = 64, *, compiled: bool = False) -> list[Case]:
 
         grad_fn = grad(loss_fn)
 
+        donate = kind in ("donated", "donated_compiled")
+
         def regularized_update(p: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> None:
-            g = fr.l1.add_grad(g, p, lam)
+            g = fr.l1.add_grad(g, p, lam, donate=donate)
             update(list(p.values()), list(g.values()))
 
-        fused = torch.compile(regularized_update, fullgraph=True) if kind == "compiled" else None
+        compiled_kinds = ("compiled", "donated_compiled")
+        fused = torch.compile(regularized_update, fullgraph=True) if kind in compiled_kinds else None
 
         def step() -> None:
             g = grad_fn(params)
@@ -203,8 +207,9 @@ def step_cases(batch: int = 64, *, compiled: bool = False) -> list[Case]:
                 fused(params, g)
                 return
             gs = list(g.values())
-            if kind == "funcreg":
-                gs = list(fr.l1.add_grad(g, params, lam).values())
+            if kind in ("funcreg", "donated"):
+                # the gradients are this step's own: donating them lets add_grad write in place
+                gs = list(fr.l1.add_grad(g, params, lam, donate=donate).values())
             elif kind == "floor":
                 gs = list(torch._foreach_add(gs, plist))
             update(plist, gs)
@@ -249,13 +254,18 @@ def step_cases(batch: int = 64, *, compiled: bool = False) -> list[Case]:
          lambda: module("post_hook"), "l1", "mutates `.grad` in place"),
         ("L1 by funcreg: `torch.func.grad` + `fr.l1.add_grad` + update",
          lambda: functional("funcreg"), "l1", ""),
+        ("L1 by funcreg, donated: `fr.l1.add_grad(..., donate=True)` + update",
+         lambda: functional("donated"), "l1", "writes g + λ·sign(w) into the gradients"),
     ]
     if compiled:
-        builders.append(
+        builders += [
             ("L1 by funcreg, `fr.l1.add_grad` + update under one `torch.compile`",
              lambda: functional("compiled"), "l1",
-             "same math; Inductor fuses λ·sign(w) into the update")
-        )
+             "same math; Inductor fuses λ·sign(w) into the update"),
+            ("L1 by funcreg, donated `fr.l1.add_grad` + update under one `torch.compile`",
+             lambda: functional("donated_compiled"), "l1",
+             "the regularized gradients are also written back into g"),
+        ]
     builders.append(
         ("yardstick: `torch.func.grad` + `torch._foreach_add(g, w)` + update",
          lambda: functional("floor"), "",
@@ -388,8 +398,11 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         for row in rows:
             ratio = row.median_ms / rows[0].median_ms
             if "by funcreg" in row.name:
+                # a donated eager step has the looser target: it still makes one pass for
+                # sign(w) and one to add it, where the compiled one fuses them into the update
+                limit = 1.15 if "donated" in row.name and "compile" not in row.name else 1.10
                 lines.append(f"{row.name} / unregularized functional step = {ratio:.3f} "
-                             f"(target <= 1.10: {'met' if ratio <= 1.10 else 'MISSED'})")
+                             f"(target <= {limit:.2f}: {'met' if ratio <= limit else 'MISSED'})")
             elif row.name.startswith("yardstick"):
                 lines.append(f"yardstick (one fresh pass, no L1) / unregularized functional "
                              f"step = {ratio:.3f}")

@@ -113,11 +113,15 @@ def commit(donated: Sequence[torch.Tensor], results: Sequence[torch.Tensor]) -> 
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    # A DTensor's memory is its local shard; under vmap, the tensor it wraps.
-    t = getattr(t, "_local_tensor", t)
-    while _functorch.is_functorch_wrapped_tensor(t):
-        t = _functorch.get_unwrapped(t)
-    return t
+    """The plain tensor whose memory ``t`` is: a DTensor's local shard, the tensor a
+    torch.func wrapper holds (in any nesting of the two)."""
+    while True:
+        if _functorch.is_functorch_wrapped_tensor(t):
+            t = _functorch.get_unwrapped(t)
+        elif hasattr(t, "_local_tensor"):
+            t = t._local_tensor
+        else:
+            return t
 
 
 def _span(t: torch.Tensor) -> tuple[int, int] | None:

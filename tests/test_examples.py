@@ -30,7 +30,8 @@ def run(*args: str) -> str:
 
 
 def test_every_example_has_a_smoke_test() -> None:
-    tested = {"quickstart.py", "lambda_sweep.py", "functional_training.py", "lasso_path.py"}
+    tested = {"quickstart.py", "lambda_sweep.py", "functional_training.py", "lasso_path.py",
+              "torch_optim_users.py"}
     assert {p.name for p in (ROOT / "examples").glob("*.py")} == tested
 
 
@@ -88,3 +89,15 @@ def test_lasso_path_without_sklearn() -> None:
     assert "scikit-learn lasso_path:" not in out
     rows = _table(out)
     assert len(rows) == 8 and rows[0][1] == 0 and rows[-1][1] > 0
+
+
+def test_torch_optim_users() -> None:
+    out = run("examples/torch_optim_users.py", "--steps", "20")
+    rows = {m.group(1).strip(): float(m.group(2)) for m in
+            re.finditer(r"^(L[12]: .+?)\s{2,}.+?\s([\d.]+)%$", out, re.M)}
+    assert len(rows) == 6, out
+    assert rows["L1: fr.l1.prox after step"] > 0  # exact zeros in the module itself
+    assert all(v == 0 for k, v in rows.items() if k != "L1: fr.l1.prox after step"), rows
+    for name in ("weight_decay", "backward hook"):
+        gap = float(re.search(rf"{name}\S* vs .*max \|Δw\| = (\S+)", out).group(1))
+        assert gap < 1e-6, out

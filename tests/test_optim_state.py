@@ -200,3 +200,22 @@ def test_cuda_matches_cpu(opt: Any, init: dict, kw: dict, route: str) -> None:
     for k in cpu:
         assert gpu[k].is_cuda
         torch.testing.assert_close(gpu[k].cpu(), cpu[k], rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------ dtypes kept
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("opt,init,kw", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_every_leaf_keeps_its_dtype(opt: Any, init: dict, kw: dict, route: str, dtype: torch.dtype) -> None:
+    """A 0-d half-precision leaf meets 0-d float32 scalars (Adam's bias corrections):
+    an out-of-place op would promote it, the step must not."""
+    params = {"w": torch.randn(3, 2).to(dtype), "s": torch.tensor(0.5, dtype=dtype)}
+    grads = {"w": torch.randn(3, 2).to(dtype), "s": torch.tensor(0.25, dtype=dtype)}
+    state = opt.init(params, **init)
+    with on_route(route):
+        new, new_state = opt.step(params, grads, state, **_kw(route, opt, kw, dtype=dtype))
+    for k in params:
+        assert new[k].dtype == dtype, k
+        for key, tree in new_state.items():
+            if key != "step":
+                assert tree[k].dtype == dtype, (key, k)
