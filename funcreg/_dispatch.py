@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 
-from funcreg import _ops
+from funcreg import _ops, _sharding
 
 Path = Literal["fast", "composable"]
 _forced: Path | None = None
@@ -72,20 +72,23 @@ def run(
 
     ``body`` returns a list of leaves, or a tuple of such lists, one entry per input
     position. On the fast path it runs once per (device, dtype) group of ``group_by``, as
-    torch.optim groups tensors for its foreach kernels, and the results are put back in
-    order; when a column is owned (donated), groups are cut into chunks of at most
+    torch.optim groups tensors for its foreach kernels (DTensors in groups of their own),
+    and the results are put back in order; when a column is owned (donated), groups are cut into chunks of at most
     :data:`CHUNK` elements, and each part keeps its column's ownership.
     """
     if not fast:
         return body(_ops.PER_LEAF, *columns)
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    # DTensors and plain tensors never share a foreach call ("mixed torch.Tensor and
+    # DTensor"); DTensors on different meshes may.
+    groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+    sharded = _sharding.is_dtensor if _sharding.any_dtensor(group_by) else None
     for i, leaf in enumerate(group_by):
-        groups.setdefault((leaf.device, leaf.dtype), []).append(i)
+        key = (leaf.device, leaf.dtype, sharded is not None and sharded(leaf))
+        groups.setdefault(key, []).append(i)
     if any(_ops.owned(col) for col in columns):
-        parts = [(device, chunk) for (device, _), idx in groups.items()
-                 for chunk in _chunks(idx, group_by)]
+        parts = [(key[0], chunk) for key, idx in groups.items() for chunk in _chunks(idx, group_by)]
     else:
-        parts = [(device, idx) for (device, _), idx in groups.items()]
+        parts = [(key[0], idx) for key, idx in groups.items()]
     if len(parts) == 1:
         return body(_foreach_for(parts[0][0]), *columns)
     outputs: list[list[Any]] | None = None

@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from funcreg import _sharding
+
 _functorch = torch._C._functorch
 
 
@@ -115,13 +117,10 @@ def commit(donated: Sequence[torch.Tensor], results: Sequence[torch.Tensor]) -> 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The plain tensor whose memory ``t`` is: a DTensor's local shard, the tensor a
     torch.func wrapper holds (in any nesting of the two)."""
-    while True:
-        if _functorch.is_functorch_wrapped_tensor(t):
-            t = _functorch.get_unwrapped(t)
-        elif hasattr(t, "_local_tensor"):
-            t = t._local_tensor
-        else:
-            return t
+    t = _sharding.unwrap(t)
+    while _sharding.is_dtensor(t):
+        t = _sharding.unwrap(t._local_tensor)
+    return t
 
 
 def _span(t: torch.Tensor) -> tuple[int, int] | None:

@@ -16,6 +16,7 @@ from typing import Any, Union
 import optree
 import torch
 
+from funcreg import _sharding
 from funcreg._tree import NAMESPACE, Flat, flatten
 
 Hyper = Union[float, torch.Tensor]
@@ -103,6 +104,11 @@ def per_leaf(
                     f"{name} for leaf {path!r} has shape {tuple(v.shape)}; a per-element "
                     f"value must have the leaf's shape {tuple(leaf.shape)}"
                 )
+            if _sharding.is_dtensor(leaf) and not _sharding.is_dtensor(v):
+                raise ValueError(
+                    f"{name} for leaf {path!r} is a plain tensor but the leaf is a DTensor; "
+                    "give a per-element value as a DTensor with the leaf's placements"
+                )
             out.append(v)
         else:
             out.append(number(name, v, low=low, high=high, where=path))
@@ -110,7 +116,10 @@ def per_leaf(
 
 
 def _cast(values: list[Hyper], leaves: list[torch.Tensor]) -> list[Hyper]:
-    """Cast tensor values to their leaf's dtype and device, once per distinct pair."""
+    """Cast tensor values to their leaf's dtype and device, once per distinct pair (and,
+    for DTensor leaves inside a torch.func transform, to Replicate DTensors)."""
+    if _sharding.any_dtensor(leaves):
+        values = _replicated(values, leaves)
     if torch.compiler.is_compiling():
         # No id()-keyed cache while tracing: id() of a tensor makes Dynamo guard on that
         # object's identity, so every new λ tensor would recompile. Inductor dedups anyway.
@@ -125,6 +134,26 @@ def _cast(values: list[Hyper], leaves: list[torch.Tensor]) -> list[Hyper]:
             key = (id(v), leaf.dtype, leaf.device)
             if key not in cache:
                 cache[key] = v.to(dtype=leaf.dtype, device=leaf.device)
+            v = cache[key]
+        out.append(v)
+    return out
+
+
+def _replicated(values: list[Hyper], leaves: list[torch.Tensor]) -> list[Hyper]:
+    """Plain 0-d tensors beside DTensor leaves as Replicate DTensors on the leaves' meshes.
+
+    Eagerly DTensor's dispatch takes a plain 0-d tensor as a scalar; under ``vmap`` a
+    batched one is a plain tensor of K elements to it ("mixed torch.Tensor and DTensor"),
+    so inside a transform it becomes a Replicate DTensor first (no communication)."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+    out: list[Hyper] = []
+    for v, leaf in zip(values, leaves):
+        if (isinstance(v, torch.Tensor) and v.ndim == 0 and _sharding.is_dtensor(leaf)
+                and not _sharding.is_dtensor(v) and (wrapped(v) or wrapped(leaf))):
+            key = (id(v), id(_sharding.unwrap(leaf).device_mesh))
+            if key not in cache:
+                cache[key] = _sharding.replicate_like(v, leaf)
             v = cache[key]
         out.append(v)
     return out

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence, Union
 
 import torch
 
+from funcreg import _sharding
 from funcreg._hyper import Hyper
 
 Tensors = list[torch.Tensor]
@@ -254,6 +255,7 @@ class Foreach:
         if isinstance(arg, list) and isinstance(arg[0], torch.Tensor):
             # the op takes tensor scalars only as one 1-d CPU tensor
             ys, arg = torch._foreach_mul(ys, arg), 1.0
+        xs = _in_place_only(xs)
         return _cow(torch._foreach_addcmul_, torch._foreach_addcmul, xs, ys, zs, arg)
 
     @staticmethod
@@ -267,6 +269,7 @@ class Foreach:
             else:
                 ys = torch._foreach_mul(ys, arg)
             arg = 1.0
+        xs = _in_place_only(xs)
         return _cow(torch._foreach_addcdiv_, torch._foreach_addcdiv, xs, ys, zs, arg)
 
     @staticmethod
@@ -289,6 +292,12 @@ class Foreach:
             clamped = torch._foreach_clamp_min(xs, low)
             torch._foreach_clamp_max_(clamped, arg)
         return _cow(torch._foreach_sub_, torch._foreach_sub, xs, clamped)
+
+
+def _in_place_only(xs: Tensors) -> Tensors:
+    """Owned copies of borrowed DTensor leaves, for the ops whose out-of-place foreach form
+    has no sharding strategy in torch 2.13 (``addcmul`` and ``addcdiv`` with scalars)."""
+    return writable(xs) if not owned(xs) and xs and _sharding.is_dtensor(xs[0]) else xs
 
 
 def writable(xs: Tensors) -> Tensors:

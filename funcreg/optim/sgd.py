@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper, _ops
+from funcreg import _hyper, _ops, _sharding
 from funcreg._ops import Ops, Tensors
 from funcreg._selection import Where
 from funcreg.optim._common import prepare, zero_state
@@ -100,7 +100,9 @@ class SGD:
             # torch's fused kernel knows the first step only as one flag for all leaves; with
             # a zero buffer and no dampening every step is the same formula, so it needs none.
             fused_ok=not damped and not any(
-                isinstance(v, torch.Tensor) for v in (momentum, dampening, weight_decay)),
+                isinstance(v, torch.Tensor) for v in (momentum, dampening, weight_decay))
+            # torch registers no sharding strategy for _fused_sgd_: DTensors take foreach
+            and not _sharding.any_dtensor(batch.flat.leaves),
             fused=_fused,
             generic=_sgd,
             donate=donate,

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from funcreg import _dispatch, _donation, _hyper, _ops
+from funcreg import _dispatch, _donation, _hyper, _ops, _sharding
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._selection import Where, selection
 from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensors
@@ -62,6 +62,11 @@ class Penalty:
             self._value(flat.leaves[i], lam_col[k], *(c[k] for c in extra))
             for k, i in enumerate(sel)
         ]
+        if _sharding.any_dtensor(terms):
+            # the DTensor leaves' terms are partial sums: add them up, then reduce once
+            sharded = [t for t in terms if _sharding.is_dtensor(t)]
+            plain = [t for t in terms if not _sharding.is_dtensor(t)]
+            terms = [_sharding.to_plain(sum(sharded[1:], sharded[0])), *plain]
         return sum(terms[1:], terms[0])
 
     def grad(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> Any:

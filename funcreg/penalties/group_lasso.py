@@ -82,12 +82,16 @@ class GroupLasso(Penalty):
 def group_norms(w: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, int]:
     """The Euclidean norm of each group (keepdim, so it broadcasts over ``w``) and the
     group size. A 0-d leaf, or ``dim=None``, is one group."""
+    # The clamp is a no-op on values but not on DTensors: a norm across the sharded dim
+    # is a _NormPartial, which torch 2.13 sums wrong and mixes badly with plain tensors;
+    # any pointwise op makes it reduce first (one all-reduce), as the math needs anyway.
     if dim is None or w.ndim == 0:
-        return torch.linalg.vector_norm(w), w.numel()
+        return torch.linalg.vector_norm(w).clamp_min(0.0), w.numel()
     others = [d for d in range(w.ndim) if d != dim % w.ndim]
     if not others:  # a 1-d leaf grouped along its only dim: each element is a group
         return w.abs(), 1
-    return torch.linalg.vector_norm(w, dim=others, keepdim=True), math.prod([w.shape[d] for d in others])
+    norms = torch.linalg.vector_norm(w, dim=others, keepdim=True).clamp_min(0.0)
+    return norms, math.prod([w.shape[d] for d in others])
 
 
 group_lasso = GroupLasso()
