@@ -1,4 +1,4 @@
-"""Stateless optimizer steps against torch.optim and torchopt, side by side (issue 4).
+"""Stateless optimizer steps against torch.optim and torchopt, side by side.
 
 For each step (SGD with weight decay, SGD with momentum 0.9 and weight decay, AdamW) and
 each workload (a 50-leaf dict of about 10 MB float32, and 10 leaves of 10M float32 =
@@ -453,7 +453,7 @@ def run_here(quick: bool, reps: int | None) -> dict[str, str]:
     torch._inductor.config.compile_threads = 1
     topt, note = torchopt_status()
     alloc = allocator_label()
-    print(f"# funcreg optimizer-step benchmarks (issue 4)\n\n{environment()}\n"
+    print(f"# funcreg optimizer-step benchmarks\n\n{environment()}\n"
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine: {machine()}\n"
           f"allocator: {alloc}; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}\n"
           f"{note}\nlr={LR:g}, SGD weight_decay={WD_SGD:g}, AdamW weight_decay={WD_ADAMW:g}\n",

@@ -1,4 +1,4 @@
-"""Penalty gradients, regularized training steps and the L1 prox, side by side (issue 3).
+"""Penalty gradients, regularized training steps and the L1 prox, side by side.
 
 Three tables of medians over interleaved repetitions (see ``_timing.py``), each with a
 ratio column relative to its first row and the minor page faults per call:
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     tree = make_tree()
     mlp = make_mlp()
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    print(f"# funcreg penalty benchmarks (issue 3)\n\n{environment()}\n"
+    print(f"# funcreg penalty benchmarks\n\n{environment()}\n"
           f"allocator: glibc malloc, GLIBC_TUNABLES={tunables!r}"
           f"{'' if tunables else ' (defaults)'}\n")
     print(f"tree: {len(tree)} leaves, {numel(tree):,} float32 values; "

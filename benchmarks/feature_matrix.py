@@ -49,7 +49,10 @@ class Cell:
     note: str = ""
 
     def markdown(self) -> str:
-        note = self.note.replace("|", "\\|").replace("\n", " ")
+        # a probe's note is raw text: "|" would split the cell, and "[0]['lr']" would read
+        # as a Markdown reference link (the documentation site then looks up 'lr')
+        note = self.note.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
+        note = note.replace("\n", " ")
         return f"**{self.verdict}**" + (f": {note}" if note else "")
 
 

@@ -28,9 +28,9 @@ START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 
 # (section title, script and arguments)
 BENCHMARKS = [
-    ("Penalty gradients, training step and prox (issue 3)", ["bench_penalties.py", "--compile"]),
-    ("Optimizer steps (issue 4)", ["bench_optim.py", "--both-allocators"]),
-    ("λ-ensemble training step (issue 5)", ["bench_ensemble.py"]),
+    ("Penalty gradients, training step and prox", ["bench_penalties.py", "--compile"]),
+    ("Optimizer steps", ["bench_optim.py", "--both-allocators"]),
+    ("λ-ensemble training step", ["bench_ensemble.py"]),
     ("Feature matrix against torch.optim, torchopt and optax", ["feature_matrix.py"]),
 ]
 

@@ -4,6 +4,11 @@ Trees go through optree in the ``"torch"`` namespace, the one torch.func registe
 types in, with ``None`` a leaf (a ``None`` gradient means "no gradient") and dicts kept in
 insertion order. A leaf's path is its keys joined with ``.``, so the keys of
 ``dict(model.named_parameters())`` are their own paths.
+
+A type registered only with ``torch.utils._pytree`` (a ``tensordict.TensorDict``, say) is
+mirrored by torch into the ``"torch"`` namespace without its keys, so optree alone would
+name its leaves by position (``0.0`` for ``0.weight``); such nodes take their keys from
+the type's ``flatten_with_keys_fn`` instead, or are refused when it has none.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 # Importing torch's optree bridge registers torch's own node types in the "torch" namespace
 # and switches that namespace to insertion-ordered dicts, as torch.func itself relies on.
 import torch.utils._cxx_pytree  # noqa: F401
+import torch.utils._pytree as torch_pytree
 
 NAMESPACE = "torch"
 
@@ -35,16 +41,108 @@ class Flat:
 
 
 @functools.lru_cache(maxsize=256)
-def _paths(spec: optree.PyTreeSpec) -> tuple[tuple[str, ...], str | None]:
-    """The dotted paths of a structure's leaves, and the first path that repeats, if any.
+def _paths(spec: optree.PyTreeSpec) -> tuple[tuple[str, ...], str | None] | None:
+    """The dotted paths of a structure's leaves, and the first path that repeats, if any;
+    ``None`` when the structure holds a node whose keys only torch's pytree knows.
 
     A training loop passes trees of one structure again and again: this runs once per
     structure, not once per call.
     """
-    paths = tuple(".".join(str(k) for k in keys) for keys in spec.paths())
+    if _keyed_by_torch(spec):
+        return None
+    return _with_duplicate(tuple(".".join(str(k) for k in keys) for keys in spec.paths()))
+
+
+def _with_duplicate(paths: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """``paths`` and the first of them that repeats, if any."""
     seen: set[str] = set()
     duplicate = next((p for p in paths if p in seen or seen.add(p)), None)
     return paths, duplicate
+
+
+def _mirrored(cls: type | None) -> bool:
+    """Did torch mirror ``cls`` from ``torch.utils._pytree`` into optree's "torch" namespace?
+
+    Those are the custom nodes there that torch's own registry also lists (the builtin
+    containers it lists are optree's own kinds): the mirror drops ``flatten_with_keys_fn``,
+    which leaves optree only positions.
+    """
+    if cls is None or cls not in torch_pytree.SUPPORTED_NODES:
+        return False
+    entry = optree.register_pytree_node.get(cls, namespace=NAMESPACE)
+    return entry is not None and entry.kind == optree.PyTreeKind.CUSTOM
+
+
+def _keyed_by_torch(spec: optree.PyTreeSpec) -> bool:
+    # spec.type, not spec.kind: under torch.compile the spec is Dynamo's stand-in, which
+    # has no kind
+    return _mirrored(spec.type) or any(_keyed_by_torch(child) for child in spec.children())
+
+
+# Paths of the structures that _keyed_by_torch flags, filled from the first tree of each.
+# The keys of a node are a function of its structure (its context says how to rebuild it),
+# so one tree per spec suffices; the bound keeps a stream of new structures from growing it.
+_TORCH_KEYED: dict[optree.PyTreeSpec, tuple[tuple[str, ...], str | None]] = {}
+_TORCH_KEYED_MAX = 256
+
+
+def _torch_keyed_paths(
+    tree: Any, spec: optree.PyTreeSpec, what: str
+) -> tuple[tuple[str, ...], str | None]:
+    """What :func:`_paths` gives, for a structure it cannot name from the spec alone."""
+    # no dict lookups while tracing: Dynamo would guard on the cache's contents
+    compiling = torch.compiler.is_compiling()
+    found = None if compiling else _TORCH_KEYED.get(spec)
+    if found is None:
+        keys: list[tuple[Any, ...]] = []
+        _walk(tree, (), keys, what)
+        found = _with_duplicate(tuple(".".join(str(k) for k in path) for path in keys))
+        if not compiling:
+            if len(_TORCH_KEYED) >= _TORCH_KEYED_MAX:
+                _TORCH_KEYED.clear()
+            _TORCH_KEYED[spec] = found
+    return found
+
+
+def _walk(node: Any, prefix: tuple[Any, ...], out: list[tuple[Any, ...]], what: str) -> None:
+    """Append the key path of every leaf under ``node``, in optree's leaf order."""
+    if optree.tree_is_leaf(node, none_is_leaf=True, namespace=NAMESPACE):
+        out.append(prefix)
+        return
+    children, _, entries, _ = optree.tree_flatten_one_level(
+        node, none_is_leaf=True, namespace=NAMESPACE
+    )
+    if _mirrored(type(node)):
+        node_def = torch_pytree.SUPPORTED_NODES[type(node)]
+        name = f"{type(node).__module__}.{type(node).__qualname__}"
+        at = ".".join(str(k) for k in prefix) or "the root"
+        if node_def.flatten_with_keys_fn is None:
+            raise TypeError(
+                f"{what}: the {name} at {at} is registered with torch.utils._pytree without "
+                "flatten_with_keys_fn, so its leaves have no names, only positions; register "
+                "it with flatten_with_keys_fn, or pass its leaves in a dict"
+            )
+        keyed, _ = node_def.flatten_with_keys_fn(node)
+        if len(keyed) != len(children):
+            raise TypeError(
+                f"{what}: the {name} at {at} flattens to {len(children)} children but its "
+                f"flatten_with_keys_fn gives {len(keyed)}"
+            )
+        children = [child for _, child in keyed]
+        entries = tuple(_key_name(key) for key, _ in keyed)
+    for key, child in zip(entries, children):
+        _walk(child, prefix + (key,), out, what)
+
+
+def _key_name(key: Any) -> Any:
+    """The bare key in one of torch's key-path entries (``MappingKey('w')`` -> ``'w'``)."""
+    if isinstance(key, torch_pytree.MappingKey):
+        return key.key
+    if isinstance(key, torch_pytree.SequenceKey):
+        return key.idx
+    if isinstance(key, torch_pytree.GetAttrKey):
+        return key.name
+    return key
 
 
 def flatten(tree: Any, what: str = "params") -> Flat:
@@ -52,7 +150,8 @@ def flatten(tree: Any, what: str = "params") -> Flat:
     leaves, spec = optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
     # Dynamo traces through a cache (and warns); a compiled graph runs none of this anyway.
     find = _paths.__wrapped__ if torch.compiler.is_compiling() else _paths
-    paths, duplicate = find(spec)
+    found = find(spec)
+    paths, duplicate = found if found is not None else _torch_keyed_paths(tree, spec, what)
     if duplicate is not None:
         raise ValueError(f"{what}: two leaves share the path {duplicate!r}; rename one of them")
     return Flat(paths, leaves, spec)

@@ -197,7 +197,8 @@ def test_nesterov_needs_momentum_and_no_dampening() -> None:
 def test_integer_params_are_a_type_error(opt: Any, kw: dict, dtype: torch.dtype) -> None:
     params = {**mlp_params(torch.float64), "count": torch.ones(3, dtype=dtype)}
     grads = {k: torch.ones_like(v) for k, v in params.items()}
-    state = opt.init({k: v for k, v in params.items()})
+    # init refuses the integer leaf too, so the state comes from a float stand-in for it
+    state = opt.init({**params, "count": torch.ones(3, dtype=torch.float64)})
     _raises(TypeError, r"'count'.*floating-point", lambda: opt.step(params, grads, state, lr=0.1, **kw),
             params, grads, state)
 
@@ -265,3 +266,13 @@ def test_device_mismatch_names_the_leaf_and_devices(opt: Any, kw: dict) -> None:
     bad_state = {**state, key: _replace(state[key], "2.weight", state[key]["2.weight"].cpu())}
     _raises(ValueError, r"'2\.weight' lives on cpu", lambda: opt.step(params, grads, bad_state, lr=0.1, **kw),
             params, grads, bad_state)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+@pytest.mark.parametrize("opt", [fr.sgd, fr.adam, fr.adamw])
+def test_init_on_integer_or_bool_params_is_a_type_error(opt: Any, dtype: torch.dtype) -> None:
+    params = {**mlp_params(torch.float64), "enc.count": torch.ones(3, dtype=dtype)}
+    snap = snapshot(params)
+    with pytest.raises(TypeError, match=r"params leaf 'enc\.count' has dtype %s.*floating-point" % dtype):
+        opt.init(params)
+    assert_untouched(snap)

@@ -123,6 +123,13 @@ def zero_state(params: Any, buffers: tuple[str, ...]) -> dict[str, Any]:
     device (as torch.optim keeps it), and a zero tree like params for each of ``buffers``."""
     flat = flatten(params)
     require_tensors(flat)
+    # the same refusal as the steps', so that a bad tree fails at init, not a step later
+    for path, leaf in zip(flat.paths, flat.leaves):
+        if not leaf.is_floating_point():
+            raise TypeError(
+                f"init: params leaf {path!r} has dtype {leaf.dtype}; only floating-point "
+                "parameters can be optimized (keep integer and bool buffers out of params)"
+            )
     state = {"step": flat.unflatten(
         [torch.zeros((), dtype=torch.float32, device=p.device) for p in flat.leaves])}
     for name in buffers:
