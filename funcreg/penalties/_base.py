@@ -8,12 +8,13 @@ leaf for the value and as leaf-list code for the gradient and the prox (see
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from funcreg import _dispatch, _donation, _hyper, _ops, _sharding
 from funcreg._ops import Column, Ops, Tensors
+from funcreg._rewrite import hyper_reads, rewrite
 from funcreg._selection import Where, selection
 from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensors
 
@@ -119,7 +120,7 @@ class Penalty:
                     ((("params", p), w) for p, w in zip(flat.paths, flat.leaves)),
                     ((("grads", p), g) for i, (p, g) in enumerate(zip(flat.paths, gs_all))
                      if i not in written),
-                    self._hyper_reads(flat, idx, cols),
+                    hyper_reads(flat, idx, cols, ("lam", *self.options)),
                 ),
             )
             if fast:
@@ -148,46 +149,12 @@ class Penalty:
         step_col = _hyper.per_leaf(
             "step", step, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
         )
-        ws = [flat.leaves[i] for i in sel]
-        cols = [lam_col, step_col, *extra]
-        fast = _dispatch.use_fast_path(ws, *cols)
-        in_place = donate and _donation.writable(ws)
-        if in_place:
-            written = set(sel)
-            _donation.check(
-                ((("params", flat.paths[i]), flat.leaves[i]) for i in sel),
-                itertools.chain(
-                    ((("params", p), w) for i, (p, w) in enumerate(zip(flat.paths, flat.leaves))
-                     if i not in written),
-                    self._hyper_reads(flat, sel, cols, ("lam", "step")),
-                ),
-            )
-            if fast:
-                ws = _ops.Owned(ws)
-        new = _dispatch.run(self._prox, [ws, *cols], ws, fast=fast)
-        if in_place:
-            new = _donation.commit(ws, new)
-        out = list(flat.leaves)
-        for i, w in zip(sel, new):
-            out[i] = w
-        return flat.unflatten(out)
+        names = ("lam", "step", *self.options)
+        return rewrite(flat, sel, self._prox, [lam_col, step_col, *extra], names, donate=donate)
 
     # ------------------------------------------------------------------------ plumbing
     def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column, *extra: Column) -> Tensors:
         return ops.add_(gs, self._grad(ops, ws, lam, *extra))
-
-    def _hyper_reads(
-        self, flat: Flat, idx: list[int], cols: list[list[Any]], names: tuple[str, ...] = ("lam",)
-    ) -> Iterator[tuple[tuple[str, str], torch.Tensor]]:
-        """The tensors among the hyperparameter and option columns, labelled for errors."""
-        names = names + tuple(self.options)
-        seen: set[int] = set()
-        for k, col in enumerate(cols):
-            name = names[k] if k < len(names) else "an option"
-            for i, v in zip(idx, col):
-                if isinstance(v, torch.Tensor) and id(v) not in seen:
-                    seen.add(id(v))
-                    yield (name, flat.paths[i]), v
 
     def _why_not_elementwise(self) -> str:
         return "" if self.elementwise else (
