@@ -42,10 +42,23 @@ def test_quickstart() -> None:
 
 
 def test_lambda_sweep() -> None:
-    out = run("examples/lambda_sweep.py", "--steps", "50", "--plot", "")
-    assert "step    50/50" in out
-    assert re.search(r"lambda\s+train\s+val\s+zeros", out)
-    assert "best lambda" in out
+    out = run("examples/lambda_sweep.py", "--members", "6", "--n-train", "256", "--hidden", "8",
+              "--plot", "")
+    assert re.search(r"^device cpu", out, re.M), out
+    rows = re.findall(r"^ *([\d.e+-]+) +([\d.]+) +([\d.]+) +([\d.]+) +(\d+) .*?"
+                      r"(at step \d+|no) *(<- chosen)?", out, re.M)
+    assert len(rows) == 6, out
+    lams = [float(r[0]) for r in rows]
+    assert lams == sorted(lams, reverse=True) and float(rows[0][1]) == 1.0
+    assert all(r[5].startswith("at step") for r in rows), out  # every member converged
+    assert "6/6 members converged" in out
+    train = [float(r[2]) for r in rows]
+    assert train == sorted(train, reverse=True), out  # a converged path: more λ, worse fit
+    chosen = re.search(r"chosen lambda ([\d.e+-]+) .*keeps features \[([\d, ]+)\]", out)
+    assert chosen, out
+    marked = [r for r in rows if r[6]]
+    assert len(marked) == 1 and float(marked[0][0]) == float(chosen.group(1))
+    assert int(marked[0][4]) == len(chosen.group(2).split(","))  # the support it reports
 
 
 def test_functional_training() -> None:
