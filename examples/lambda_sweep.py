@@ -36,8 +36,9 @@ the smallest λ at which W₁ = 0 is stationary, max_j ‖∂f/∂W₁[:, j]‖ 
 the grid runs geometrically from λ_max down to eps·λ_max. For an MLP that threshold is
 exact only for the first layer with the other layers held where they are (here at their
 initial values): training moves W₂, and with it the gradient on W₁, so a member at λ_max
-may still keep features, while the point where all weights are 0 is stationary for every
-λ. λ_max sets the scale of the grid; it does not promise that the grid starts empty. The
+may still keep features, while the network whose weights are all 0 (output bias at the
+mean of y) is stationary for every λ. λ_max sets the scale of the grid; it does not promise
+that the grid starts empty. The
 grid stops at eps = 0.01: below that the penalty is too weak to keep the landscape
 simple, members land in different local minima depending on the path the optimizer takes
 (a different step size changes which), and neighbouring λ stop giving neighbouring answers.
@@ -180,7 +181,7 @@ def main() -> None:
     best_val = int(val.argmin())
 
     print(f"\ntrue support: features {sorted(truth)} of {N_FEATURES}")
-    print(f"{'lambda':>9} {'λ/λ_max':>8} {'train':>7} {'val':>7} {'kept':>4}  {'support':<16} {'converged':<12}")
+    print(f"{'lambda':>9} {'λ/λ_max':>8} {'train':>7} {'val':>7} {'kept':>4}  {'support':<16} converged")
     for k in range(K):
         verdict = "recovered" if kept[k] == truth else ", ".join(filter(None, (
             f"missed {len(truth - kept[k])}" if truth - kept[k] else "",
@@ -188,7 +189,7 @@ def main() -> None:
         conv = f"at step {int(stopped[k])}" if stopped[k] else "no"
         mark = "  <- chosen" if k == chosen else ("  <- lowest val" if k == best_val else "")
         print(f"{lams[k].item():9.2e} {(lams[k] / lam_max).item():8.4f} {train[k].item():7.4f} "
-              f"{val[k].item():7.4f} {len(kept[k]):4d}  {verdict:<16} {conv:<12}{mark}")
+              f"{val[k].item():7.4f} {len(kept[k]):4d}  {verdict:<16} {conv:<12}{mark}".rstrip())
 
     n_conv = int((stopped > 0).sum())
     slowest = f", the slowest after {int(stopped.max())} steps" if n_conv == K else ""
