@@ -31,7 +31,7 @@ def run(*args: str) -> str:
 
 def test_every_example_has_a_smoke_test() -> None:
     tested = {"quickstart.py", "lambda_sweep.py", "functional_training.py", "lasso_path.py",
-              "torch_optim_users.py"}
+              "digits_pruning.py", "torch_optim_users.py"}
     assert {p.name for p in (ROOT / "examples").glob("*.py")} == tested
 
 
@@ -43,10 +43,23 @@ def test_quickstart() -> None:
 
 
 def test_lambda_sweep() -> None:
-    out = run("examples/lambda_sweep.py", "--steps", "50", "--plot", "")
-    assert "step    50/50" in out
-    assert re.search(r"lambda\s+train\s+val\s+zeros", out)
-    assert "best lambda" in out
+    out = run("examples/lambda_sweep.py", "--members", "6", "--n-train", "256", "--hidden", "8",
+              "--plot", "")
+    assert re.search(r"^device cpu", out, re.M), out
+    rows = re.findall(r"^ *([\d.e+-]+) +([\d.]+) +([\d.]+) +([\d.]+) +(\d+) .*?"
+                      r"(at step \d+|no) *(<- chosen)?", out, re.M)
+    assert len(rows) == 6, out
+    lams = [float(r[0]) for r in rows]
+    assert lams == sorted(lams, reverse=True) and float(rows[0][1]) == 1.0
+    assert all(r[5].startswith("at step") for r in rows), out  # every member converged
+    assert "6/6 members converged" in out
+    train = [float(r[2]) for r in rows]
+    assert train == sorted(train, reverse=True), out  # a converged path: more λ, worse fit
+    chosen = re.search(r"chosen lambda ([\d.e+-]+) .*keeps features \[([\d, ]+)\]", out)
+    assert chosen, out
+    marked = [r for r in rows if r[6]]
+    assert len(marked) == 1 and float(marked[0][0]) == float(chosen.group(1))
+    assert int(marked[0][4]) == len(chosen.group(2).split(","))  # the support it reports
 
 
 def test_functional_training() -> None:
@@ -56,6 +69,26 @@ def test_functional_training() -> None:
              re.finditer(r"^\s*(subgradient|proximal)(?:\s+\S+){3}\s+([\d.]+)%", out, re.M)}
     assert set(zeros) == {"subgradient", "proximal"}, out
     assert zeros["proximal"] >= 10.0 and zeros["proximal"] > zeros["subgradient"], zeros
+
+
+@pytest.mark.skipif(not HAVE_SKLEARN, reason="the digits come with scikit-learn")
+def test_digits_pruning() -> None:
+    out = run("examples/digits_pruning.py", "--members", "4", "--n-train", "300", "--hidden", "8",
+              "--eps", "0.2", "--plot", "")
+    assert re.search(r"^device cpu", out, re.M), out
+    rows = re.findall(r"^ *([\d.e+-]+) +[\d.]+ +[\d.]+% +[\d.]+% +(\d+) +(\d+) +(\d+)  "
+                      r"(at step \d+|no)(  <- chosen)?", out, re.M)
+    assert len(rows) == 4, out
+    assert all(r[4].startswith("at step") for r in rows) and "4/4 members converged" in out, out
+    for _, pixels, units, params, *_ in rows:  # the pruned dense MLP: U(P + 1) + 10(U + 1)
+        assert int(params) == int(units) * (int(pixels) + 1) + 10 * (int(units) + 1)
+    assert int(rows[0][1]) == 0 and int(rows[-1][1]) > 0  # from all pruned to some pixels kept
+    chosen = re.search(r"chosen lambda ([\d.e+-]+) .*: (\d+) pixels, (\d+) units, (\d+) of 610 "
+                       r"parameters, test accuracy [\d.]+%", out)
+    assert chosen, out
+    marked = [r for r in rows if r[5]]
+    assert len(marked) == 1 and marked[0][1:4] == chosen.groups()[1:], (marked, chosen.groups())
+    assert re.search(r"^0\.weight +\(8, 64\) .* \d+/64$", out, re.M), out  # the sparsity table
 
 
 def _table(out: str) -> list[tuple[float, int, float]]:
