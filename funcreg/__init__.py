@@ -1,16 +1,34 @@
 """funcreg: weight regularization as pure functions for functional PyTorch.
 
-Penalties (``l1``, ``l2``, ``elastic_net``, ``group_lasso``, ``l2_sp``) are values,
-exact gradients (``.grad``, ``.add_grad``) and proximal operators (``.prox``) over parameter
-pytrees; ``penalized`` adds them to a loss; ``select`` chooses leaves; ``sgd``, ``adam``
-and ``adamw`` are stateless optimizer steps. See DESIGN.md.
+Penalties (``l1``, ``l2``, ``elastic_net``, ``group_lasso``, ``l2_sp``,
+``sparse_group_lasso``, ``nuclear_norm``, ``mcp``, ``scad``, ``l0``, ``orthogonal``) are
+values, exact gradients (``.grad``, ``.add_grad``), proximal operators (``.prox``) and λ
+thresholds (``.lambda_max``) over parameter pytrees; ``project`` holds projections onto
+constraint sets; ``penalized`` adds penalties to a loss; ``select`` chooses leaves;
+``sgd``, ``adam`` and ``adamw`` are stateless optimizer steps; ``lambda_grid`` and
+``sparsity`` build and read a regularization path. See DESIGN.md.
 """
 
-from funcreg import select
+from funcreg import project, select
 from funcreg.ensemble import converged, replicate, update_where
+from funcreg.lambda_grid import lambda_grid
 from funcreg.optim import adam, adamw, sgd
 from funcreg.penalized import penalized
-from funcreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, l2_sp
+from funcreg.penalties import (
+    Penalty,
+    elastic_net,
+    group_lasso,
+    l0,
+    l1,
+    l2,
+    l2_sp,
+    mcp,
+    nuclear_norm,
+    orthogonal,
+    scad,
+    sparse_group_lasso,
+)
+from funcreg.sparsity import sparsity
 
 __all__ = [
     "Penalty",
@@ -19,13 +37,22 @@ __all__ = [
     "converged",
     "elastic_net",
     "group_lasso",
+    "l0",
     "l1",
     "l2",
     "l2_sp",
+    "lambda_grid",
+    "mcp",
+    "nuclear_norm",
+    "orthogonal",
     "penalized",
+    "project",
     "replicate",
+    "scad",
     "select",
     "sgd",
+    "sparse_group_lasso",
+    "sparsity",
     "update_where",
 ]
 __version__ = "0.1.0"

@@ -118,6 +118,11 @@ class PerLeaf:
         return [x * v for x, v in zip(xs, _col(h, len(xs)))]
 
     @staticmethod
+    def temp(xs: Tensors) -> Tensors:
+        """Tensors the family just allocated itself (per-leaf math), as a :class:`Temp`."""
+        return xs
+
+    @staticmethod
     def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
         """``1 - b ** e`` for each 0-d exponent (Adam's bias corrections)."""
         return [1 - b**e for b, e in zip(_col(base, len(exponents)), exponents)]
@@ -164,19 +169,43 @@ class PerLeaf:
         return [torch.reciprocal(x) for x in xs]
 
     @staticmethod
+    def clamp_(xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
+        """``clamp(x, low, high)``; a bound of ``None`` is no bound."""
+        n = len(xs)
+        lows = _col(low, n) if low is not None else [None] * n
+        highs = _col(high, n) if high is not None else [None] * n
+        return [_keep(x, _clamp(x, a, b)) for x, a, b in zip(xs, lows, highs)]
+
+    @staticmethod
     def soft_threshold_(xs: Tensors, t: Column) -> Tensors:
         """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
         return [_keep(x, x - _clamp(x, -v, v)) for x, v in zip(xs, _col(t, len(xs)))]
+
+    @staticmethod
+    def hard_threshold_(xs: Tensors, t: Column) -> Tensors:
+        """``x`` where ``|x| > t``, exact zeros elsewhere (ties zeroed)."""
+        return [torch.where(x.abs() > v, x, torch.zeros((), dtype=x.dtype, device=x.device))
+                for x, v in zip(xs, _col(t, len(xs)))]
+
+    @staticmethod
+    def firm_threshold_(xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
+        """``x`` where ``|x| > high``, else ``c·soft(x, low)``: exact zeros where
+        ``|x| <= low``, ``x`` itself beyond ``high``, slope ``c`` in between (firm
+        thresholding; continuous when ``c = high / (high - low)``)."""
+        n = len(xs)
+        return [_keep(x, torch.where(x.abs() > b, x, k * (x - _clamp(x, -a, a))))
+                for x, a, b, k in zip(xs, _col(low, n), _col(high, n), _col(c, n))]
 
 
 def _keep(x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
     return result if result.dtype == x.dtype else result.to(x.dtype)
 
 
-def _clamp(x: torch.Tensor, low: Hyper, high: Hyper) -> torch.Tensor:
+def _clamp(x: torch.Tensor, low: Hyper | None, high: Hyper | None) -> torch.Tensor:
     if isinstance(low, torch.Tensor) or isinstance(high, torch.Tensor):
-        # torch.clamp takes tensor bounds only if both are tensors
-        return torch.clamp(x, _as_tensor(low, x), _as_tensor(high, x))
+        # torch.clamp takes tensor bounds only with no Python number beside them
+        return torch.clamp(x, None if low is None else _as_tensor(low, x),
+                           None if high is None else _as_tensor(high, x))
     return x.clamp(low, high)
 
 
@@ -213,6 +242,10 @@ class Foreach:
     @staticmethod
     def mul(xs: Tensors, h: Column) -> Tensors:
         return Temp(torch._foreach_mul(xs, _arg(xs, h)))
+
+    @staticmethod
+    def temp(xs: Tensors) -> Tensors:
+        return Temp(xs)
 
     @staticmethod
     def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
@@ -279,6 +312,50 @@ class Foreach:
     @staticmethod
     def reciprocal_(xs: Tensors) -> Tensors:
         return _cow(torch._foreach_reciprocal_, torch._foreach_reciprocal, xs)
+
+    @staticmethod
+    def clamp_(xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
+        """``clamp(x, low, high)``; a bound of ``None`` is no bound."""
+        # numbers go to clamp_min/clamp_max, tensors to maximum/minimum
+        ops = ((low, (torch._foreach_clamp_min_, torch._foreach_clamp_min),
+                (torch._foreach_maximum_, torch._foreach_maximum)),
+               (high, (torch._foreach_clamp_max_, torch._foreach_clamp_max),
+                (torch._foreach_minimum_, torch._foreach_minimum)))
+        for bound, scalar, tensor in ops:
+            if bound is not None:
+                arg = _arg(xs, bound)
+                in_place, out_of_place = tensor if isinstance(arg, list) and isinstance(arg[0], torch.Tensor) else scalar
+                xs = _cow(in_place, out_of_place, xs, arg)
+        return xs
+
+    @staticmethod
+    def hard_threshold_(xs: Tensors, t: Column) -> Tensors:
+        """``x`` where ``|x| > t``, exact zeros elsewhere (ties zeroed). One masked fill per
+        leaf: there is no foreach form, and a multiply by the mask would turn inf into nan."""
+        dropped = [x.abs() <= v for x, v in zip(xs, _col(t, len(xs)))]
+        if owned(xs):
+            for x, d in zip(xs, dropped):
+                x.masked_fill_(d, 0)
+            return xs
+        return Owned(x.masked_fill(d, 0) for x, d in zip(xs, dropped))
+
+    @staticmethod
+    def firm_threshold_(xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
+        """As :meth:`PerLeaf.firm_threshold_`, a leaf at a time (there is no foreach
+        ``where``): the soft threshold into a fresh tensor, scaled, then ``x`` put back
+        beyond ``high``; a leaf of scratch for an owned one."""
+        n = len(xs)
+        out = xs if owned(xs) else Owned()
+        for x, a, b, k in zip(xs, _col(low, n), _col(high, n), _col(c, n)):
+            y = _clamp(x, -a, a)
+            torch.sub(x, y, out=y)
+            y.mul_(k)
+            torch.where(x.abs() > b, x, y, out=y)
+            if out is xs:
+                x.copy_(y)
+            else:
+                out.append(y)
+        return out
 
     @staticmethod
     def soft_threshold_(xs: Tensors, t: Column) -> Tensors:

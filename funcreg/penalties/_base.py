@@ -22,17 +22,20 @@ from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensor
 class Penalty:
     """A penalty family: ``penalty(params, lam)`` is its value; ``.grad``, ``.add_grad``
     and ``.prox`` are its exact gradient, the gradient added to a gradient tree, and its
-    proximal operator.
-
-    Subclasses set :attr:`name`, :attr:`options` (extra keyword arguments and their
-    defaults; ``REQUIRED`` for none) and implement :meth:`_value`, :meth:`_grad` and
-    :meth:`_prox`. :meth:`_columns` turns options into per-selected-leaf columns.
+    proximal operator; ``.lambda_max`` is the smallest λ at which zero weights are
+    stationary, where the prox can zero a leaf or a group.
     """
 
+    # A family sets ``name``, ``options`` (extra keyword arguments and their defaults,
+    # REQUIRED for none) and implements _value, _grad, _prox and, where it has one,
+    # _lambda_max; _columns turns options into per-selected-leaf columns. An operation
+    # that means nothing for a family is named in ``without`` with the reason.
     name: str = ""
     options: dict[str, Any] = {}
     #: whether ``lam`` and ``step`` may be given per element (separable penalties)
     elementwise: bool = True
+    #: operation -> why this family has none ("grad", "prox", "lambda_max")
+    without: dict[str, str] = {}
 
     REQUIRED = object()
 
@@ -46,6 +49,9 @@ class Penalty:
     def _prox(
         self, ops: Ops, ws: Tensors, lam: Column, step: Column, *extra: Column
     ) -> Tensors:
+        raise NotImplementedError
+
+    def _lambda_max(self, g: torch.Tensor, *extra: Any) -> torch.Tensor:
         raise NotImplementedError
 
     def _columns(
@@ -73,6 +79,7 @@ class Penalty:
     def grad(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> Any:
         """The penalty's gradient, computed in closed form (no autograd): a tree like
         params, zero on the leaves ``where`` does not select."""
+        self._require("grad")
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         ws = [flat.leaves[i] for i in sel]
         fast = _dispatch.use_fast_path(ws, lam_col, *extra)
@@ -97,6 +104,7 @@ class Penalty:
         and the returned tree holds those same tensors (see :mod:`funcreg._donation` for
         what that means under torch.func transforms).
         """
+        self._require("grad")
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         gs_all = leaves_like(flat, grads, "grads")
         for i in sel:
@@ -145,6 +153,7 @@ class Penalty:
         the results are written into its selected leaves (which may be a live module's
         parameters, ``{k: p.detach() for k, p in model.named_parameters()}``), and the
         returned tree holds those same tensors."""
+        self._require("prox")
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         step_col = _hyper.per_leaf(
             "step", step, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
@@ -152,7 +161,41 @@ class Penalty:
         names = ("lam", "step", *self.options)
         return rewrite(flat, sel, self._prox, [lam_col, step_col, *extra], names, donate=donate)
 
+    def lambda_max(self, grads: Any, *, where: Where = None, **options: Any) -> torch.Tensor:
+        """The smallest λ for which zero weights are stationary: ``grads`` is the task loss's
+        gradient at w = 0 on the selected leaves, and the result is the maximum over them
+        of the family's threshold (a 0-d float64 tensor). Above it the prox keeps every
+        selected leaf at zero; below it some weight moves. Start a λ path there,
+        ``fr.lambda_grid(fr.l1.lambda_max(grads))``, as scikit-learn starts at its
+        ``alpha_max``."""
+        self._require("lambda_max")
+        full = self._options(options)
+        flat = flatten(grads, "grads")
+        require_tensors(flat, "grads")
+        sel = [i for i, m in enumerate(selection(flat, where)) if m]
+        extra = self._columns(flat, sel, full)
+        per_leaf = [self._lambda_max(flat.leaves[i], *(c[k] for c in extra)) for k, i in enumerate(sel)]
+        device = per_leaf[0].device
+        return torch.stack([_sharding.to_plain(v).to(device, torch.float64) for v in per_leaf]).amax()
+
     # ------------------------------------------------------------------------ plumbing
+    def _require(self, operation: str) -> None:
+        if operation in self.without:
+            raise TypeError(f"fr.{self.name} has no {operation}: {self.without[operation]}")
+
+    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The family's keyword arguments, defaults filled in; unknown or missing ones are
+        a TypeError."""
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise TypeError(f"{self.name}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        full = dict(self.options)
+        full.update(options)
+        for key, value in full.items():
+            if value is self.REQUIRED:
+                raise TypeError(f"{self.name}() missing required keyword argument {key!r}")
+        return full
+
     def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column, *extra: Column) -> Tensors:
         return ops.add_(gs, self._grad(ops, ws, lam, *extra))
 
@@ -165,14 +208,7 @@ class Penalty:
     def _prepare(
         self, params: Any, lam: Any, where: Where, options: dict[str, Any]
     ) -> tuple[Flat, list[int], list[_hyper.Hyper], tuple[list[Any], ...]]:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            raise TypeError(f"{self.name}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
-        full = dict(self.options)
-        full.update(options)
-        for key, value in full.items():
-            if value is self.REQUIRED:
-                raise TypeError(f"{self.name}() missing required keyword argument {key!r}")
+        full = self._options(options)
         flat = flatten(params)
         require_tensors(flat)
         mask = selection(flat, where)

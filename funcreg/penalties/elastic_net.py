@@ -10,6 +10,7 @@ from funcreg import _hyper
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty
+from funcreg.penalties.l1 import amax
 
 
 class ElasticNet(Penalty):
@@ -25,7 +26,8 @@ class ElasticNet(Penalty):
       :math:`\mathrm{soft}(w, s\lambda\rho) / (1 + s\lambda(1-\rho))`.
 
     ``l1_ratio`` (keyword, default 0.5 as in scikit-learn) is a number in [0, 1] or a
-    0-d tensor.
+    0-d tensor. ``lambda_max`` is :math:`\lVert g\rVert_\infty / \rho`, scikit-learn's
+    ``alpha_max`` for ``ElasticNet`` (infinite for ρ = 0, where no λ zeroes the weights).
 
     >>> import torch, funcreg as fr
     >>> w = {"w": torch.tensor([2.0, -0.5])}
@@ -52,6 +54,9 @@ class ElasticNet(Penalty):
         a = _hyper.combine(lambda l, r: l * r, lam, rho)
         b = _hyper.combine(lambda l, r: l * (1 - r), lam, rho)
         return ops.add_(ops.mul_(ops.sign(ws), a), ws, b)
+
+    def _lambda_max(self, g: torch.Tensor, rho: _hyper.Hyper) -> torch.Tensor:
+        return amax(g.abs()) / rho
 
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, rho: Column) -> Tensors:
         t = _hyper.combine(lambda l, s, r: s * l * r, lam, step, rho)

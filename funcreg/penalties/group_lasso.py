@@ -11,6 +11,7 @@ from funcreg import _hyper
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty
+from funcreg.penalties.l1 import amax
 
 
 class GroupLasso(Penalty):
@@ -31,7 +32,11 @@ class GroupLasso(Penalty):
       exactly 0 where :math:`\lVert w_g\rVert \le t_g`.
 
     ``lam`` and ``step`` are one value per leaf (a number, a 0-d tensor or a per-leaf
-    tree), not per element.
+    tree), not per element. ``lambda_max`` is :math:`\max_g \lVert g_g\rVert / \sqrt{n_g}`
+    over the groups of the task loss's gradient at w = 0.
+
+    Reference: Yuan & Lin, "Model selection and estimation in regression with grouped
+    variables", JRSS B 68 (2006).
 
     >>> import torch, funcreg as fr
     >>> w = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}
@@ -46,15 +51,7 @@ class GroupLasso(Penalty):
 
     def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
         dim = options["dim"]
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
-            raise TypeError(f"group_lasso dim must be an int or None, not {type(dim).__name__}")
-        for i in sel:
-            leaf = flat.leaves[i]
-            if dim is not None and leaf.ndim and not -leaf.ndim <= dim < leaf.ndim:
-                raise ValueError(
-                    f"group_lasso dim={dim} is out of range for leaf {flat.paths[i]!r} of shape "
-                    f"{tuple(leaf.shape)}"
-                )
+        check_dim(self.name, dim, flat, sel)
         return ([dim] * len(sel),)
 
     def _value(self, w: torch.Tensor, lam: _hyper.Hyper, dim: int | None) -> torch.Tensor:
@@ -69,6 +66,10 @@ class GroupLasso(Penalty):
             scales.append(inv * (a * math.sqrt(size)))
         return ops.mul(ws, scales)
 
+    def _lambda_max(self, g: torch.Tensor, dim: int | None) -> torch.Tensor:
+        norms, size = group_norms(g, dim)
+        return amax(norms) / math.sqrt(size) if size else g.new_zeros(())
+
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, dims: Column) -> Tensors:
         scales = []
         for w, a, s, dim in zip(ws, lam, step, dims):
@@ -77,6 +78,20 @@ class GroupLasso(Penalty):
             safe = torch.where(norms > 0, norms, 1.0)
             scales.append((norms - t).clamp_min(0.0) / safe)
         return ops.mul_(ws, scales)
+
+
+def check_dim(what: str, dim: Any, flat: Flat, sel: list[int]) -> None:
+    """``dim`` must be None or an int in range for every selected leaf (0-d leaves are one
+    group whatever ``dim`` says)."""
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+        raise TypeError(f"{what} dim must be an int or None, not {type(dim).__name__}")
+    for i in sel:
+        leaf = flat.leaves[i]
+        if dim is not None and leaf.ndim and not -leaf.ndim <= dim < leaf.ndim:
+            raise ValueError(
+                f"{what} dim={dim} is out of range for leaf {flat.paths[i]!r} of shape "
+                f"{tuple(leaf.shape)}"
+            )
 
 
 def group_norms(w: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, int]:

@@ -25,6 +25,10 @@ class L1(Penalty):
     ``lam`` and ``step`` may also be given per element (a tensor shaped like the leaf):
     a weighted lasso, or the per-element step of a proximal Adam.
 
+    ``fr.l1.lambda_max(grads)`` is :math:`\lVert g\rVert_\infty`, with ``grads`` the task
+    loss's gradient at w = 0: scikit-learn's ``alpha_max`` (for its loss
+    :math:`\tfrac{1}{2n}\lVert y - Xw\rVert^2`, :math:`g = -X^\top y / n`).
+
     >>> import torch, funcreg as fr
     >>> w = {"w": torch.tensor([-2.0, 0.5, 3.0])}
     >>> fr.l1(w, 0.1)
@@ -48,6 +52,14 @@ class L1(Penalty):
 
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
         return ops.soft_threshold_(ws, _hyper.combine(lambda a, s: a * s, lam, step))
+
+    def _lambda_max(self, g: torch.Tensor) -> torch.Tensor:
+        return amax(g.abs())
+
+
+def amax(x: torch.Tensor) -> torch.Tensor:
+    """The largest entry, and 0 for an empty tensor (a threshold no empty leaf raises)."""
+    return x.amax() if x.numel() else x.new_zeros(())
 
 
 l1 = L1()

@@ -30,6 +30,7 @@ class L2(Penalty):
     """
 
     name = "l2"
+    without = {"lambda_max": "its prox w / (1 + 2·λ·step) shrinks but never zeroes a weight"}
 
     def _value(self, w: torch.Tensor, lam: _hyper.Hyper) -> torch.Tensor:
         if isinstance(lam, torch.Tensor) and lam.ndim:

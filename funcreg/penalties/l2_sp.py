@@ -32,6 +32,7 @@ class L2SP(Penalty):
     """
 
     name = "l2_sp"
+    without = {"lambda_max": "its prox moves weights toward the anchor, never to zero"}
     options = {"anchor": Penalty.REQUIRED}
 
     def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:

@@ -1,0 +1,33 @@
+"""What the matrix penalties share: each leaf seen as a matrix, ``W.reshape(W.shape[0], -1)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from funcreg._tree import Flat
+
+
+def check_matrices(name: str, flat: Flat, sel: list[int]) -> None:
+    """Every selected leaf must have at least 2 dims: a 0-d or 1-d leaf is no matrix."""
+    for i in sel:
+        if flat.leaves[i].ndim < 2:
+            raise ValueError(
+                f"{name} acts on matrices, but leaf {flat.paths[i]!r} has shape "
+                f"{tuple(flat.leaves[i].shape)}; select the weights only "
+                "(where=fr.select.weights)"
+            )
+
+
+def as_matrix(w: torch.Tensor) -> torch.Tensor:
+    """A weight as the matrix the penalty sees: one row per output unit or filter."""
+    return w.reshape(w.shape[0], -1)
+
+
+def by_shape(ws: list[torch.Tensor]) -> dict[tuple[Any, ...], list[int]]:
+    """Leaves that can share one batched linear-algebra call: same shape, dtype, device."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for k, w in enumerate(ws):
+        groups.setdefault((tuple(w.shape), w.dtype, w.device), []).append(k)
+    return groups
