@@ -106,7 +106,8 @@ def all_reduce(
     this rank is not in ``group``, and when called under a ``torch.func`` transform
     (``vmap``, ``grad``, ...): collectives have no batching rule and no derivative there
     (torch's functional collectives even return wrong values under ``vmap``), so reduce
-    the gradients ``torch.func.grad`` returned, outside it.
+    the gradients ``torch.func.grad`` returned, outside it. Under ``torch.compile`` the
+    call is a graph break and runs eagerly (``fullgraph=True`` refuses it).
 
     Example (on each of the processes, after ``torch.distributed.init_process_group``)::
 
