@@ -6,10 +6,11 @@ values, exact gradients (``.grad``, ``.add_grad``), proximal operators (``.prox`
 thresholds (``.lambda_max``) over parameter pytrees; ``project`` holds projections onto
 constraint sets; ``penalized`` adds penalties to a loss; ``select`` chooses leaves;
 ``sgd``, ``adam`` and ``adamw`` are stateless optimizer steps; ``lambda_grid`` and
-``sparsity`` build and read a regularization path. See DESIGN.md.
+``sparsity`` build and read a regularization path; ``distributed.all_reduce`` averages a
+gradient tree across processes, for data-parallel ``torch.func`` training. See DESIGN.md.
 """
 
-from funcreg import project, select
+from funcreg import distributed, project, select
 from funcreg.ensemble import converged, replicate, update_where
 from funcreg.lambda_grid import lambda_grid
 from funcreg.optim import adam, adamw, sgd
@@ -35,6 +36,7 @@ __all__ = [
     "adam",
     "adamw",
     "converged",
+    "distributed",
     "elastic_net",
     "group_lasso",
     "l0",
