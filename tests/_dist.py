@@ -84,6 +84,14 @@ class Checks:
         else:
             self(name, False, f"did not raise {kind.__name__}")
 
+    def attempt(self, name: str, fn: Callable[[], Any]) -> None:
+        """Run ``fn``, a check made of assertions; record it as failed if it raises."""
+        try:
+            fn()
+        except Exception as error:  # noqa: BLE001  (record it; the battery goes on)
+            first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            self(name, False, f"{type(error).__name__}: {first}")
+
     def done(self) -> None:
         """Fail the rank if any check failed."""
         assert not self.failed, f"rank {self.rank}: failed checks: {self.failed}"
