@@ -12,7 +12,8 @@ torch 2.13's DTensor needs help:
   :func:`replicate_like` turns it into a ``Replicate`` DTensor on the leaf's mesh;
 * some foreach and fused kernels have no sharding strategy (``_fused_sgd_``, the
   out-of-place ``_foreach_addcmul`` / ``_foreach_addcdiv`` with scalars), so the fast path
-  asks :func:`is_dtensor` and takes the forms that do.
+  asks :func:`is_dtensor` and takes the forms that do; and linear algebra comes back
+  replicated, so :func:`place_like` puts a result back on its leaf's placements.
 
 No import of ``torch.distributed.tensor`` happens here: a DTensor can only exist once
 that module is loaded, so its absence from ``sys.modules`` answers "no DTensor" for free.
@@ -105,6 +106,20 @@ class _implicit_replication:
 
     def __exit__(self, *exc: Any) -> None:
         torch._C._set_dtensor_allow_implicit_replication(self._previous)
+
+
+def place_like(x: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """``x`` with the placements of DTensor ``leaf`` (linear algebra on a sharded leaf,
+    an SVD or a Gram matrix, comes back replicated); anything else as it is."""
+    if is_dtensor(leaf) and is_dtensor(x) and x.placements != leaf.placements:
+        return x.redistribute(leaf.device_mesh, leaf.placements)
+    return x
+
+
+def gathered(x: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value as a plain tensor (an all-gather), for the few computations
+    DTensor cannot shard, such as a sort over an unevenly sharded leaf."""
+    return x.full_tensor() if is_dtensor(x) else x
 
 
 def replicate_like(h: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
+from funcreg import _hyper, _sharding
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._rewrite import rewrite
 from funcreg._selection import Where, selection
@@ -139,7 +139,8 @@ def _l1_threshold(w: torch.Tensor, r: _hyper.Hyper) -> torch.Tensor:
     """θ ≥ 0 with ‖soft(w, θ)‖₁ = r, or 0 when ‖w‖₁ ≤ r (Duchi et al.'s Figure 1)."""
     if w.numel() == 0:
         return w.new_zeros(())
-    u = torch.sort(w.abs().reshape(-1), descending=True).values
+    # a sort over a whole DTensor leaf needs all of it: gather it (θ is one number)
+    u = torch.sort(_sharding.gathered(w).abs().reshape(-1), descending=True).values
     excess = torch.cumsum(u, 0) - r  # Σ_{j≤k} u_j - r
     k = torch.arange(1, u.numel() + 1, dtype=u.dtype, device=u.device)
     # ρ = the largest k with u_k > (Σ_{j≤k} u_j - r) / k; those k form a prefix

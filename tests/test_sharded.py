@@ -104,6 +104,82 @@ def _penalties_battery(rank: int, world: int) -> None:
 
                     check.attempt(f"{tag} {name}", run_all)
 
+    check.done()
+
+
+def _more_penalties_battery(rank: int, world: int) -> None:
+    """The families beyond the first five, and the projections, on the same trees."""
+    import funcreg as fr
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    check = Checks(rank)
+    for mixed in (False, True):
+        params, grads, full_p, full_g = _trees(mesh, mixed)
+        weights = fr.select.weights
+        families: list[tuple[str, Any, dict, bool]] = [
+            ("sparse_group_lasso", fr.sparse_group_lasso, {"l1_ratio": 0.4, "dim": -1}, True),
+            ("mcp", fr.mcp, {"gamma": 2.5}, True),
+            ("scad", fr.scad, {}, True),
+            ("l0", fr.l0, {}, False),
+            ("nuclear_norm", fr.nuclear_norm, {"where": weights}, True),
+            ("orthogonal", fr.orthogonal, {"where": weights}, True),
+        ]
+        for path in ("fast", "composable"):
+            tag = f"{'mixed' if mixed else 'dtensor'} {path}"
+            for name, pen, opts, has_grad in families:
+                def run_all(pen: Any = pen, opts: dict = opts, has_grad: bool = has_grad) -> None:
+                    with fr._dispatch.forced(path):
+                        torch.testing.assert_close(pen(params, 0.1, **opts), pen(full_p, 0.1, **opts))
+                        if has_grad:
+                            _same(pen.grad(params, 0.1, **opts), pen.grad(full_p, 0.1, **opts), params, "grad")
+                            _same(pen.add_grad(grads, params, 0.1, **opts),
+                                  pen.add_grad(full_g, full_p, 0.1, **opts), grads, "add_grad")
+                        if "prox" not in pen.without:
+                            _same(pen.prox(params, 0.1, 0.7, **opts), pen.prox(full_p, 0.1, 0.7, **opts),
+                                  params, "prox")
+                        if "lambda_max" not in pen.without:
+                            torch.testing.assert_close(pen.lambda_max(grads, **opts),
+                                                       pen.lambda_max(full_g, **opts))
+
+                check.attempt(f"{tag} {name}", run_all)
+            projections: list[tuple[str, Any, tuple, dict]] = [
+                ("max_norm dim=0", fr.project.max_norm, (1.0,), {}),
+                ("max_norm dim=1", fr.project.max_norm, (1.0,), {"dim": -1, "where": weights}),
+                ("l2_ball", fr.project.l2_ball, (1.0,), {}),
+                ("l1_ball", fr.project.l1_ball, (1.0,), {}),
+                ("box", fr.project.box, (-0.5, 0.5), {}),
+                ("non_negative", fr.project.non_negative, (), {}),
+            ]
+            for name, project, args, kw in projections:
+                def run_projection(project: Any = project, args: tuple = args, kw: dict = kw) -> None:
+                    with fr._dispatch.forced(path):
+                        _same(project(params, *args, **kw), project(full_p, *args, **kw), params, name)
+
+                check.attempt(f"{tag} project.{name}", run_projection)
+        check.attempt(f"{'mixed' if mixed else 'dtensor'} sparsity", lambda: _same_sparsity(params, full_p))
+    check.done()
+
+
+def _same_sparsity(params: dict, full: dict) -> None:
+    import funcreg as fr
+
+    for dim in (None, 0):
+        got, want = fr.sparsity(params, dim=dim), fr.sparsity(full, dim=dim)
+        assert str(got) == str(want), f"{got}\n!=\n{want}"
+
+
+def test_more_penalties_on_dtensors() -> None:
+    run_ranks(_more_penalties_battery, timeout=120)
+
+
+def _penalties_tail(rank: int, world: int) -> None:
+    import funcreg as fr
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    check = Checks(rank)
+
     # the value inside a loss: its backward reaches the DTensor leaves (and a plain leaf)
     def backward() -> None:
         params, _, full_p, _ = _trees(mesh, mixed=True)
@@ -147,6 +223,10 @@ def _local_ptr(x: Any) -> int:
 
 def test_penalties_on_dtensors() -> None:
     run_ranks(_penalties_battery, timeout=120)
+
+
+def test_penalty_values_in_losses_and_transforms_on_dtensors() -> None:
+    run_ranks(_penalties_tail, timeout=120)
 
 
 # ------------------------------------------------------------------------ steps

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from funcreg import _sharding
 from funcreg._tree import Flat
 
 
@@ -23,6 +24,12 @@ def check_matrices(name: str, flat: Flat, sel: list[int]) -> None:
 def as_matrix(w: torch.Tensor) -> torch.Tensor:
     """A weight as the matrix the penalty sees: one row per output unit or filter."""
     return w.reshape(w.shape[0], -1)
+
+
+def identity_like(gram: torch.Tensor) -> torch.Tensor:
+    """The identity matrix the size of ``gram`` (a Replicate DTensor beside a DTensor)."""
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return _sharding.replicate_like(eye, gram) if _sharding.is_dtensor(gram) else eye
 
 
 def by_shape(ws: list[torch.Tensor]) -> dict[tuple[Any, ...], list[int]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
+from funcreg import _hyper, _sharding
 from funcreg._ops import Column, Ops, PerLeaf, Tensors
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty
@@ -59,14 +59,14 @@ class NuclearNorm(Penalty):
             # them out, at torch.linalg.matrix_rank's default tolerance
             tol = s.amax(-1, keepdim=True) * max(u.shape[-2], vh.shape[-1]) * torch.finfo(s.dtype).eps
             kept = (s > tol).to(s.dtype)
-            out.append((a * (u * kept.unsqueeze(-2)) @ vh).reshape(w.shape))
+            out.append(_sharding.place_like((a * (u * kept.unsqueeze(-2)) @ vh).reshape(w.shape), w))
         return ops.temp(out)
 
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
         out = []
         for w, (u, s, vh), a, st in zip(ws, _svds(ops, ws), lam, step):
             shrunk = (s - a * st).clamp_min(0.0)
-            out.append(((u * shrunk.unsqueeze(-2)) @ vh).reshape(w.shape))
+            out.append(_sharding.place_like(((u * shrunk.unsqueeze(-2)) @ vh).reshape(w.shape), w))
         return out
 
     def _lambda_max(self, g: torch.Tensor) -> torch.Tensor:

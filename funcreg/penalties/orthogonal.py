@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
+from funcreg import _hyper, _sharding
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty
-from funcreg.penalties._matrix import as_matrix, check_matrices
+from funcreg.penalties._matrix import as_matrix, check_matrices, identity_like
 
 
 class Orthogonal(Penalty):
@@ -58,14 +58,14 @@ class Orthogonal(Penalty):
             m = as_matrix(w)
             gram, eye = _gram(m)
             g = (gram - eye) @ m if m.shape[0] <= m.shape[1] else m @ (gram - eye)
-            out.append((4 * a * g).reshape(w.shape))
+            out.append(_sharding.place_like((4 * a * g).reshape(w.shape), w))
         return ops.temp(out)
 
 
 def _gram(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The smaller Gram matrix of ``m`` and the identity of its size."""
     gram = m @ m.mT if m.shape[0] <= m.shape[1] else m.mT @ m
-    return gram, torch.eye(gram.shape[0], dtype=m.dtype, device=m.device)
+    return gram, identity_like(gram)
 
 
 orthogonal = Orthogonal()
