@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,93 +51,6 @@ from torch.func import functional_call, grad, vmap
 import funcreg as fr
 
 
-# --- stand-ins ------------------------------------------------------------------------
-# TODO(funcreg): replace with fr.group_lasso.lambda_max, fr.lambda_grid and fr.sparsity
-# once they land.
-def _group_lasso_lambda_max(grads, *, where=None, dim=0) -> torch.Tensor:
-    """max over the selected leaves and their groups g (slices along ``dim``) of
-    ‖grads_g‖₂ / √n_g: with grads = ∇f at w = 0, the smallest λ at which w = 0 is
-    stationary for f + group lasso. ``where`` is a ``(path, leaf) -> bool`` selector."""
-    out = []
-    for path, g in grads.items():
-        if g.is_floating_point() and (where is None or where(path, g)):
-            slices = g.movedim(dim, 0).reshape(g.shape[dim], -1)
-            out.append(torch.linalg.vector_norm(slices, dim=1).max() / math.sqrt(slices.shape[1]))
-    return torch.stack(out).max()
-
-
-def _lambda_grid(lam_max, n: int = 100, eps: float = 1e-3) -> torch.Tensor:
-    """n values from lam_max down to eps·lam_max, geometrically spaced, descending:
-    a 1-d float64 tensor (scikit-learn's lasso_path grid)."""
-    lam_max = torch.as_tensor(lam_max, dtype=torch.float64).cpu()
-    return lam_max * torch.logspace(0.0, math.log10(eps), n, dtype=torch.float64)
-
-
-@dataclass(frozen=True)
-class _LeafSparsity:
-    path: str
-    shape: tuple[int, ...]
-    numel: int
-    zeros: int  # elements exactly 0
-    groups: int | None  # slices along dim (None when dim is None)
-    zero_groups: int | None  # slices that are all 0
-    zero_group_mask: torch.Tensor | None  # bool, (groups,): True where a slice is all 0
-
-
-@dataclass(frozen=True)
-class _Sparsity:
-    leaves: dict[str, _LeafSparsity]  # the selected leaves, by path
-    dim: int | None
-
-    @property
-    def numel(self) -> int:
-        return sum(s.numel for s in self.leaves.values())
-
-    @property
-    def zeros(self) -> int:
-        return sum(s.zeros for s in self.leaves.values())
-
-    @property
-    def groups(self) -> int | None:
-        return None if self.dim is None else sum(s.groups for s in self.leaves.values())
-
-    @property
-    def zero_groups(self) -> int | None:
-        return None if self.dim is None else sum(s.zero_groups for s in self.leaves.values())
-
-    def __str__(self) -> str:
-        rows = [(s.path, str(s.shape), s.zeros, s.numel, s.zero_groups, s.groups)
-                for s in self.leaves.values()]
-        rows.append(("total", "", self.zeros, self.numel, self.zero_groups, self.groups))
-        width = max(len(r[0]) for r in rows)
-        head = f"{'path':<{width}}  {'shape':<10} {'exact zeros':>18}"
-        if self.dim is not None:
-            head += f"  {f'all-zero slices along dim {self.dim}':>28}"
-        lines = [head]
-        for path, shape, zeros, numel, zg, g in rows:
-            line = f"{path:<{width}}  {shape:<10} {f'{zeros}/{numel} ({zeros / numel:.1%})':>18}"
-            if self.dim is not None:
-                line += f"  {f'{zg}/{g}':>28}"
-            lines.append(line)
-        return "\n".join(lines)
-
-
-def _sparsity(params, *, where=None, dim=None) -> _Sparsity:
-    """Exact zeros per selected leaf and, with ``dim``, the all-zero slices along ``dim``
-    (group_lasso's groups: pruned units, filters or inputs), with totals."""
-    leaves = {}
-    for path, w in params.items():
-        if w.is_floating_point() and (where is None or where(path, w)):
-            mask = None
-            if dim is not None:
-                mask = (w.movedim(dim, 0).reshape(w.shape[dim], -1) == 0).all(dim=1).cpu()
-            leaves[path] = _LeafSparsity(
-                path, tuple(w.shape), w.numel(), int((w == 0).sum()),
-                None if mask is None else len(mask), None if mask is None else int(mask.sum()), mask)
-    return _Sparsity(leaves, dim)
-
-
-# --- end of stand-ins -----------------------------------------------------------------
 
 
 W1 = "0.weight"  # (hidden, 64): column j reads pixel j
@@ -189,8 +101,8 @@ def main() -> None:
     # λ_max one layer at a time, the other at its initial value (see the docstring).
     g1 = grad(cross_entropy)(dict(init, **{W1: torch.zeros_like(init[W1])}), x, y)[W1]
     g2 = grad(cross_entropy)(dict(init, **{W2: torch.zeros_like(init[W2])}), x, y)[W2]
-    lam_max = _group_lasso_lambda_max({W1: g1, W2: g2}, where=pruned, dim=1)
-    lams = _lambda_grid(lam_max, K, args.eps).to(device)
+    lam_max = fr.group_lasso.lambda_max({W1: g1, W2: g2}, where=pruned, dim=1)
+    lams = fr.lambda_grid(lam_max, K, args.eps).to(device)
 
     def fista_step(w, z, t, lam, active):
         g = grad(cross_entropy)(z, x, y)
@@ -223,7 +135,7 @@ def main() -> None:
     acc = {name: vmap(accuracy, in_dims=(0, None, None))(w, *data)
            for name, data in (("train", (x, y)), ("val", (x_val, y_val)), ("test", (x_test, y_test)))}
     members = [{p: v[k] for p, v in w.items()} for k in range(K)]
-    sparsity = [_sparsity(m, where=pruned, dim=1) for m in members]
+    sparsity = [fr.sparsity(m, where=pruned, dim=1) for m in members]
     pixels = [64 - s.leaves[W1].zero_groups for s in sparsity]
     units = [H - s.leaves[W2].zero_groups for s in sparsity]
     n_params = [u * (p + 1) + 10 * (u + 1) for p, u in zip(pixels, units)]

@@ -54,13 +54,21 @@ marks both, so the price of the sparse answer in validation loss is on the same 
 Full-batch steps, fixed seeds and one CPU thread (a fixed order of floating-point sums)
 make the table identical from one run to the next on a machine.
 
+The grid is trained in blocks of ``--block`` members, one vmap each. Under ``torchrun``
+the blocks are spread over the processes (gloo; each trains its own in its own vmap,
+seeded explicitly, since every process starts from a different seed), rank 0 gathers the
+weights and prints the same table and plot, and the numbers are those of one process bit
+for bit (``tests/test_lambda_sweep_ranks.py`` checks it).
+
     python examples/lambda_sweep.py [--device cpu] [--members 16] [--plot lambda_sweep.png]
+    torchrun --standalone --nproc_per_node=2 examples/lambda_sweep.py
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import torch
@@ -70,28 +78,6 @@ from torch.func import functional_call, grad, vmap
 import funcreg as fr
 
 
-# --- stand-ins ------------------------------------------------------------------------
-# TODO(funcreg): replace with fr.group_lasso.lambda_max and fr.lambda_grid once they land.
-def _group_lasso_lambda_max(grads, *, where=None, dim=0) -> torch.Tensor:
-    """max over the selected leaves and their groups g (slices along ``dim``) of
-    ‖grads_g‖₂ / √n_g: with grads = ∇f at w = 0, the smallest λ at which w = 0 is
-    stationary for f + group lasso. ``where`` is a ``(path, leaf) -> bool`` selector."""
-    out = []
-    for path, g in grads.items():
-        if g.is_floating_point() and (where is None or where(path, g)):
-            slices = g.movedim(dim, 0).reshape(g.shape[dim], -1)
-            out.append(torch.linalg.vector_norm(slices, dim=1).max() / math.sqrt(slices.shape[1]))
-    return torch.stack(out).max()
-
-
-def _lambda_grid(lam_max, n: int = 100, eps: float = 1e-3) -> torch.Tensor:
-    """n values from lam_max down to eps·lam_max, geometrically spaced, descending:
-    a 1-d float64 tensor (scikit-learn's lasso_path grid)."""
-    lam_max = torch.as_tensor(lam_max, dtype=torch.float64).cpu()
-    return lam_max * torch.logspace(0.0, math.log10(eps), n, dtype=torch.float64)
-
-
-# --- end of stand-ins -----------------------------------------------------------------
 
 
 N_FEATURES, SUPPORT = 20, (3, 7, 11, 16)
@@ -109,10 +95,12 @@ def make_data(device: torch.device, n_train: int, n_val: int = 2000):
     return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--members", type=int, default=16, help="number of λ values (K)")
+    parser.add_argument("--block", type=int, default=8,
+                        help="members per vmap; with torchrun, blocks are spread over the processes")
     parser.add_argument("--eps", type=float, default=1e-2, help="smallest λ / λ_max")
     parser.add_argument("--hidden", type=int, default=12)
     parser.add_argument("--n-train", type=int, default=1024)
@@ -120,58 +108,123 @@ def main() -> None:
     parser.add_argument("--rtol", type=float, default=1e-5, help="convergence: max|Δw| <= rtol·max|w|")
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--plot", default="lambda_sweep.png", help="PNG path ('' to skip)")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.set_num_threads(1)  # tiny matmuls gain nothing from a second thread; one fixes the sum order
-    torch.manual_seed(0)
+    return parser.parse_args(argv)
 
-    (x, y), (x_val, y_val) = make_data(device, args.n_train)
-    model = nn.Sequential(nn.Linear(N_FEATURES, args.hidden), nn.Tanh(), nn.Linear(args.hidden, 1)).to(device)
-    init = {k: v.detach() for k, v in model.named_parameters()}
-    first_layer = fr.select.only(rf"^{FIRST}$")
-    others = fr.select.weights & ~first_layer
-    lr, l2, K = args.lr, 0.1, args.members
 
-    def mse(params, x, y):
-        return ((functional_call(model, params, (x,)) - y) ** 2).mean()
+class Problem:
+    """The data, the model and the smooth part f of every member's objective, built the
+    same way (fixed seeds) in every process that trains a part of the grid."""
 
-    smooth = fr.penalized(mse, lambda p: fr.l2(p, l2, where=others))
+    def __init__(self, args: argparse.Namespace):
+        self.device = torch.device(args.device)
+        torch.manual_seed(0)  # every process, however started, draws the same weights
+        (self.x, self.y), (self.x_val, self.y_val) = make_data(self.device, args.n_train)
+        self.model = nn.Sequential(nn.Linear(N_FEATURES, args.hidden), nn.Tanh(),
+                                   nn.Linear(args.hidden, 1)).to(self.device)
+        self.init = {k: v.detach() for k, v in self.model.named_parameters()}
+        self.first_layer = fr.select.only(rf"^{FIRST}$")
+        others = fr.select.weights & ~self.first_layer
+        self.smooth = fr.penalized(self.mse, lambda p: fr.l2(p, 0.1, where=others))
 
-    at_zero = dict(init, **{FIRST: torch.zeros_like(init[FIRST])})
-    lam_max = _group_lasso_lambda_max(grad(smooth)(at_zero, x, y), where=first_layer, dim=1)
-    lams = _lambda_grid(lam_max, K, args.eps).to(device)
+    def mse(self, params, x, y):
+        return ((functional_call(self.model, params, (x,)) - y) ** 2).mean()
 
-    def fista_step(w, z, t, lam, active):
-        g = grad(smooth)(z, x, y)
-        u = fr.group_lasso.prox({k: z[k] - lr * g[k] for k in z}, lam, lr, dim=1, where=first_layer)
-        # Adaptive restart (O'Donoghue & Candès): drop the momentum when it points uphill.
-        uphill = sum(((z[k] - u[k]) * (u[k] - w[k])).sum() for k in z) > 0
-        t = torch.where(uphill, torch.ones_like(t), t)
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        z_next = {k: u[k] + (t - 1) / t_next * (u[k] - w[k]) for k in z}
-        still = active & ~fr.converged(z, u, rtol=args.rtol)
-        return (*fr.update_where(active, (u, z_next, t_next), (w, z, t)), still)
+    def grid(self, members: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """λ_max (W₁ = 0 stationary, the rest at init) and the geometric grid below it."""
+        at_zero = dict(self.init, **{FIRST: torch.zeros_like(self.init[FIRST])})
+        g = grad(self.smooth)(at_zero, self.x, self.y)
+        lam_max = fr.group_lasso.lambda_max(g, where=self.first_layer, dim=1)
+        return fr.lambda_grid(lam_max, members, eps).to(self.device), lam_max
 
-    w = fr.replicate(init, K)  # every member starts from the same weights
-    z, t = w, torch.ones(K, device=device)
-    active = torch.ones(K, dtype=torch.bool, device=device)
-    stopped = torch.zeros(K, dtype=torch.long, device=device)  # step at which each converged
-    step = vmap(fista_step)
-    print(f"device {device}, {torch.get_num_threads()} thread(s); {K} members, "
-          f"λ_max = {lam_max.item():.4g}, grid down to {args.eps:g}·λ_max")
+    def train(self, lams: torch.Tensor, args: argparse.Namespace, log: bool = True):
+        """FISTA for one member per λ, all in one vmap: the final weights (leading dim K)
+        and the step at which each member converged (0: it did not)."""
+        x, y, lr, K = self.x, self.y, args.lr, len(lams)
+        smooth, first_layer = self.smooth, self.first_layer
+
+        def fista_step(w, z, t, lam, active):
+            g = grad(smooth)(z, x, y)
+            u = fr.group_lasso.prox({k: z[k] - lr * g[k] for k in z}, lam, lr, dim=1, where=first_layer)
+            # Adaptive restart (O'Donoghue & Candès): drop the momentum when it points uphill.
+            uphill = sum(((z[k] - u[k]) * (u[k] - w[k])).sum() for k in z) > 0
+            t = torch.where(uphill, torch.ones_like(t), t)
+            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+            z_next = {k: u[k] + (t - 1) / t_next * (u[k] - w[k]) for k in z}
+            still = active & ~fr.converged(z, u, rtol=args.rtol)
+            return (*fr.update_where(active, (u, z_next, t_next), (w, z, t)), still)
+
+        w = fr.replicate(self.init, K)  # every member starts from the same weights
+        z, t = w, torch.ones(K, device=self.device)
+        active = torch.ones(K, dtype=torch.bool, device=self.device)
+        stopped = torch.zeros(K, dtype=torch.long, device=self.device)
+        step = vmap(fista_step)
+        for s in range(1, args.max_steps + 1):
+            w, z, t, now = step(w, z, t, lams, active)
+            stopped = torch.where(active & ~now, s, stopped)
+            active = now
+            if log and s % 250 == 0:
+                print(f"step {s:5d}: {int(active.sum())}/{K} members still moving", flush=True)
+            if not active.any():
+                break
+        return w, stopped
+
+
+def sweep(args: argparse.Namespace, rank: int = 0, world: int = 1):
+    """Train the whole grid, in blocks of ``args.block`` consecutive λ values, one vmap
+    per block: all of them in this process, or, with ``world`` processes in a
+    torch.distributed group, a contiguous run of blocks per rank, the results gathered
+    onto every rank in grid order.
+
+    Blocks, not one slice per process, because batched kernels choose their blocking by
+    batch size (a vmap over 8 members and one over 16 differ in the last bits of the
+    second layer's gradient): with the same blocks everywhere, one process and N give the
+    same bits. No collective runs inside vmap (under vmap the functional collectives give
+    wrong, rank-dependent sums without an error): the gather comes after training."""
+    problem = Problem(args)
+    lams, lam_max = problem.grid(args.members, args.eps)
+    blocks = list(torch.arange(len(lams)).split(args.block))
     start = time.perf_counter()
-    for s in range(1, args.max_steps + 1):
-        w, z, t, now = step(w, z, t, lams, active)
-        stopped = torch.where(active & ~now, s, stopped)
-        active = now
-        if s % 250 == 0:
-            print(f"step {s:5d}: {int(active.sum())}/{K} members still moving", flush=True)
-        if not active.any():
-            break
+    mine = [blocks[i] for i in torch.tensor_split(torch.arange(len(blocks)), world)[rank].tolist()]
+    results = [problem.train(lams[b], args, log=rank == 0 and j == 0) for j, b in enumerate(mine)]
     elapsed = time.perf_counter() - start
+    if world > 1:
+        import torch.distributed as dist
 
-    train = vmap(mse, in_dims=(0, None, None))(w, x, y)
-    val = vmap(mse, in_dims=(0, None, None))(w, x_val, y_val)
+        parts: list = [None] * world
+        dist.all_gather_object(parts, [({k: v.cpu() for k, v in w.items()}, s.cpu()) for w, s in results])
+        results = [({k: v.to(problem.device) for k, v in w.items()}, s.to(problem.device))
+                   for part in parts for w, s in part]
+    w = {k: torch.cat([r[0][k] for r in results]) for k in problem.init}
+    stopped = torch.cat([r[1] for r in results])
+    return problem, lams, lam_max, w, stopped, elapsed
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(1)  # tiny matmuls gain nothing from a second thread; one fixes the sum order
+    rank, world = 0, 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if rank == 0:
+        blocks = math.ceil(args.members / args.block)
+        where = (f"{world} processes, {blocks} blocks of {args.block} members spread over them"
+                 if world > 1 else f"1 process, {blocks} blocks of {args.block} members")
+        print(f"device {args.device}, {torch.get_num_threads()} thread(s) per process, {where}; "
+              f"{args.members} members, grid down to {args.eps:g}·λ_max")
+    problem, lams, lam_max, w, stopped, elapsed = sweep(args, rank, world)
+    if rank == 0:
+        report(problem, lams, lam_max, w, stopped, elapsed, args)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def report(problem, lams, lam_max, w, stopped, elapsed, args) -> None:
+    K = len(lams)
+    train = vmap(problem.mse, in_dims=(0, None, None))(w, problem.x, problem.y)
+    val = vmap(problem.mse, in_dims=(0, None, None))(w, problem.x_val, problem.y_val)
     col_norms = torch.linalg.vector_norm(w[FIRST], dim=1)  # (K, N_FEATURES)
     kept = [frozenset(torch.nonzero(col_norms[k]).flatten().tolist()) for k in range(K)]
     truth = frozenset(SUPPORT)
@@ -180,7 +233,7 @@ def main() -> None:
     chosen = min(covering, key=lambda k: (len(kept[k]), val[k].item())) if covering else None
     best_val = int(val.argmin())
 
-    print(f"\ntrue support: features {sorted(truth)} of {N_FEATURES}")
+    print(f"\nλ_max = {lam_max.item():.4g}; true support: features {sorted(truth)} of {N_FEATURES}")
     print(f"{'lambda':>9} {'λ/λ_max':>8} {'train':>7} {'val':>7} {'kept':>4}  {'support':<16} converged")
     for k in range(K):
         verdict = "recovered" if kept[k] == truth else ", ".join(filter(None, (
