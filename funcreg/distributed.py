@@ -99,7 +99,7 @@ def all_reduce(
 
     With equal local batch sizes and a mean loss, the averaged gradient is the gradient
     of the mean loss on the global batch, so every rank takes the step one process
-    would take on the whole batch (see ``docs/distributed.md``).
+    would take on the whole batch (see ``docs/sharded.md``).
 
     Raises ``ValueError`` for an ``op`` other than "mean" or "sum", and ``RuntimeError``
     when ``torch.distributed`` is unavailable or has no initialized process group, when

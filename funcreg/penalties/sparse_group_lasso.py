@@ -16,8 +16,8 @@ from funcreg.penalties.l1 import amax
 
 
 class SparseGroupLasso(Penalty):
-    r"""Sparse group lasso, with ``l1_ratio`` = ρ and groups as :data:`fr.group_lasso
-    <funcreg.group_lasso>`'s (slices along ``dim``, weighted by :math:`\sqrt{n_g}`):
+    r"""Sparse group lasso, with ``l1_ratio`` = ρ and groups as in ``fr.group_lasso``
+    (slices along ``dim``, weighted by :math:`\sqrt{n_g}`):
 
     .. math:: \lambda\Big(\rho \sum_i |w_i| + (1-\rho) \sum_g \sqrt{n_g}\,\lVert w_g\rVert_2\Big)
 
