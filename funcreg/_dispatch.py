@@ -67,14 +67,16 @@ def run(
     group_by: Sequence[torch.Tensor],
     *,
     fast: bool,
+    chunked: bool = True,
 ) -> Any:
     """``body(ops, *columns)`` on one implementation of :mod:`funcreg._ops`.
 
     ``body`` returns a list of leaves, or a tuple of such lists, one entry per input
     position. On the fast path it runs once per (device, dtype) group of ``group_by``, as
     torch.optim groups tensors for its foreach kernels (DTensors in groups of their own),
-    and the results are put back in order; when a column is owned (donated), groups are cut into chunks of at most
-    :data:`CHUNK` elements, and each part keeps its column's ownership.
+    and the results are put back in order. When a column is owned (donated), groups are
+    cut into chunks of at most :data:`CHUNK` elements (unless ``chunked`` is False: a
+    fused kernel needs no scratch), and each part keeps its column's ownership.
     """
     if not fast:
         return body(_ops.PER_LEAF, *columns)
@@ -85,7 +87,7 @@ def run(
     for i, leaf in enumerate(group_by):
         key = (leaf.device, leaf.dtype, sharded is not None and sharded(leaf))
         groups.setdefault(key, []).append(i)
-    if any(_ops.owned(col) for col in columns):
+    if chunked and any(_ops.owned(col) for col in columns):
         parts = [(key[0], chunk) for key, idx in groups.items() for chunk in _chunks(idx, group_by)]
     else:
         parts = [(key[0], idx) for key, idx in groups.items()]

@@ -72,7 +72,8 @@ def check(written: Iterable[tuple[Label, torch.Tensor]],
         span = _span(t)
         if span is None:
             continue
-        if torch._debug_has_internal_overlap(_local(t)) == 1:
+        # only a non-contiguous view can map two elements to one address
+        if not t.is_contiguous() and torch._debug_has_internal_overlap(_local(t)) == 1:
             raise ValueError(
                 f"cannot donate {_name(label)}: its elements overlap in memory (an expanded "
                 "or stride-0 view), so one write would land on several of them; donate a "
@@ -117,6 +118,8 @@ def commit(donated: Sequence[torch.Tensor], results: Sequence[torch.Tensor]) -> 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The plain tensor whose memory ``t`` is: a DTensor's local shard, the tensor a
     torch.func wrapper holds (in any nesting of the two)."""
+    if type(t) is torch.Tensor and not _functorch.is_functorch_wrapped_tensor(t):
+        return t  # the common case, a plain tensor
     t = _sharding.unwrap(t)
     while _sharding.is_dtensor(t):
         t = _sharding.unwrap(t._local_tensor)
@@ -126,10 +129,13 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 def _span(t: torch.Tensor) -> tuple[int, int] | None:
     """The byte range ``[start, end)`` that ``t``'s elements can touch; ``None`` if empty."""
     t = _local(t)
-    if t.numel() == 0:
+    n = t.numel()
+    if n == 0:
         return None
-    extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
     start = t.data_ptr()
+    if t.is_contiguous():
+        return start, start + n * t.element_size()
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
     return start, start + extent * t.element_size()
 
 

@@ -44,11 +44,14 @@ def unwrap(x: Any) -> Any:
 def is_dtensor(x: Any) -> bool:
     """Whether ``x`` is a DTensor, also when vmap or grad wrap it (``isinstance`` is then
     False)."""
+    if torch.compiler.is_compiling():  # Dynamo sees through no torch.func wrapper here
+        dtensor = _dtensor_type()
+        return dtensor is not None and isinstance(x, dtensor)
+    if type(x) is torch.Tensor and not _functorch.is_functorch_wrapped_tensor(x):
+        return False  # a plain tensor: the common case, answered first
     dtensor = _dtensor_type()
     if dtensor is None or not isinstance(x, torch.Tensor):
         return False
-    if torch.compiler.is_compiling():  # Dynamo sees through no torch.func wrapper here
-        return isinstance(x, dtensor)
     return isinstance(x, dtensor) or (
         _functorch.is_functorch_wrapped_tensor(x) and isinstance(unwrap(x), dtensor))
 

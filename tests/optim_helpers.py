@@ -213,9 +213,9 @@ class RouteSpy:
         self.fused: list[str] = []
         real_run = _dispatch.run
 
-        def run(body: Any, columns: Any, group_by: Any, *, fast: bool) -> Any:
+        def run(body: Any, columns: Any, group_by: Any, *, fast: bool, chunked: bool = True) -> Any:
             self.fast.append(fast)
-            return real_run(body, columns, group_by, fast=fast)
+            return real_run(body, columns, group_by, fast=fast, chunked=chunked)
 
         monkeypatch.setattr(_dispatch, "run", run)
         for name in ("_fused_sgd_", "_fused_adam_", "_fused_adamw_"):

@@ -77,7 +77,8 @@ class Batch:
                     return fused(ops, *columns, decay=decay, **options)
                 return generic(ops, *columns, decay=decay, **options)
 
-            outs = _dispatch.run(body, [ps, gs, *st, *cols], ps, fast=fast)
+            # torch's fused kernels work in place with no scratch: no need to chunk them
+            outs = _dispatch.run(body, [ps, gs, *st, *cols], ps, fast=fast, chunked=not fused_ok)
             if in_place:
                 outs = [_donation.commit(d, out) for d, out in zip(donated, outs)]
             for j, k in enumerate(ks):
