@@ -60,6 +60,12 @@ def _foreach_for(device: torch.device) -> _ops.Foreach:
 #: ``sign(w)`` of an L1 gradient, stay bounded instead of growing with the model.
 CHUNK = 1 << 23
 
+#: A donated elementwise call works through a CPU group in blocks of about this many bytes
+#: (flat views of its leaves), doing the whole computation of one block while it is in
+#: cache: no scratch tensor is larger than a block, and no pass streams a whole leaf
+#: through memory only for the next op to stream it again.
+BLOCK_BYTES = 1 << 20
+
 
 def run(
     body: Callable[..., Any],
@@ -68,6 +74,7 @@ def run(
     *,
     fast: bool,
     chunked: bool = True,
+    elementwise: bool = False,
 ) -> Any:
     """``body(ops, *columns)`` on one implementation of :mod:`funcreg._ops`.
 
@@ -76,7 +83,10 @@ def run(
     torch.optim groups tensors for its foreach kernels (DTensors in groups of their own),
     and the results are put back in order. When a column is owned (donated), groups are
     cut into chunks of at most :data:`CHUNK` elements (unless ``chunked`` is False: a
-    fused kernel needs no scratch), and each part keeps its column's ownership.
+    fused kernel needs no scratch), and each part keeps its column's ownership. With
+    ``elementwise`` (``body`` treats every element alike, and returns one list, the new
+    values of the first column) and the first column owned, CPU groups go in blocks of
+    :data:`BLOCK_BYTES`, the results written into the first column's leaves.
     """
     if not fast:
         return body(_ops.PER_LEAF, *columns)
@@ -87,13 +97,19 @@ def run(
     for i, leaf in enumerate(group_by):
         key = (leaf.device, leaf.dtype, sharded is not None and sharded(leaf))
         groups.setdefault(key, []).append(i)
+    outputs: list[list[Any]] | None = None
+    if elementwise and _ops.owned(columns[0]):
+        outputs = [list(columns[0])]
+        for key in [k for k in groups if k[0].type == "cpu" and not k[2]]:
+            _run_blocked(body, columns, groups.pop(key), group_by)
+        if not groups:
+            return outputs[0]
     if chunked and any(_ops.owned(col) for col in columns):
         parts = [(key[0], chunk) for key, idx in groups.items() for chunk in _chunks(idx, group_by)]
     else:
         parts = [(key[0], idx) for key, idx in groups.items()]
-    if len(parts) == 1:
+    if len(parts) == 1 and outputs is None:
         return body(_foreach_for(parts[0][0]), *columns)
-    outputs: list[list[Any]] | None = None
     single = False
     for device, idx in parts:
         result = body(_foreach_for(device), *(_ops.like(col, [col[i] for i in idx]) for col in columns))
@@ -106,6 +122,47 @@ def run(
                 out[i] = value
     assert outputs is not None
     return outputs[0] if single else tuple(outputs)
+
+
+def _run_blocked(body: Callable[..., Any], columns: Sequence[Sequence[Any]], idx: list[int],
+                 leaves: Sequence[torch.Tensor]) -> None:
+    """``body`` over blocks of the leaves ``idx`` of one CPU group, in place in the first
+    (owned) column. A tensor shaped like its leaf (a gradient, a per-element λ) is cut as
+    the leaf is; a number or a 0-d tensor goes to every block of its leaf."""
+    block = max(1, BLOCK_BYTES // leaves[idx[0]].element_size())
+    pieces: list[tuple[int, int | None, int | None]] = []
+    for i in idx:
+        n = leaves[i].numel()
+        shaped = [col[i] for col in columns
+                  if isinstance(col[i], torch.Tensor) and col[i].shape == leaves[i].shape]
+        if all(t.is_contiguous() for t in shaped):
+            pieces += [(i, a, min(a + block, n)) for a in range(0, n, block)]
+        else:  # a strided leaf cannot be cut into flat views: it goes whole
+            pieces.append((i, None, None))
+    part: list[tuple[int, int | None, int | None]] = []
+    size = 0
+    for piece in pieces:
+        n = leaves[piece[0]].numel() if piece[1] is None else piece[2] - piece[1]  # type: ignore[operator]
+        if part and size + n > block:
+            _run_part(body, columns, leaves, part)
+            part, size = [], 0
+        part.append(piece)
+        size += n
+    if part:
+        _run_part(body, columns, leaves, part)
+
+
+def _run_part(body: Callable[..., Any], columns: Sequence[Sequence[Any]],
+              leaves: Sequence[torch.Tensor], part: list[tuple[int, int | None, int | None]]) -> None:
+    def cut(v: Any, i: int, a: int | None, b: int | None) -> Any:
+        if a is not None and isinstance(v, torch.Tensor) and v.shape == leaves[i].shape:
+            return v.view(-1)[a:b]
+        return v
+
+    cols = [_ops.like(col, [cut(col[i], i, a, b) for i, a, b in part]) for col in columns]
+    for view, new in zip(cols[0], body(_ops.FOREACH_CPU, *cols)):
+        if new is not view:
+            view.copy_(new)
 
 
 def _chunks(idx: list[int], leaves: Sequence[torch.Tensor]) -> Iterator[list[int]]:

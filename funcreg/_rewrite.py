@@ -23,10 +23,12 @@ def rewrite(
     names: Sequence[str],
     *,
     donate: bool,
+    elementwise: bool = False,
 ) -> Any:
     """``body(ops, ws, *cols)`` on the selected leaves ``ws`` of params ``flat``; the other
     leaves pass through. ``cols`` are per-selected-leaf columns, ``names`` what to call
-    them in an error. ``donate`` donates params: results go into its selected leaves."""
+    them in an error. ``donate`` donates params: results go into its selected leaves;
+    ``elementwise`` says ``body`` treats every element alike (see :func:`_dispatch.run`)."""
     ws = [flat.leaves[i] for i in sel]
     fast = _dispatch.use_fast_path(ws, *cols)
     in_place = donate and _donation.writable(ws)
@@ -42,7 +44,7 @@ def rewrite(
         )
         if fast:
             ws = _ops.Owned(ws)
-    new = _dispatch.run(body, [ws, *cols], ws, fast=fast)
+    new = _dispatch.run(body, [ws, *cols], ws, fast=fast, elementwise=elementwise)
     if in_place:
         new = _donation.commit(ws, new)
     out = list(flat.leaves)

@@ -106,7 +106,7 @@ def box(params: Any, low: Any, high: Any, *, where: Where = None, donate: bool =
         return ops.clamp_(ws, next(given) if lows is not None else None,
                           next(given) if highs is not None else None)
 
-    return rewrite(flat, sel, body, cols, names, donate=donate)
+    return rewrite(flat, sel, body, cols, names, donate=donate, elementwise=True)
 
 
 def non_negative(params: Any, *, where: Where = None, donate: bool = False) -> Any:
@@ -117,7 +117,7 @@ def non_negative(params: Any, *, where: Where = None, donate: bool = False) -> A
     tensor([0.0000, 0.5000])
     """
     flat, sel = _select(params, where)
-    return rewrite(flat, sel, _non_negative, [], (), donate=donate)
+    return rewrite(flat, sel, _non_negative, [], (), donate=donate, elementwise=True)
 
 
 # --------------------------------------------------------------------------- the math

@@ -32,7 +32,8 @@ class Penalty:
     # that means nothing for a family is named in ``without`` with the reason.
     name: str = ""
     options: dict[str, Any] = {}
-    #: whether ``lam`` and ``step`` may be given per element (separable penalties)
+    #: whether the family is separable: its math treats every element alike, so ``lam``
+    #: and ``step`` may be given per element
     elementwise: bool = True
     #: operation -> why this family has none ("grad", "prox", "lambda_max")
     without: dict[str, str] = {}
@@ -133,7 +134,7 @@ class Penalty:
             )
             if fast:
                 gs = _ops.Owned(gs)
-        new = _dispatch.run(self._add_grad, [gs, ws, *cols], ws, fast=fast)
+        new = _dispatch.run(self._add_grad, [gs, ws, *cols], ws, fast=fast, elementwise=self.elementwise)
         if in_place:
             new = _donation.commit(gs, new)
         out = list(gs_all)
@@ -159,7 +160,8 @@ class Penalty:
             "step", step, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
         )
         names = ("lam", "step", *self.options)
-        return rewrite(flat, sel, self._prox, [lam_col, step_col, *extra], names, donate=donate)
+        return rewrite(flat, sel, self._prox, [lam_col, step_col, *extra], names, donate=donate,
+                       elementwise=self.elementwise)
 
     def lambda_max(self, grads: Any, *, where: Where = None, **options: Any) -> torch.Tensor:
         """The smallest λ for which zero weights are stationary: ``grads`` is the task loss's
