@@ -111,8 +111,10 @@ def hard(w: torch.Tensor, t: Scalar) -> torch.Tensor:
 def group_rows(w: torch.Tensor, dim: int | None) -> torch.Tensor:
     """The groups of ``w`` (slices along ``dim``; ``None``: the whole leaf) as rows."""
     if dim is None or w.ndim == 0:
-        return w.reshape(1, -1)
-    return w.movedim(dim, 0).reshape(w.shape[dim], -1)
+        return w.reshape(1, w.numel())
+    d = dim % w.ndim
+    size = math.prod(n for i, n in enumerate(w.shape) if i != d)
+    return w.movedim(d, 0).reshape(w.shape[d], size)
 
 
 def from_rows(rows: torch.Tensor, like: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -141,7 +143,7 @@ def sgl_value(w: torch.Tensor, lam: float, rho: float, dim: int | None) -> float
 
 # --------------------------------------------------------------------- matrices (numpy)
 def as_matrix(w: torch.Tensor) -> np.ndarray:
-    return w.double().numpy().reshape(w.shape[0], -1)
+    return w.double().numpy().reshape(w.shape[0], math.prod(w.shape[1:]))
 
 
 def nuclear_value(w: torch.Tensor, lam: float) -> float:
