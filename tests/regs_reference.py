@@ -185,6 +185,8 @@ def l1_ball_sorted(w: torch.Tensor, r: float) -> torch.Tensor:
     x = w.double().reshape(-1)
     if float(x.abs().sum()) <= r:
         return w.double().clone()
+    if r == 0:  # no j passes the paper's strict test: θ = max|w|
+        return torch.zeros_like(w, dtype=torch.float64)
     mu = sorted((abs(v) for v in x.tolist()), reverse=True)
     total, theta = 0.0, 0.0
     for j, m in enumerate(mu, start=1):
