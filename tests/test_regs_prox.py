@@ -77,11 +77,11 @@ def test_mcp_scad_prox_is_the_global_minimizer(name: str, form: str) -> None:
     penalty, _, value, cases = FAMILIES_1D[name]
     gen = torch.Generator().manual_seed(0)
     for lam, gamma, step in cases:
-        w = (torch.rand(300, generator=gen, dtype=F64) * 2 - 1) * 2 * lam * max(gamma, math.sqrt(gamma * step) + step, 1.0)
+        w = (torch.rand(200, generator=gen, dtype=F64) * 2 - 1) * 2 * lam * max(gamma, math.sqrt(gamma * step) + step, 1.0)
         a, s, g = _forms(form, w, lam, gamma, step)
         u = penalty.prox({"w": w}, a, s, gamma=g)["w"]
         h = _objective(value, lam, gamma, step)
-        best, _ = ref.grid_argmin(h, w, points=4001)
+        best, _ = ref.grid_argmin(h, w, points=2001)
         gap = h(u, w) - best
         assert gap.max() <= 1e-12 * (1 + w.abs().max()), (lam, gamma, step, gap.max().item())
 
@@ -97,12 +97,12 @@ def test_mcp_scad_prox_is_global_for_batched_step_and_gamma(name: str) -> None:
     steps = torch.rand(24, generator=gen, dtype=F64) * 2 * (gammas + 1)
     steps[:4] = gammas[:4] if name == "mcp" else gammas[:4] - 1  # exactly at the regime change
     lam = 0.6
-    w = torch.linspace(-8, 8, 401, dtype=F64)
+    w = torch.linspace(-8, 8, 201, dtype=F64)
     out = torch.func.vmap(lambda s, g: penalty.prox({"w": w}, lam, s, gamma=g)["w"])(steps, gammas)
     for k in range(len(steps)):
         s, g = steps[k].item(), gammas[k].item()
         h = _objective(value, lam, g, s)
-        best, _ = ref.grid_argmin(h, w, points=4001)
+        best, _ = ref.grid_argmin(h, w, points=2001)
         assert (h(out[k], w) - best).max() <= 1e-12 * 9, (s, g)
         torch.testing.assert_close(out[k], closed(w, lam, g, s), rtol=1e-12, atol=1e-12)
 
