@@ -261,13 +261,15 @@ def _tie_input(t: float, dtype: torch.dtype) -> torch.Tensor:
     pytest.param((fr.scad, 0.25, 4.0, 3.0, 1.0), id="scad-hard"),
     pytest.param((fr.l0, 0.125, 1.0, None, 0.5), id="l0"),
 ])
-@pytest.mark.parametrize("form", ["float", "tensor"])
+@pytest.mark.parametrize("form", ["float", "tensor", "element"])
 def test_prox_zeroes_exactly_at_the_threshold(case: tuple, dtype: torch.dtype, path: str, form: str) -> None:
     penalty, lam, step, gamma, t = case
     w = _tie_input(t, dtype)
-    opts = {} if gamma is None else {"gamma": gamma if form == "float" else torch.tensor(gamma)}
+    opts = {} if gamma is None else {"gamma": torch.tensor(gamma) if form == "tensor" else gamma}
     if form == "tensor":
         lam, step = torch.tensor(lam, dtype=F64), torch.tensor(step)
+    elif form == "element":
+        lam, step = ({"w": torch.full(w.shape, v, dtype=F64)} for v in (lam, step))
     with torch.no_grad(), forced(path):
         u = penalty.prox({"w": w}, lam, step, **opts)["w"]
     assert u.dtype == dtype
