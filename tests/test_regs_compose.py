@@ -392,3 +392,19 @@ def test_compiled_projections_do_not_recompile() -> None:
             _close(compiled[k](p, r), f(p, float(r)))
     assert counter.frame_count == len(PROJECTIONS)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", ["mcp-firm", "mcp-hard", "mcp-tensor", "scad", "scad-hard", "l0", "l0-element",
+                                  "project.box", "project.box-upper", "project.non_negative"])
+def test_donated_elementwise_calls_cut_into_blocks_equal_pure(name: str, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A donated elementwise call works through CPU leaves in blocks (flat views, their
+    per-element hyperparameters cut alike): blocks of 40 bytes cut every leaf mid-way."""
+    monkeypatch.setattr(fr._dispatch, "BLOCK_BYTES", 40)
+    call = DONATED[name]
+    with forced(path):
+        pure = call(_donation_tree(torch.float32))
+        donated = _donation_tree(torch.float32)
+        out = call(donated, donate=True)
+    for k, x in donated.items():
+        assert out[k] is x and torch.equal(x, pure[k]), k
