@@ -56,8 +56,10 @@ class NuclearNorm(Penalty):
         out = []
         for w, (u, s, vh), a in zip(ws, _svds(ops, ws), lam):
             # singular vectors of (numerically) zero singular values are arbitrary: leave
-            # them out, at torch.linalg.matrix_rank's default tolerance
-            tol = s.amax(-1, keepdim=True) * max(u.shape[-2], vh.shape[-1]) * torch.finfo(s.dtype).eps
+            # them out, at torch.linalg.matrix_rank's default tolerance. The SVD sorts them
+            # in descending order, so the largest is the first (and an empty matrix has none:
+            # amax would raise there)
+            tol = s[..., :1] * max(u.shape[-2], vh.shape[-1]) * torch.finfo(s.dtype).eps
             kept = (s > tol).to(s.dtype)
             out.append(_sharding.place_like((a * (u * kept.unsqueeze(-2)) @ vh).reshape(w.shape), w))
         return ops.temp(out)

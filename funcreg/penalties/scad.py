@@ -85,7 +85,9 @@ def _prox(w: torch.Tensor, lam: _hyper.Hyper, s: _hyper.Hyper, gamma: _hyper.Hyp
     # each piece's minimizer of ½(u - m)² + s·SCAD(u) over its own interval, u ≥ 0
     inner = torch.minimum((m - s * lam_t).clamp_min(0.0), lam_t)
     convex = torch.as_tensor((gamma - 1) - s > 0, device=w.device)
-    safe = torch.where(convex, (gamma - 1) - s, 1.0)  # the unused branch must not divide by 0
+    # the unused branch must not divide by 0; and in the leaf's dtype, since torch.where
+    # of Python numbers would round γ − 1 − s to float32
+    safe = torch.where(convex, torch.as_tensor((gamma - 1) - s, dtype=w.dtype, device=w.device), 1.0)
     middle = torch.minimum(torch.maximum(((gamma - 1) * m - s * edge) / safe, lam_t), edge)
     outer = torch.maximum(m, edge)
 

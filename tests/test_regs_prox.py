@@ -1,0 +1,323 @@
+"""The proximal operators of sparse group lasso, nuclear norm, MCP, SCAD and L0: closed
+forms, global optimality (dense-grid brute force for the nonconvex ones, in every step
+regime), skglm's own prox functions where their closed forms hold, numpy's SVD for
+singular value thresholding, and exact zeros at the thresholds, ties included."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+import funcreg as fr
+import regs_reference as ref
+
+forced = fr._dispatch.forced
+PATHS = ["fast", "composable"]
+F64 = torch.float64
+
+# (λ, γ, step) in every regime: MCP is firm thresholding for step < γ and hard
+# thresholding from step = γ on; SCAD's three-piece rule holds for step < γ − 1, then a
+# single jump to w (a hard threshold once step ≥ γ + 1).
+MCP_CASES = [(0.3, 3.0, 0.0), (0.3, 3.0, 0.5), (1.0, 3.0, 1.0), (1.0, 1.5, 1.2), (0.7, 2.0, 2.0),
+             (0.5, 3.0, 3.0), (1.0, 0.5, 1.0), (0.3, 2.0, 8.0), (2.0, 0.2, 0.1)]
+SCAD_CASES = [(0.3, 3.7, 0.0), (0.3, 3.7, 0.5), (1.0, 3.7, 1.0), (1.0, 1.5, 0.25), (0.7, 3.0, 2.0),
+              (0.5, 3.0, 3.0), (1.0, 2.5, 3.5), (0.4, 3.0, 4.0), (0.3, 1.2, 6.0), (2.0, 4.0, 0.1)]
+FAMILIES_1D = {
+    "mcp": (fr.mcp, ref.mcp_prox, ref.mcp_t, MCP_CASES),
+    "scad": (fr.scad, ref.scad_prox, ref.scad_t, SCAD_CASES),
+}
+
+
+def _w(n: int = 1203, top: float = 6.0) -> torch.Tensor:
+    """A grid of ``n`` (odd, a multiple of 3) inputs of both signs, 0 among them, as a
+    (3, n/3) matrix leaf."""
+    x = torch.linspace(-top, top, n, dtype=F64)
+    x[n // 2] = 0.0
+    return x.reshape(3, -1)
+
+
+def _forms(form: str, w: torch.Tensor, lam: float, gamma: float, step: float) -> tuple[Any, Any, Any]:
+    """λ, step and γ as Python numbers, 0-d tensors, or per-element λ and step tensors."""
+    if form == "float":
+        return lam, step, gamma
+    if form == "tensor":
+        return torch.tensor(lam, dtype=F64), torch.tensor(step, dtype=F64), torch.tensor(gamma, dtype=F64)
+    return {"w": torch.full(w.shape, lam, dtype=F64)}, {"w": torch.full(w.shape, step, dtype=F64)}, gamma
+
+
+# ------------------------------------------------------------------------ MCP and SCAD
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("form", ["float", "tensor", "element"])
+@pytest.mark.parametrize("name", list(FAMILIES_1D))
+def test_mcp_scad_prox_match_the_closed_forms(name: str, form: str, path: str) -> None:
+    penalty, closed, _, cases = FAMILIES_1D[name]
+    w = _w()
+    for lam, gamma, step in cases:
+        a, s, g = _forms(form, w, lam, gamma, step)
+        with forced(path):
+            u = penalty.prox({"w": w}, a, s, gamma=g)["w"]
+        torch.testing.assert_close(u, closed(w, lam, gamma, step), rtol=1e-13, atol=1e-13,
+                                   msg=lambda m: f"λ={lam} γ={gamma} step={step}: {m}")
+
+
+def _objective(value: Callable[..., torch.Tensor], lam: Any, gamma: Any, step: Any) -> Callable[..., torch.Tensor]:
+    return lambda u, w: (u - w).square() / 2 + step * value(u, lam, gamma)
+
+
+@pytest.mark.parametrize("form", ["float", "tensor", "element"])
+@pytest.mark.parametrize("name", list(FAMILIES_1D))
+def test_mcp_scad_prox_is_the_global_minimizer(name: str, form: str) -> None:
+    """The objective at the prox is no larger than its minimum over a dense grid, for every
+    step (step ≥ γ for MCP and step ≥ γ − 1 for SCAD included, where skglm's closed forms
+    stop being minimizers)."""
+    penalty, _, value, cases = FAMILIES_1D[name]
+    gen = torch.Generator().manual_seed(0)
+    for lam, gamma, step in cases:
+        w = (torch.rand(200, generator=gen, dtype=F64) * 2 - 1) * 2 * lam * max(gamma, math.sqrt(gamma * step) + step, 1.0)
+        a, s, g = _forms(form, w, lam, gamma, step)
+        u = penalty.prox({"w": w}, a, s, gamma=g)["w"]
+        h = _objective(value, lam, gamma, step)
+        best, _ = ref.grid_argmin(h, w, points=2001)
+        gap = h(u, w) - best
+        assert gap.max() <= 1e-12 * (1 + w.abs().max()), (lam, gamma, step, gap.max().item())
+
+
+@pytest.mark.parametrize("name", list(FAMILIES_1D))
+def test_mcp_scad_prox_is_global_for_batched_step_and_gamma(name: str) -> None:
+    """Step and γ batched under vmap (an ensemble over both): each member's prox is its
+    own global minimizer, and equals the closed form."""
+    penalty, closed, value, _ = FAMILIES_1D[name]
+    low = 0.2 if name == "mcp" else 1.1
+    gen = torch.Generator().manual_seed(1)
+    gammas = low + torch.rand(24, generator=gen, dtype=F64) * 5
+    steps = torch.rand(24, generator=gen, dtype=F64) * 2 * (gammas + 1)
+    steps[:4] = gammas[:4] if name == "mcp" else gammas[:4] - 1  # exactly at the regime change
+    lam = 0.6
+    w = torch.linspace(-8, 8, 201, dtype=F64)
+    out = torch.func.vmap(lambda s, g: penalty.prox({"w": w}, lam, s, gamma=g)["w"])(steps, gammas)
+    for k in range(len(steps)):
+        s, g = steps[k].item(), gammas[k].item()
+        h = _objective(value, lam, g, s)
+        best, _ = ref.grid_argmin(h, w, points=2001)
+        assert (h(out[k], w) - best).max() <= 1e-12 * 9, (s, g)
+        torch.testing.assert_close(out[k], closed(w, lam, g, s), rtol=1e-12, atol=1e-12)
+
+
+def test_mcp_prox_per_leaf_steps_in_both_regimes() -> None:
+    """One call whose leaves fall in different regimes (firm and hard thresholding)."""
+    w = _w(603)
+    steps = {"a": 0.5, "b": 5.0, "c": torch.tensor(3.0, dtype=F64)}
+    out = fr.mcp.prox({"a": w, "b": w, "c": w}, 0.4, steps, gamma=3.0)
+    for k, s in steps.items():
+        torch.testing.assert_close(out[k], ref.mcp_prox(w, 0.4, 3.0, float(s)), rtol=1e-13, atol=1e-13)
+
+
+def _skglm_prox_funcs() -> Any:
+    return pytest.importorskip(
+        "skglm.utils.prox_funcs", reason="skglm (the test extra) compares its own prox functions")
+
+
+def test_mcp_scad_prox_match_skglm_where_its_closed_forms_hold() -> None:
+    """skglm's prox_MCP is the minimizer only for step < γ, and prox_SCAD divides by
+    γ − 1 − step; compare there, a few hundred scalar calls in all."""
+    pf = _skglm_prox_funcs()
+    gen = torch.Generator().manual_seed(2)
+    cases = [(0.3, 3.0, 0.5), (1.0, 3.0, 2.9), (0.7, 1.5, 1.0)]
+    for lam, gamma, step in cases:
+        w = (torch.rand(60, generator=gen, dtype=F64) * 2 - 1) * 2 * gamma * lam
+        got = fr.mcp.prox({"w": w}, lam, step, gamma=gamma)["w"]
+        want = torch.tensor([pf.prox_MCP(x, step, lam, gamma) for x in w.tolist()], dtype=F64)
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    for lam, gamma, step in [(0.3, 3.7, 0.5), (1.0, 3.7, 2.0), (0.5, 3.0, 3.0), (0.4, 2.0, 6.0)]:
+        w = (torch.rand(60, generator=gen, dtype=F64) * 2 - 1) * 3 * gamma * lam
+        got = fr.scad.prox({"w": w}, lam, step, gamma=gamma)["w"]
+        want = torch.tensor([pf.prox_SCAD(x, step, lam, gamma) for x in w.tolist()], dtype=F64)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_mcp_prox_beats_skglm_beyond_its_closed_form() -> None:
+    """For step ≥ γ skglm hard-thresholds at λ·step instead of λ·sqrt(γ·step): funcreg's
+    prox is never worse, and strictly better where skglm zeroes a weight it should keep."""
+    pf = _skglm_prox_funcs()
+    lam, gamma, step = 0.5, 2.0, 8.0  # keep |w| > λ·sqrt(γ·step) = 2, skglm zeroes |w| <= 4
+    w = torch.linspace(-5, 5, 101, dtype=F64)
+    got = fr.mcp.prox({"w": w}, lam, step, gamma=gamma)["w"]
+    theirs = torch.tensor([pf.prox_MCP(x, step, lam, gamma) for x in w.tolist()], dtype=F64)
+    h = _objective(ref.mcp_t, lam, gamma, step)
+    assert (h(got, w) <= h(theirs, w) + 1e-12).all()
+    assert (h(got, w) < h(theirs, w) - 1e-3).sum() > 10
+
+
+# ---------------------------------------------------------------------------------- L0
+@pytest.mark.parametrize("path", PATHS)
+def test_l0_prox_is_hard_thresholding_and_the_minimizer(path: str) -> None:
+    w = _w(903, 3.0)
+    for lam, step in [(0.5, 1.0), (0.125, 0.3), (2.0, 2.0), (0.0, 1.0), (1.0, 0.0)]:
+        with forced(path):
+            u = fr.l0.prox({"w": w}, lam, step)["w"]
+        torch.testing.assert_close(u, ref.hard(w, math.sqrt(2 * lam * step)), rtol=0, atol=0)
+        # per element the only candidates are 0 and w itself: the prox is the better one
+        h = (u - w).square() / 2 + step * lam * (u != 0).to(F64)
+        assert (h <= torch.minimum(w.square() / 2, step * lam * (w != 0).to(F64)) + 1e-15).all()
+
+
+# -------------------------------------------------------------------- sparse group lasso
+SGL_SHAPES = [((4, 6), 0), ((4, 6), 1), ((3, 2, 2), 0), ((5,), 0), ((4, 3), None), ((), 0)]
+
+
+def _sgl_w(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g, dtype=F64)
+    if len(shape) >= 2:
+        w[0] *= 0.05  # a group the prox zeroes whole
+    return w
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape,dim", SGL_SHAPES)
+def test_sparse_group_lasso_prox_matches_the_closed_form(shape: tuple[int, ...], dim: int | None, path: str) -> None:
+    w = _sgl_w(shape, 3)
+    for lam, step, rho in [(0.3, 1.0, 0.5), (1.0, 0.5, 0.0), (0.5, 0.7, 1.0), (0.2, 2.0, 0.8), (0.0, 1.0, 0.3)]:
+        with forced(path):
+            u = fr.sparse_group_lasso.prox({"w": w}, lam, step, l1_ratio=rho, dim=dim)["w"]
+        torch.testing.assert_close(u, ref.sgl_prox(w, lam, rho, step, dim), rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape,dim", SGL_SHAPES[:4])
+def test_sparse_group_lasso_prox_is_the_argmin(shape: tuple[int, ...], dim: int | None) -> None:
+    gen = torch.Generator().manual_seed(4)
+    w = _sgl_w(shape, 5)
+    for lam, step, rho in [(0.3, 1.0, 0.5), (0.8, 0.5, 0.2), (0.2, 2.0, 0.9)]:
+        u = fr.sparse_group_lasso.prox({"w": w}, lam, step, l1_ratio=rho, dim=dim)["w"]
+
+        def h(v: torch.Tensor) -> float:
+            return 0.5 * float((v - w).square().sum()) + step * ref.sgl_value(v, lam, rho, dim)
+
+        best = h(u)
+        for k in range(90):
+            d = torch.randn(w.shape, generator=gen, dtype=F64) * [1e-1, 1e-3, 1e-6][k % 3]
+            assert best <= h(u + d) + 1e-13
+            assert best <= h(u + d * (u != 0)) + 1e-13  # along the support
+        assert best <= h(torch.zeros_like(w)) and best <= h(w)
+
+
+# --------------------------------------------------------------------------- nuclear norm
+NUCLEAR_SHAPES = [(4, 3), (3, 5), (2, 3, 2), (6, 6)]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_svt_matches_numpy_svd(path: str) -> None:
+    """Several leaves of one shape (one batched SVD on the fast path) and of others."""
+    gen = torch.Generator().manual_seed(7)
+    params = {f"{i}.{j}": torch.randn(s, generator=gen, dtype=F64) for i, s in enumerate(NUCLEAR_SHAPES) for j in range(3)}
+    for lam, step in [(0.3, 1.0), (1.0, 0.5), (5.0, 1.0), (0.0, 1.0)]:
+        with forced(path):
+            out = fr.nuclear_norm.prox(params, lam, step)
+        for k, w in params.items():
+            torch.testing.assert_close(out[k], ref.svt(w, lam * step), rtol=1e-12, atol=1e-12)
+            rank = int((np.linalg.svd(ref.as_matrix(w), compute_uv=False) > lam * step).sum())
+            assert torch.linalg.matrix_rank(out[k].reshape(w.shape[0], -1)) == rank
+
+
+@pytest.mark.parametrize("shape", NUCLEAR_SHAPES[:3])
+def test_svt_is_the_argmin(shape: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(8)
+    w = torch.randn(shape, generator=gen, dtype=F64)
+    lam, step = 0.4, 1.5
+    u = fr.nuclear_norm.prox({"w": w}, lam, step)["w"]
+
+    def h(v: torch.Tensor) -> float:
+        return 0.5 * float((v - w).square().sum()) + step * ref.nuclear_value(v, lam)
+
+    best = h(u)
+    for k in range(60):
+        d = torch.randn(shape, generator=gen, dtype=F64) * [1e-1, 1e-3, 1e-6][k % 3]
+        assert best <= h(u + d) + 1e-12
+    assert best <= h(torch.zeros_like(w)) and best <= h(w)
+
+
+# ----------------------------------------------------------------------- exact zeros, ties
+TIE_DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+
+def _tie_input(t: float, dtype: torch.dtype) -> torch.Tensor:
+    """Values at ±t exactly (dyadic: exact in every dtype), just inside and outside, zero."""
+    return torch.tensor([t, -t, t - 2**-5, -(t + 2**-5), 0.0, 4 * t], dtype=dtype)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", TIE_DTYPES, ids=str)
+@pytest.mark.parametrize("case", [
+    # (family, λ, step, γ, the threshold at or below which |w| goes to 0)
+    pytest.param((fr.mcp, 0.25, 0.5, 3.0, 0.125), id="mcp-firm"),
+    pytest.param((fr.mcp, 0.25, 2.0, 2.0, 0.5), id="mcp-step=gamma"),
+    pytest.param((fr.mcp, 0.25, 8.0, 2.0, 1.0), id="mcp-hard"),
+    pytest.param((fr.scad, 0.25, 0.5, 3.75, 0.125), id="scad-three-piece"),
+    pytest.param((fr.scad, 0.25, 2.5, 3.0, 0.625), id="scad-jump"),
+    pytest.param((fr.scad, 0.25, 4.0, 3.0, 1.0), id="scad-hard"),
+    pytest.param((fr.l0, 0.125, 1.0, None, 0.5), id="l0"),
+])
+@pytest.mark.parametrize("form", ["float", "tensor", "element"])
+def test_prox_zeroes_exactly_at_the_threshold(case: tuple, dtype: torch.dtype, path: str, form: str) -> None:
+    penalty, lam, step, gamma, t = case
+    w = _tie_input(t, dtype)
+    opts = {} if gamma is None else {"gamma": torch.tensor(gamma) if form == "tensor" else gamma}
+    if form == "tensor":
+        lam, step = torch.tensor(lam, dtype=F64), torch.tensor(step)
+    elif form == "element":
+        lam, step = ({"w": torch.full(w.shape, v, dtype=F64)} for v in (lam, step))
+    with torch.no_grad(), forced(path):
+        u = penalty.prox({"w": w}, lam, step, **opts)["w"]
+    assert u.dtype == dtype
+    zero = w.abs() <= t
+    assert torch.equal(u == 0, zero), (u, w)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", TIE_DTYPES, ids=str)
+def test_sparse_group_lasso_zeroes_elements_and_groups_exactly(dtype: torch.dtype, path: str) -> None:
+    # λ = 1, step = 0.5, ρ = 0.5: elements at |w| <= 0.25 go; then groups of 4 (sqrt 2) whose
+    # soft-thresholded norm is <= 0.25·2 = 0.5 go too
+    w = torch.tensor([[0.25, -0.25, 0.125, 0.0],  # every element at or inside the L1 threshold
+                      [0.5, -0.5, 0.25, 0.0],  # soft → (0.25, -0.25, 0, 0): norm sqrt(1/8) < 0.5
+                      [0.75, 0.25, 0.0, 0.0],  # soft → (0.5, 0, 0, 0): norm 0.5 == 0.5, a tie
+                      [2.25, -1.25, 0.25, 0.0]], dtype=dtype)  # survives, with exact zeros inside
+    with torch.no_grad(), forced(path):
+        u = fr.sparse_group_lasso.prox({"w": w}, 1.0, 0.5, l1_ratio=0.5)["w"]
+    assert u.dtype == dtype
+    assert torch.equal(u[:3], torch.zeros(3, 4, dtype=dtype))
+    assert torch.equal(u[3] == 0, torch.tensor([False, False, True, True]))
+    # the survivor: soft (2, −1, 0, 0), norm sqrt(5), scaled by 1 − 0.5/sqrt(5)
+    want = torch.tensor([2.0, -1.0, 0.0, 0.0], dtype=F64) * (1 - 0.5 / math.sqrt(5))
+    torch.testing.assert_close(u[3].double(), want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_svt_zeroes_at_the_threshold(dtype: torch.dtype, path: str) -> None:
+    """torch has no bfloat16 SVD on CPU. Singular values at or below the threshold, ties
+    included, give an exact zero matrix; a diagonal one keeps exact zeros."""
+    gen = torch.Generator().manual_seed(9)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=gen, dtype=F64))
+    w = (q @ torch.diag(torch.tensor([2.0, 1.0, 0.5, 0.25], dtype=F64)) @ q.T).to(dtype)
+    top = float(torch.linalg.svdvals(w.double())[0])
+    d = torch.diag(torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=dtype))
+    with forced(path):
+        zeroed = fr.nuclear_norm.prox({"w": w}, top * 1.001, 1.0)["w"]
+        tie = fr.nuclear_norm.prox({"d": d}, 1.0, 1.0)["d"]
+    assert torch.equal(zeroed, torch.zeros_like(w))
+    assert torch.equal(tie.abs(), torch.diag(torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype)))
+
+
+@pytest.mark.parametrize("name", list(FAMILIES_1D))
+def test_prox_is_the_identity_at_zero_lam(name: str) -> None:
+    penalty = FAMILIES_1D[name][0]
+    w = _w(303)
+    for path in PATHS:
+        with forced(path):
+            assert torch.equal(penalty.prox({"w": w}, 0.0, 2.0)["w"], w)
+            assert torch.equal(penalty.prox({"w": w}, torch.tensor(0.0), torch.tensor(5.0))["w"], w)
