@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,8 +23,9 @@ def check_matrices(name: str, flat: Flat, sel: list[int]) -> None:
 
 
 def as_matrix(w: torch.Tensor) -> torch.Tensor:
-    """A weight as the matrix the penalty sees: one row per output unit or filter."""
-    return w.reshape(w.shape[0], -1)
+    """A weight as the matrix the penalty sees: one row per output unit or filter (the
+    column count spelled out: ``-1`` is ambiguous for a leaf with no rows)."""
+    return w.reshape(w.shape[0], math.prod(w.shape[1:]))
 
 
 def identity_like(gram: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ unshrunk."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -48,9 +49,9 @@ class MCP(Penalty):
     options = {"gamma": 3.0}
 
     def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        gamma = _hyper.number("gamma", options["gamma"])
-        if isinstance(gamma, float) and gamma == 0:
-            raise ValueError("mcp gamma must be > 0 (the penalty is flat beyond gamma·lam)")
+        gamma = _hyper.number("gamma", options["gamma"], low=-math.inf)
+        if isinstance(gamma, float) and gamma <= 0:
+            raise ValueError(f"mcp gamma must be > 0 (the penalty is flat beyond gamma·lam), got {gamma}")
         return (_hyper.per_leaf("gamma", gamma, flat, sel),)
 
     def _value(self, w: torch.Tensor, lam: _hyper.Hyper, gamma: _hyper.Hyper) -> torch.Tensor:

@@ -31,7 +31,8 @@ class NuclearNorm(Penalty):
     * ``lambda_max``: :math:`\sigma_{\max}(G)`, the spectral norm of the task loss's
       gradient at W = 0.
 
-    ``lam`` and ``step`` are one value per leaf.
+    ``lam`` and ``step`` are one value per leaf. Half-precision leaves are decomposed in
+    float32.
 
     >>> import torch, funcreg as fr
     >>> w = {"w": torch.tensor([[3.0, 0.0], [0.0, 1.0]])}
@@ -50,7 +51,7 @@ class NuclearNorm(Penalty):
         return ()
 
     def _value(self, w: torch.Tensor, lam: _hyper.Hyper) -> torch.Tensor:
-        return lam * torch.linalg.svdvals(as_matrix(w)).sum()
+        return (lam * torch.linalg.svdvals(_for_svd(w)).sum()).to(w.dtype)
 
     def _grad(self, ops: Ops, ws: Tensors, lam: Column) -> Tensors:
         out = []
@@ -61,31 +62,40 @@ class NuclearNorm(Penalty):
             # amax would raise there)
             tol = s[..., :1] * max(u.shape[-2], vh.shape[-1]) * torch.finfo(s.dtype).eps
             kept = (s > tol).to(s.dtype)
-            out.append(_sharding.place_like((a * (u * kept.unsqueeze(-2)) @ vh).reshape(w.shape), w))
+            g = (a * (u * kept.unsqueeze(-2)) @ vh).reshape(w.shape).to(w.dtype)
+            out.append(_sharding.place_like(g, w))
         return ops.temp(out)
 
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
         out = []
         for w, (u, s, vh), a, st in zip(ws, _svds(ops, ws), lam, step):
             shrunk = (s - a * st).clamp_min(0.0)
-            out.append(_sharding.place_like(((u * shrunk.unsqueeze(-2)) @ vh).reshape(w.shape), w))
+            new = ((u * shrunk.unsqueeze(-2)) @ vh).reshape(w.shape).to(w.dtype)
+            out.append(_sharding.place_like(new, w))
         return out
 
     def _lambda_max(self, g: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.matrix_norm(as_matrix(g), ord=2)
+        return torch.linalg.matrix_norm(_for_svd(g), ord=2)
 
 
 def _svds(ops: Ops, ws: Tensors) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The thin SVD of every leaf as a matrix: per leaf on the composable path (vmap
     batches each call), one batched call per shape of leaf on the fast path."""
     if isinstance(ops, PerLeaf):
-        return [torch.linalg.svd(as_matrix(w), full_matrices=False) for w in ws]
+        return [torch.linalg.svd(_for_svd(w), full_matrices=False) for w in ws]
     out: list[Any] = [None] * len(ws)
     for idx in by_shape(ws).values():
-        u, s, vh = torch.linalg.svd(torch.stack([as_matrix(ws[k]) for k in idx]), full_matrices=False)
+        u, s, vh = torch.linalg.svd(torch.stack([_for_svd(ws[k]) for k in idx]), full_matrices=False)
         for j, k in enumerate(idx):
             out[k] = (u[j], s[j], vh[j])
     return out
+
+
+def _for_svd(w: torch.Tensor) -> torch.Tensor:
+    """The leaf as a matrix, in float32 for a half-precision leaf: torch has no bfloat16
+    or float16 SVD on CPU, and their precision would not resolve the singular values."""
+    m = as_matrix(w)
+    return m.float() if m.dtype in (torch.bfloat16, torch.float16) else m
 
 
 nuclear_norm = NuclearNorm()

@@ -3,6 +3,7 @@ beyond γλ."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -48,7 +49,7 @@ class SCAD(Penalty):
     options = {"gamma": 3.7}
 
     def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        gamma = _hyper.number("gamma", options["gamma"])
+        gamma = _hyper.number("gamma", options["gamma"], low=-math.inf)
         if isinstance(gamma, float) and gamma <= 1:
             raise ValueError(f"scad gamma must be > 1 (its middle piece divides by gamma - 1), got {gamma}")
         return (_hyper.per_leaf("gamma", gamma, flat, sel),)
