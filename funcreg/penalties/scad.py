@@ -27,13 +27,13 @@ class SCAD(Penalty):
     * gradient :math:`\mathrm{sign}(w)\,\mathrm{clamp}\big((\gamma\lambda - |w|)/(\gamma - 1), 0, \lambda\big)`:
       :math:`\lambda\,\mathrm{sign}(w)` up to λ (0 at w = 0), falling linearly to 0 at γλ;
     * prox with step :math:`s`, the global minimizer of :math:`\tfrac12(u-w)^2 + s\,\mathrm{SCAD}(u)`
-      for every :math:`s`: the best of the three pieces' own minimizers (the soft threshold
-      clipped to :math:`[0, \lambda]`, the middle piece's stationary point clipped to
-      :math:`[\lambda, \gamma\lambda]` when that piece is convex, :math:`s < \gamma - 1`,
-      and :math:`\max(|w|, \gamma\lambda)`). For :math:`s < \gamma - 1` that is the
-      textbook three-piece thresholding rule skglm implements; beyond it, where the rule
-      stops being a minimizer, it is still the exact one. Ties go to the smaller
-      :math:`|u|`;
+      for every :math:`s`: for :math:`s < \gamma - 1` (a convex objective) the three-piece
+      thresholding rule (the soft threshold up to :math:`(1+s)\lambda`, then
+      :math:`((\gamma-1)w - \mathrm{sign}(w)s\gamma\lambda)/(\gamma-1-s)` up to
+      :math:`\gamma\lambda`, then :math:`w`), which skglm implements; beyond it, where that
+      rule stops being a minimizer, a jump from the soft threshold to :math:`w` at
+      :math:`\lambda(\gamma+1+s)/2` (or :math:`\lambda\sqrt{s(\gamma+1)}` once
+      :math:`s \ge \gamma+1`). Ties go to the smaller :math:`|u|`;
     * ``lambda_max``: :math:`\lVert g\rVert_\infty`, as for L1.
 
     ``gamma`` (keyword, default 3.7, Fan & Li's choice) is a number > 1 or a 0-d tensor
@@ -80,26 +80,26 @@ def _scad(m: torch.Tensor, lam: _hyper.Hyper, gamma: _hyper.Hyper) -> torch.Tens
 
 
 def _prox(w: torch.Tensor, lam: _hyper.Hyper, s: _hyper.Hyper, gamma: _hyper.Hyper) -> torch.Tensor:
+    """The global minimizer of ½(u - w)² + s·SCAD(u), elementwise, for every s ≥ 0.
+
+    With m = |w| and u of w's sign: while the objective is convex (s < γ - 1), the
+    three-piece rule: the soft threshold up to (1 + s)λ, the middle piece's stationary
+    point ((γ - 1)m - sγλ)/(γ - 1 - s) up to γλ, m beyond. Once the middle piece is concave
+    its endpoints never win, and the answer jumps from the soft threshold straight to m
+    where the two objectives meet: at λ(γ + 1 + s)/2 while s < γ + 1, at λ√(s(γ + 1)) after
+    (a hard threshold). Ties take the lower branch."""
     m = w.abs()
-    lam_t = torch.as_tensor(lam, dtype=w.dtype, device=w.device)
-    edge = gamma * lam_t
-    # each piece's minimizer of ½(u - m)² + s·SCAD(u) over its own interval, u ≥ 0
-    inner = torch.minimum((m - s * lam_t).clamp_min(0.0), lam_t)
-    convex = torch.as_tensor((gamma - 1) - s > 0, device=w.device)
-    # the unused branch must not divide by 0; and in the leaf's dtype, since torch.where
-    # of Python numbers would round γ − 1 − s to float32
-    safe = torch.where(convex, torch.as_tensor((gamma - 1) - s, dtype=w.dtype, device=w.device), 1.0)
-    middle = torch.minimum(torch.maximum(((gamma - 1) * m - s * edge) / safe, lam_t), edge)
-    outer = torch.maximum(m, edge)
-
-    def objective(u: torch.Tensor) -> torch.Tensor:
-        return (u - m).square() / 2 + s * _scad(u, lam, gamma)
-
-    f_inner, f_middle, f_outer = objective(inner), objective(middle), objective(outer)
-    f_middle = torch.where(convex, f_middle, torch.inf)
-    best = torch.where(f_inner <= torch.minimum(f_middle, f_outer), inner,
-                       torch.where(f_middle <= f_outer, middle, outer))
-    return (torch.sign(w) * best).to(w.dtype)
+    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731
+    lam_t, s_t, g_t = t(lam), t(s), t(gamma)
+    convex = s_t < g_t - 1
+    soft = (m - s_t * lam_t).clamp_min(0.0)
+    # the middle piece's stationary point, as m - s(γλ - m)/(γ - 1 - s): exact at s = 0
+    middle = m - s_t * (g_t * lam_t - m) / torch.where(convex, g_t - 1 - s_t, 1.0)
+    jump = torch.where(s_t < g_t + 1, lam_t * (g_t + 1 + s_t) / 2,
+                       lam_t * torch.sqrt(torch.maximum(s_t, g_t + 1) * (g_t + 1)))
+    keep = torch.where(convex, g_t * lam_t, jump)  # beyond it, u = w
+    inside = torch.where(convex & (m > (1 + s_t) * lam_t), middle, soft)
+    return torch.sign(w) * torch.where(m > keep, m, inside)
 
 
 scad = SCAD()
