@@ -155,7 +155,7 @@ def mcp_cases(*, compiled: bool) -> list[Case]:
         Case("`fr.mcp.prox`, tensor λ and step", mcp(lam_t, step_t),
              "a tensor step: both regimes, chosen per element"),
         Case("`fr.scad.prox`, numbers", lambda: fr.scad.prox(tree, PROX_LAM, PROX_STEP),
-             "reference: per-leaf candidates, no foreach form"),
+             "reference: its closed form per regime, per leaf"),
     ]
     if compiled:
         l1_c = torch.compile(lambda p, a, s: fr.l1.prox(p, a, s), fullgraph=True)

@@ -189,12 +189,16 @@ class PerLeaf:
 
     @staticmethod
     def firm_threshold_(xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
-        """``x`` where ``|x| > high``, else ``c·soft(x, low)``: exact zeros where
-        ``|x| <= low``, ``x`` itself beyond ``high``, slope ``c`` in between (firm
-        thresholding; continuous when ``c = high / (high - low)``)."""
+        """Firm thresholding: 0 where ``|x| <= low``, ``c·soft(x, low)`` up to ``high``, ``x``
+        beyond (continuous when ``c = high / (high - low)``), computed as
+        ``(x - clamp(x, ±high)) + c·(clamp(x, ±high) - clamp(x, ±low))``: both terms are
+        exactly 0 where ``|x| <= low``, and the first is exactly 0 up to ``high``."""
         n = len(xs)
-        return [_keep(x, torch.where(x.abs() > b, x, k * (x - _clamp(x, -a, a))))
-                for x, a, b, k in zip(xs, _col(low, n), _col(high, n), _col(c, n))]
+        out = []
+        for x, a, b, k in zip(xs, _col(low, n), _col(high, n), _col(c, n)):
+            outer = _clamp(x, -b, b)
+            out.append(_keep(x, (x - outer) + k * (outer - _clamp(x, -a, a))))
+        return out
 
 
 def _keep(x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
@@ -341,20 +345,22 @@ class Foreach:
 
     @staticmethod
     def firm_threshold_(xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
-        """As :meth:`PerLeaf.firm_threshold_`, a leaf at a time (there is no foreach
-        ``where``): the soft threshold into a fresh tensor, scaled, then ``x`` put back
-        beyond ``high``; a leaf of scratch for an owned one."""
+        """As :meth:`PerLeaf.firm_threshold_`, a leaf at a time (five kernels, the two clamps'
+        scratch one leaf each): no foreach form has the clamps' tensor bounds and the
+        final multiply-add together."""
         n = len(xs)
         out = xs if owned(xs) else Owned()
         for x, a, b, k in zip(xs, _col(low, n), _col(high, n), _col(c, n)):
-            y = _clamp(x, -a, a)
-            torch.sub(x, y, out=y)
-            y.mul_(k)
-            torch.where(x.abs() > b, x, y, out=y)
+            outer = _clamp(x, -b, b)
+            inner = _clamp(x, -a, a)
+            torch.sub(outer, inner, out=inner)  # clamp(±high) - clamp(±low)
             if out is xs:
-                x.copy_(y)
+                x.sub_(outer)
+                _add_scaled(x, inner, k)
             else:
-                out.append(y)
+                torch.sub(x, outer, out=outer)
+                _add_scaled(outer, inner, k)
+                out.append(outer)
         return out
 
     @staticmethod
@@ -444,6 +450,14 @@ class ForeachCPU(Foreach):
             else:
                 out.append(torch.sub(x, y, out=y))
         return out
+
+
+def _add_scaled(y: torch.Tensor, z: torch.Tensor, k: Hyper) -> None:
+    """``y += k·z`` in place; a tensor ``k`` through ``addcmul_`` (no ``alpha=`` for it)."""
+    if isinstance(k, torch.Tensor):
+        y.addcmul_(z, k)
+    else:
+        y.add_(z, alpha=k)
 
 
 PER_LEAF = PerLeaf()
