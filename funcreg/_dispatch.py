@@ -85,8 +85,9 @@ def run(
     cut into chunks of at most :data:`CHUNK` elements (unless ``chunked`` is False: a
     fused kernel needs no scratch), and each part keeps its column's ownership. With
     ``elementwise`` (``body`` treats every element alike, and returns one list, the new
-    values of the first column) and the first column owned, CPU groups go in blocks of
-    :data:`BLOCK_BYTES`, the results written into the first column's leaves.
+    values of the first column) and the first column owned, plain CPU groups go in blocks
+    of :data:`BLOCK_BYTES` (flat views; a leaf that cannot be cut goes whole), the results
+    written into the first column's leaves; DTensor and CUDA groups go in chunks.
     """
     if not fast:
         return body(_ops.PER_LEAF, *columns)
@@ -128,16 +129,16 @@ def _run_blocked(body: Callable[..., Any], columns: Sequence[Sequence[Any]], idx
                  leaves: Sequence[torch.Tensor]) -> None:
     """``body`` over blocks of the leaves ``idx`` of one CPU group, in place in the first
     (owned) column. A tensor shaped like its leaf (a gradient, a per-element λ) is cut as
-    the leaf is; a number or a 0-d tensor goes to every block of its leaf."""
+    the leaf is; a number or a 0-d tensor goes to every block of its leaf; a leaf with a
+    strided tensor, or with a value of another shape, goes whole."""
     block = max(1, BLOCK_BYTES // leaves[idx[0]].element_size())
     pieces: list[tuple[int, int | None, int | None]] = []
     for i in idx:
         n = leaves[i].numel()
-        shaped = [col[i] for col in columns
-                  if isinstance(col[i], torch.Tensor) and col[i].shape == leaves[i].shape]
-        if all(t.is_contiguous() for t in shaped):
+        tensors = [col[i] for col in columns if isinstance(col[i], torch.Tensor)]
+        if all(t.ndim == 0 or (t.shape == leaves[i].shape and t.is_contiguous()) for t in tensors):
             pieces += [(i, a, min(a + block, n)) for a in range(0, n, block)]
-        else:  # a strided leaf cannot be cut into flat views: it goes whole
+        else:  # a strided leaf, or a value that broadcasts, cannot be cut: it goes whole
             pieces.append((i, None, None))
     part: list[tuple[int, int | None, int | None]] = []
     size = 0

@@ -2,9 +2,9 @@
 
 A call made with ``donate=True`` may put its results into the storage of the inputs it
 donates (DESIGN.md, section 2). On the fast path the family math writes into them
-directly (:class:`funcreg._ops.Owned`); on the composable path it computes out of place
-and :func:`commit` copies the results in, which is an in-place update wherever the
-caller's transforms allow one:
+directly (:class:`funcreg._ops.Owned`); where it computes out of place (the composable
+path, and fast-path math that allocates, such as an SVD) :func:`commit` copies the
+results in, which is an in-place update wherever the caller's transforms allow one:
 
 * eagerly, and under ``torch.compile`` (functionalization turns the copy into an
   update of the input buffers, which Inductor writes in place);
@@ -18,16 +18,16 @@ caller's transforms allow one:
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from funcreg import _sharding
+from funcreg import _sharding, _tree
 
 _functorch = torch._C._functorch
 
 
-def writable(donated: Sequence[torch.Tensor]) -> bool:
+def can_write(donated: Sequence[torch.Tensor]) -> bool:
     """Whether a donated call may write its results into ``donated`` now."""
     if torch.compiler.is_compiling():
         return True
@@ -54,7 +54,10 @@ def check(written: Iterable[tuple[Label, torch.Tensor]],
     tensor it reads (the rest of the donated trees included: a leaf that shares memory
     with a written one would change too). Raises ``ValueError`` naming the leaves for a
     written leaf that requires grad while grad mode is on, one whose elements overlap each
-    other (an expanded view), or one whose memory overlaps any other leaf read or written.
+    other (an expanded view), or one whose memory overlaps any other leaf read or written
+    (by byte range: interleaved strided views of one buffer count as overlapping), and for
+    any tensor read that requires grad while grad mode is on (the results would depend on
+    it through autograd).
     """
     grad_on = torch.is_grad_enabled()
     compiling = torch.compiler.is_compiling()
@@ -84,6 +87,12 @@ def check(written: Iterable[tuple[Label, torch.Tensor]],
         return
     for label, t in read:
         if isinstance(t, torch.Tensor):
+            if grad_on and t.requires_grad:
+                raise ValueError(
+                    f"cannot donate: {_name(label)} requires grad and grad mode is on, so "
+                    "the results would carry autograd history into the donated tensors; "
+                    "detach it, call under torch.no_grad(), or use donate=False"
+                )
             span = _span(t)
             if span is not None:
                 spans.append((*span, False, label))
@@ -142,3 +151,17 @@ def _span(t: torch.Tensor) -> tuple[int, int] | None:
 def _name(label: Label) -> str:
     what, path = label
     return what if path is None else f"{what} leaf {path!r}"
+
+
+def labelled(
+    flat: _tree.Flat, idx: list[int], cols: Sequence[Sequence[Any]], names: Sequence[str]
+) -> Iterator[tuple[Label, torch.Tensor]]:
+    """The tensors among per-leaf columns (hyperparameters, anchors), labelled for the
+    errors of :func:`check`; ``names`` name the columns in order."""
+    seen: set[int] = set()
+    for k, col in enumerate(cols):
+        name = names[k] if k < len(names) else "an option"
+        for i, v in zip(idx, col):
+            if isinstance(v, torch.Tensor) and id(v) not in seen:
+                seen.add(id(v))
+                yield (name, flat.paths[i]), v

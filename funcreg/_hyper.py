@@ -145,6 +145,8 @@ def _replicated(values: list[Hyper], leaves: list[torch.Tensor]) -> list[Hyper]:
     Eagerly DTensor's dispatch takes a plain 0-d tensor as a scalar; under ``vmap`` a
     batched one is a plain tensor of K elements to it ("mixed torch.Tensor and DTensor"),
     so inside a transform it becomes a Replicate DTensor first (no communication)."""
+    if torch.compiler.is_compiling():
+        return values  # no torch.func transform wraps what Dynamo traces (and see _cast)
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     cache: dict[tuple[int, int], torch.Tensor] = {}
     out: list[Hyper] = []

@@ -20,11 +20,11 @@ goes into fresh tensors, which the call then owns). So one line of family math, 
 
 is torch.optim's ``torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)`` when the state was
 donated, and ``torch._foreach_lerp(...)`` into a fresh tree otherwise; the ops that follow
-on ``ms`` then run in place either way. The ops without ``_`` always allocate, and
-return a :class:`Temp`, an intermediate that two ops may recycle: ``add_(xs, ys)`` writes
-``x + y`` into a ``Temp`` ``ys`` when ``xs`` is borrowed (``g + Δ`` into the buffer of
-``Δ``), and ``addcdiv_`` may scale a ``Temp`` divisor in place; so do not read a ``Temp``
-after passing it there. :data:`PER_LEAF` never writes in place: it returns plain lists,
+on ``ms`` then run in place either way. The ops without ``_`` always allocate, and on
+the fast path return a :class:`Temp`, an intermediate that two ops may recycle: on CPU
+``add_(xs, ys)`` writes ``x + y`` into a ``Temp`` ``ys`` when ``xs`` is borrowed (``g + Δ``
+into the buffer of ``Δ``), and ``addcdiv_`` may scale a ``Temp`` divisor in place; so do
+not read a ``Temp`` after passing it there. :data:`PER_LEAF` never writes in place: it returns plain lists,
 and a donated call copies its results into the donated storage afterwards
 (:mod:`funcreg._donation`).
 
@@ -183,8 +183,9 @@ class PerLeaf:
 
     @staticmethod
     def hard_threshold_(xs: Tensors, t: Column) -> Tensors:
-        """``x`` where ``|x| > t``, exact zeros elsewhere (ties zeroed)."""
-        return [torch.where(x.abs() > v, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        """``x`` where ``|x| > t``, exact zeros elsewhere (ties zeroed; a NaN stays NaN, as
+        through the soft threshold)."""
+        return [torch.where(x.abs() <= v, torch.zeros((), dtype=x.dtype, device=x.device), x)
                 for x, v in zip(xs, _col(t, len(xs)))]
 
     @staticmethod
@@ -380,10 +381,10 @@ class Foreach:
 def _in_place_only(xs: Tensors) -> Tensors:
     """Owned copies of borrowed DTensor leaves, for the ops whose out-of-place foreach form
     has no sharding strategy in torch 2.13 (``addcmul`` and ``addcdiv`` with scalars)."""
-    return writable(xs) if not owned(xs) and xs and _sharding.is_dtensor(xs[0]) else xs
+    return owned_copy(xs) if not owned(xs) and xs and _sharding.is_dtensor(xs[0]) else xs
 
 
-def writable(xs: Tensors) -> Tensors:
+def owned_copy(xs: Tensors) -> Tensors:
     """``xs`` if owned, else fresh copies of it: what a fused in-place kernel may run on."""
     return xs if owned(xs) else Owned([x.clone() for x in xs])
 
@@ -404,8 +405,8 @@ class ForeachCPU(Foreach):
     another new tensor), one per-leaf kernel does the work in one pass, writing into a
     tensor the call owns, and the soft threshold finishes each leaf while its clamp is
     still in cache (and frees it at once, so a donated call needs one leaf of scratch).
-    Python-float hyperparameters reach ``alpha=`` or a clamp bound only here, on plain
-    tensors the fast path never sees traced.
+    Like every fast-path op, these pass Python-float hyperparameters to ``alpha=`` or a
+    clamp bound, and tensor ones as tensors: nothing here is ever traced.
     """
 
     @staticmethod
@@ -448,7 +449,7 @@ class ForeachCPU(Foreach):
             if out is xs:
                 x.sub_(y)
             else:
-                out.append(torch.sub(x, y, out=y))
+                out.append(_keep(x, torch.sub(x, y, out=y)))
         return out
 
 

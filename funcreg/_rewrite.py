@@ -7,7 +7,7 @@ honoured, run the leaf-list math, write donated results into place, rebuild the 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -29,38 +29,39 @@ def rewrite(
     leaves pass through. ``cols`` are per-selected-leaf columns, ``names`` what to call
     them in an error. ``donate`` donates params: results go into its selected leaves;
     ``elementwise`` says ``body`` treats every element alike (see :func:`_dispatch.run`)."""
-    ws = [flat.leaves[i] for i in sel]
-    fast = _dispatch.use_fast_path(ws, *cols)
-    in_place = donate and _donation.writable(ws)
-    if in_place:
-        written = set(sel)
-        _donation.check(
-            ((("params", flat.paths[i]), flat.leaves[i]) for i in sel),
-            itertools.chain(
-                ((("params", p), w) for i, (p, w) in enumerate(zip(flat.paths, flat.leaves))
-                 if i not in written),
-                hyper_reads(flat, sel, cols, names),
-            ),
-        )
-        if fast:
-            ws = _ops.Owned(ws)
-    new = _dispatch.run(body, [ws, *cols], ws, fast=fast, elementwise=elementwise)
-    if in_place:
-        new = _donation.commit(ws, new)
+    chosen = set(sel)
+    new = apply(
+        body, [flat.leaves[i] for i in sel], cols, donate=donate, elementwise=elementwise,
+        written=lambda: ((("params", flat.paths[i]), flat.leaves[i]) for i in sel),
+        read=lambda: itertools.chain(
+            ((("params", p), w) for i, (p, w) in enumerate(zip(flat.paths, flat.leaves))
+             if i not in chosen),
+            _donation.labelled(flat, sel, cols, names)),
+    )
     out = list(flat.leaves)
     for i, w in zip(sel, new):
         out[i] = w
     return flat.unflatten(out)
 
 
-def hyper_reads(
-    flat: Flat, idx: list[int], cols: Sequence[list[Any]], names: Sequence[str]
-) -> Iterator[tuple[tuple[str, str], torch.Tensor]]:
-    """The tensors among per-leaf columns (hyperparameters, anchors), labelled for errors."""
-    seen: set[int] = set()
-    for k, col in enumerate(cols):
-        name = names[k] if k < len(names) else "an option"
-        for i, v in zip(idx, col):
-            if isinstance(v, torch.Tensor) and id(v) not in seen:
-                seen.add(id(v))
-                yield (name, flat.paths[i]), v
+def apply(
+    body: Callable[..., list[torch.Tensor]],
+    target: list[torch.Tensor],
+    cols: Sequence[Sequence[Any]],
+    *,
+    donate: bool,
+    elementwise: bool,
+    written: Callable[[], Iterable[tuple[Any, torch.Tensor]]],
+    read: Callable[[], Iterable[tuple[Any, Any]]],
+) -> list[torch.Tensor]:
+    """``body(ops, target, *cols)``, the new values of ``target``, on the implementation the
+    inputs allow; with ``donate``, written into ``target`` itself once the donation is
+    checked (``written`` and ``read`` label the tensors for the check, built only then)."""
+    fast = _dispatch.use_fast_path(target, *cols)
+    in_place = donate and _donation.can_write(target)
+    if in_place:
+        _donation.check(written(), read())
+        if fast:
+            target = _ops.Owned(target)
+    new = _dispatch.run(body, [target, *cols], target, fast=fast, elementwise=elementwise)
+    return _donation.commit(target, new) if in_place else new

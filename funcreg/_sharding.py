@@ -1,4 +1,4 @@
-"""DTensor leaves: recognising them, and the three places where they need care.
+"""DTensor leaves: recognising them, and the places where they need care.
 
 funcreg's math runs on ``DTensor`` leaves (FSDP2's sharded parameters, tensor-parallel
 shards) as it does on plain tensors, and keeps each leaf's placements, except where

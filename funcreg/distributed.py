@@ -11,12 +11,11 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
-import sys
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 
-from funcreg import _donation, _tree
+from funcreg import _donation, _sharding, _tree
 
 if TYPE_CHECKING:  # not imported at run time: funcreg imports where torch.distributed is absent
     from torch.distributed import ProcessGroup
@@ -148,11 +147,12 @@ def all_reduce(
             if donate and len(locs) == 1 and locs[0].is_contiguous():
                 buf = locs[0]  # reduced where it lies
             else:
-                buf = _pack(locs)
-                if donate:  # keep at most two buckets of scratch alive
-                    while pending and scratch + buf.numel() > 2 * BUCKET:
+                if donate:  # at most two buckets of scratch alive, this one's included
+                    size = sum(x.numel() for x in locs)
+                    while pending and scratch + size > 2 * BUCKET:
                         scratch -= _finish(pending.popleft(), leaves, out, donate, scale, dtensor)
-                    scratch += buf.numel()
+                    scratch += size
+                buf = _pack(locs)
             work = dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group, async_op=True)
             pending.append(_Pending(ids, locs, buf, work))
         while pending:
@@ -195,17 +195,10 @@ def _distributed(group: Any) -> Any:
     return dist
 
 
-def _dtensor_type() -> type | None:
-    """The DTensor class, or ``None`` when nothing has imported it (then no leaf is
-    one, and funcreg need not pay for importing it)."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return getattr(module, "DTensor", None)
-
-
 def _shards(flat: _tree.Flat, op: str, group: Any, dist: Any) -> tuple[list[Any], type | None]:
     """Per leaf, the plain tensor to reduce (a DTensor's local shard) or ``None``; and the
     DTensor class if the tree holds any. Raises for a leaf that cannot be reduced."""
-    dtensor = _dtensor_type()
+    dtensor = _sharding._dtensor_type()
     shards: list[Any] = []
     ranks: tuple[int, ...] | None = None
     for path, x in zip(flat.paths, flat.leaves):
@@ -351,7 +344,7 @@ def _agree(
     """
     items = _items(flat, dtensor)
     layout = [len(ids) for ids in buckets]
-    digest = hashlib.blake2b(_spec_digest(flat.spec), digest_size=8)
+    digest = hashlib.blake2b(_paths_digest(flat.paths), digest_size=8)
     digest.update(repr((items, layout)).encode())
     h = int.from_bytes(digest.digest(), "little") >> 1  # fits int64, and so does -h
     votes = torch.tensor([h, -h, -int(refused is not None)], dtype=torch.int64,
@@ -380,10 +373,9 @@ def _agree(
 
 
 @functools.lru_cache(maxsize=256)
-def _spec_digest(spec: Any) -> bytes:
-    """A digest of a structure's leaf paths, once per structure. Paths, not
-    ``repr(spec)``: a custom node's repr may hold a memory address."""
-    paths, _ = _tree._paths(spec)
+def _paths_digest(paths: tuple[str, ...]) -> bytes:
+    """A digest of a tree's leaf paths. Paths, not ``repr(spec)``: a custom node's repr
+    may hold a memory address."""
     return hashlib.blake2b("\0".join(paths).encode(), digest_size=16).digest()
 
 

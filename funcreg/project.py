@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from funcreg import _hyper, _sharding
-from funcreg._ops import Column, Ops, Tensors
+from funcreg._groups import check_dim, group_norms
+from funcreg._ops import Column, Ops, Tensors, like
 from funcreg._rewrite import rewrite
 from funcreg._selection import Where, selection
 from funcreg._tree import Flat, flatten, require_tensors
-from funcreg.penalties.group_lasso import check_dim, group_norms
 
 __all__ = ["max_norm", "l2_ball", "l1_ball", "box", "non_negative"]
 
@@ -132,15 +132,33 @@ def _ball(ops: Ops, ws: Tensors, radius: Column, dims: Column) -> Tensors:
 
 
 def _l1_ball(ops: Ops, ws: Tensors, radius: Column) -> Tensors:
-    return ops.soft_threshold_(ws, [_l1_threshold(w, r) for w, r in zip(ws, radius)])
+    thetas = [_l1_threshold(w, r) for w, r in zip(ws, radius)]
+    half = {k for k, w in enumerate(ws) if w.dtype in _HALF}
+    rest = [k for k in range(len(ws)) if k not in half]
+    out: list[torch.Tensor] = [None] * len(ws)  # type: ignore[list-item]
+    if rest:
+        new = ops.soft_threshold_(like(ws, [ws[k] for k in rest]), [thetas[k] for k in rest])
+        for k, w in zip(rest, new):
+            out[k] = w
+    for k in half:
+        # thresholded in float32 and rounded once: in the leaf's own dtype θ itself would
+        # round (by 0.008 near 2.7 in bfloat16), and the norm with it, by that much times
+        # the count of surviving entries
+        wide = ws[k].float()
+        out[k] = (wide - torch.clamp(wide, -thetas[k], thetas[k])).to(ws[k].dtype)
+    return out
 
 
 def _l1_threshold(w: torch.Tensor, r: _hyper.Hyper) -> torch.Tensor:
     """θ ≥ 0 with ‖soft(w, θ)‖₁ = r, or 0 when ‖w‖₁ ≤ r (Duchi et al.'s Figure 1)."""
     if w.numel() == 0:
         return w.new_zeros(())
-    # a sort over a whole DTensor leaf needs all of it: gather it (θ is one number)
-    u = torch.sort(_sharding.gathered(w).abs().reshape(-1), descending=True).values
+    # a sort over a whole DTensor leaf needs all of it: gather it (θ is one number); a
+    # half-precision leaf's cumulative sums and counts would round, so θ is found in float32
+    full = _sharding.gathered(w)
+    if full.dtype in _HALF:
+        full = full.float()
+    u = torch.sort(full.abs().reshape(-1), descending=True).values
     excess = torch.cumsum(u, 0) - r  # Σ_{j≤k} u_j - r
     k = torch.arange(1, u.numel() + 1, dtype=u.dtype, device=u.device)
     # ρ = the largest k with u_k > (Σ_{j≤k} u_j - r) / k; those k form a prefix
@@ -151,6 +169,9 @@ def _l1_threshold(w: torch.Tensor, r: _hyper.Hyper) -> torch.Tensor:
 
 def _non_negative(ops: Ops, ws: Tensors) -> Tensors:
     return ops.clamp_(ws, 0.0, None)
+
+
+_HALF = (torch.bfloat16, torch.float16)
 
 
 def _select(params: Any, where: Where) -> tuple[Flat, list[int]]:

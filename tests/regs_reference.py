@@ -90,18 +90,28 @@ def mcp_prox(w: torch.Tensor, lam: Scalar, gamma: Scalar, step: Scalar) -> torch
 
 
 def scad_prox(w: torch.Tensor, lam: Scalar, gamma: Scalar, step: Scalar) -> torch.Tensor:
-    """Global argmin of ½(u − w)² + step·SCAD(u): the three-piece rule while step < γ − 1;
-    beyond, one jump from the soft threshold to w at a* (a hard threshold once step ≥ γ + 1)."""
+    """Global argmin of ½(u − w)² + step·SCAD(u), found another way than funcreg's closed
+    form: the objective, evaluated at each piece's own minimizer over its interval (a
+    clipped soft threshold on [0, λ]; on [λ, γλ] the clipped stationary point where the
+    piece is convex and both endpoints where it is not; max(|w|, γλ) beyond), and the best
+    taken, ties to the smaller |u|."""
     lam, gamma, s = _t(lam, w), _t(gamma, w), _t(step, w)
     a = w.abs()
-    convex = s < gamma - 1
-    sft = (a - s * lam).clamp_min(0)
-    mid = a - s * (gamma * lam - a) / torch.where(convex, gamma - 1 - s, torch.ones_like(s))
-    jump = torch.where(s < gamma + 1, lam * (gamma + 1 + s) / 2,
-                       lam * torch.sqrt(torch.maximum(s, gamma + 1) * (gamma + 1)))
-    keep = torch.where(convex, gamma * lam, jump)
-    inner = torch.where(convex & (a > (1 + s) * lam), mid, sft)
-    return torch.sign(w) * torch.where(a > keep, a, inner)
+    inner = (a - s * lam).clamp(min=0).minimum(lam)
+    curvature = 1 - s / (gamma - 1)  # of the middle piece's objective
+    stationary = ((gamma - 1) * a - s * gamma * lam) / torch.where(curvature > 0, gamma - 1 - s, torch.ones_like(s))
+    middle = torch.where(curvature > 0, stationary.clamp(min=lam).minimum(gamma * lam), lam.expand_as(a))
+    candidates = [inner, middle, gamma * lam * torch.ones_like(a), a.maximum(gamma * lam)]
+
+    def objective(u: torch.Tensor) -> torch.Tensor:
+        return (u - a) ** 2 / 2 + s * scad_t(u, lam, gamma)
+
+    best, best_f = candidates[0], objective(candidates[0])
+    for u in candidates[1:]:  # in increasing |u| order where it matters: strict < keeps ties low
+        f = objective(u)
+        better = f < best_f
+        best, best_f = torch.where(better, u, best), torch.where(better, f, best_f)
+    return torch.sign(w) * best
 
 
 def hard(w: torch.Tensor, t: Scalar) -> torch.Tensor:

@@ -306,8 +306,22 @@ def _check_dtensors(check: Checks, rank: int, world: int) -> None:
         fr.distributed.all_reduce({"w": crossing}, group=dp)
 
 
+def _check_keyed_containers(check: Checks, rank: int) -> None:
+    """A container that registers its keys only with torch.utils._pytree (TensorDict does)
+    has no positional-path spec cache: the check's fingerprint must still work."""
+    try:
+        from tensordict import TensorDict
+    except ImportError:
+        return  # the test extra installs it; without it there is nothing to check here
+    tree = TensorDict({"w": torch.full((3,), float(rank)), "b": torch.ones(2)}, batch_size=[])
+    out = fr.distributed.all_reduce(tree)
+    check("TensorDict: reduced by key", torch.equal(out["w"], torch.full((3,), 0.5)))
+    check("TensorDict: stays a TensorDict", type(out).__name__ == "TensorDict")
+
+
 def _all_reduce_battery(rank: int, world: int) -> None:
     check = Checks(rank)
+    _check_keyed_containers(check, rank)
     _check_values(check, rank, world, "mean")
     _check_values(check, rank, world, "sum")
     _check_collective_counts(check, rank)

@@ -326,7 +326,27 @@ def _hyper_is_params() -> tuple[Any, Callable[[], Any]]:
     return (lr, state), lambda: fr.sgd.step({"lr": lr}, {"lr": torch.tensor(1.0)}, state, lr=lr, donate=True)
 
 
+def _interleaved_views() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 6)
+    return w, lambda: fr.l1.prox({"a": w[:, :3], "b": w[:, 3:]}, 0.1, 1.0, donate=True)
+
+
+def _hyper_requires_grad() -> tuple[Any, Callable[[], Any]]:
+    w, lam = torch.randn(4, 3), torch.tensor(0.1, requires_grad=True)
+    return (w, lam.detach()), lambda: fr.l1.prox({"a": w}, lam, 1.0, donate=True)
+
+
+def _params_require_grad_in_add_grad() -> tuple[Any, Callable[[], Any]]:
+    w, g = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
+    return (w.detach(), g), lambda: fr.l1.add_grad({"a": g}, {"a": w}, 0.1, donate=True)
+
+
 REFUSALS = [
+    pytest.param(_interleaved_views, r"shares memory", id="interleaved-strided-views"),
+    pytest.param(_hyper_requires_grad, r"lam leaf 'a' requires grad.*autograd history",
+                 id="hyper-requires-grad"),
+    pytest.param(_params_require_grad_in_add_grad, r"params leaf 'a' requires grad",
+                 id="read-params-require-grad"),
     pytest.param(_tied, r"params leaf '(a|b)'.*shares memory with params leaf '(a|b)'", id="tied"),
     pytest.param(_overlapping_views, r"shares memory", id="overlapping-views"),
     pytest.param(_unselected_alias, r"params leaf 'a'.*shares memory with params leaf 'b'", id="unselected-alias"),

@@ -321,3 +321,13 @@ def test_prox_is_the_identity_at_zero_lam(name: str) -> None:
         with forced(path):
             assert torch.equal(penalty.prox({"w": w}, 0.0, 2.0)["w"], w)
             assert torch.equal(penalty.prox({"w": w}, torch.tensor(0.0), torch.tensor(5.0))["w"], w)
+
+
+@pytest.mark.parametrize("path", ["fast", "composable"])
+def test_hard_thresholds_keep_nan_on_both_paths(path: str) -> None:
+    """A NaN weight stays NaN (as through the soft threshold), whichever path runs."""
+    w = {"w": torch.tensor([float("nan"), 0.1, 5.0])}
+    with fr._dispatch.forced(path):
+        for out in (fr.l0.prox(w, 0.5, 1.0)["w"], fr.mcp.prox(w, 1.0, 5.0, gamma=3.0)["w"],
+                    fr.mcp.prox(w, 1.0, torch.tensor(5.0), gamma=3.0)["w"]):
+            assert out[0].isnan() and out[1] == 0 and out[2] == 5.0, out

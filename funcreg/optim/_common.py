@@ -51,7 +51,7 @@ class Batch:
         """
         keys = list(self.state)
         leaves = self.flat.leaves
-        in_place = donate and _donation.writable(
+        in_place = donate and _donation.can_write(
             [leaves[i] for i in self.active] + [self.state[k][i] for k in keys for i in self.active])
         if in_place:
             self._check_donation(hyper)
@@ -117,6 +117,14 @@ class Batch:
                 leaves[i] = v
             state[name] = self.flat.unflatten(leaves)
         return self.flat.unflatten(params), state
+
+
+def fused_lr(lr: Any) -> Any:
+    """``lr`` as torch's fused kernels take it: a tensor lr cast to a half-precision leaf
+    dtype goes back to float32 (as torch.optim hands it over), a number as it is."""
+    if isinstance(lr, torch.Tensor) and lr.dtype in (torch.bfloat16, torch.float16):
+        return lr.float()
+    return lr
 
 
 def zero_state(params: Any, buffers: tuple[str, ...]) -> dict[str, Any]:

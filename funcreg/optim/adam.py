@@ -11,7 +11,7 @@ from funcreg import _dispatch, _hyper, _ops
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._selection import Where
 from funcreg._tree import flatten, leaves_like, require_tensors
-from funcreg.optim._common import prepare, zero_state
+from funcreg.optim._common import fused_lr, prepare, zero_state
 
 
 class Adam:
@@ -191,14 +191,14 @@ def _fused(
 ) -> tuple[Tensors, ...]:
     """torch's fused Adam(W) kernel: in place on donated params and state, as
     torch.optim's fused step is, and otherwise on fresh copies (inputs stay untouched)."""
-    vmaxs = _ops.writable(rest[0]) if amsgrad else []
+    vmaxs = _ops.owned_copy(rest[0]) if amsgrad else []
     lr, beta1, beta2, eps, wd = rest[1:] if amsgrad else rest
-    ps, ms, vs = _ops.writable(ps), _ops.writable(ms), _ops.writable(vs)
+    ps, ms, vs = _ops.owned_copy(ps), _ops.owned_copy(ms), _ops.owned_copy(vs)
     steps = ops.add_(steps, 1.0)
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
     kernel(
         ps, gs, ms, vs, vmaxs, steps,
-        lr=lr[0], beta1=beta1[0], beta2=beta2[0],
+        lr=fused_lr(lr[0]), beta1=beta1[0], beta2=beta2[0],
         weight_decay=wd[0] if decay else 0.0, eps=eps[0],
         amsgrad=amsgrad, maximize=maximize,
     )

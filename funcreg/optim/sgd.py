@@ -9,7 +9,7 @@ import torch
 from funcreg import _hyper, _ops, _sharding
 from funcreg._ops import Ops, Tensors
 from funcreg._selection import Where
-from funcreg.optim._common import prepare, zero_state
+from funcreg.optim._common import fused_lr, prepare, zero_state
 
 
 class SGD:
@@ -146,14 +146,14 @@ def _fused(
 ) -> tuple[Tensors, ...]:
     """torch's fused SGD kernel: in place on donated params and buffers, as torch.optim's
     fused step is, and otherwise on fresh copies (inputs stay untouched)."""
-    bufs = _ops.writable(rest[0]) if use_momentum else []
+    bufs = _ops.owned_copy(rest[0]) if use_momentum else []
     lr, momentum, dampening, wd = rest[1:] if use_momentum else rest
-    ps = _ops.writable(ps)
+    ps = _ops.owned_copy(ps)
     torch._fused_sgd_(
         ps, gs, bufs,
         weight_decay=wd[0] if decay else 0.0,
         momentum=momentum[0] if use_momentum else 0.0,
-        lr=lr[0],
+        lr=fused_lr(lr[0]),
         dampening=0.0,
         nesterov=nesterov,
         maximize=maximize,

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from funcreg import _dispatch, _donation, _hyper, _ops, _sharding
+from funcreg import _dispatch, _donation, _hyper, _sharding
 from funcreg._ops import Column, Ops, Tensors
-from funcreg._rewrite import hyper_reads, rewrite
+from funcreg._rewrite import apply, rewrite
 from funcreg._selection import Where, selection
 from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensors
 
@@ -119,24 +119,16 @@ class Penalty:
         ws = [flat.leaves[i] for i in idx]
         gs = [gs_all[i] for i in idx]
         cols = [[c[k] for k in keep] for c in (lam_col, *extra)]
-        fast = _dispatch.use_fast_path(ws, gs, *cols)
-        in_place = donate and _donation.writable(gs)
-        if in_place:
-            written = set(idx)
-            _donation.check(
-                ((("grads", flat.paths[i]), gs_all[i]) for i in idx),
-                itertools.chain(
-                    ((("params", p), w) for p, w in zip(flat.paths, flat.leaves)),
-                    ((("grads", p), g) for i, (p, g) in enumerate(zip(flat.paths, gs_all))
-                     if i not in written),
-                    hyper_reads(flat, idx, cols, ("lam", *self.options)),
-                ),
-            )
-            if fast:
-                gs = _ops.Owned(gs)
-        new = _dispatch.run(self._add_grad, [gs, ws, *cols], ws, fast=fast, elementwise=self.elementwise)
-        if in_place:
-            new = _donation.commit(gs, new)
+        chosen = set(idx)
+        new = apply(
+            self._add_grad, gs, [ws, *cols], donate=donate, elementwise=self.elementwise,
+            written=lambda: ((("grads", flat.paths[i]), gs_all[i]) for i in idx),
+            read=lambda: itertools.chain(
+                ((("params", p), w) for p, w in zip(flat.paths, flat.leaves)),
+                ((("grads", p), g) for i, (p, g) in enumerate(zip(flat.paths, gs_all))
+                 if i not in chosen),
+                _donation.labelled(flat, idx, cols, ("lam", *self.options))),
+        )
         out = list(gs_all)
         for i, g in zip(idx, new):
             out[i] = g
@@ -223,3 +215,7 @@ class Penalty:
     def __repr__(self) -> str:
         return f"fr.{self.name}"
 
+
+def amax(x: torch.Tensor) -> torch.Tensor:
+    """The largest entry, and 0 for an empty tensor (a threshold no empty leaf raises)."""
+    return x.amax() if x.numel() else x.new_zeros(())

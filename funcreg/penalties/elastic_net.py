@@ -9,8 +9,7 @@ import torch
 from funcreg import _hyper
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
-from funcreg.penalties._base import Penalty
-from funcreg.penalties.l1 import amax
+from funcreg.penalties._base import Penalty, amax
 
 
 class ElasticNet(Penalty):
@@ -56,7 +55,9 @@ class ElasticNet(Penalty):
         return ops.add_(ops.mul_(ops.sign(ws), a), ws, b)
 
     def _lambda_max(self, g: torch.Tensor, rho: _hyper.Hyper) -> torch.Tensor:
-        return amax(g.abs()) / rho
+        top = amax(g.abs())
+        # ρ = 0 is ridge: no λ zeroes the weights, also where the gradient is 0 (not 0/0)
+        return torch.where(torch.as_tensor(rho, device=top.device) > 0, top / rho, torch.inf)
 
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, rho: Column) -> Tensors:
         t = _hyper.combine(lambda l, s, r: s * l * r, lam, step, rho)

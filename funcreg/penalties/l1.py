@@ -6,7 +6,7 @@ import torch
 
 from funcreg import _hyper
 from funcreg._ops import Column, Ops, Tensors
-from funcreg.penalties._base import Penalty
+from funcreg.penalties._base import Penalty, amax
 
 
 class L1(Penalty):
@@ -55,11 +55,6 @@ class L1(Penalty):
 
     def _lambda_max(self, g: torch.Tensor) -> torch.Tensor:
         return amax(g.abs())
-
-
-def amax(x: torch.Tensor) -> torch.Tensor:
-    """The largest entry, and 0 for an empty tensor (a threshold no empty leaf raises)."""
-    return x.amax() if x.numel() else x.new_zeros(())
 
 
 l1 = L1()

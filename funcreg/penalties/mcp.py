@@ -11,8 +11,7 @@ import torch
 from funcreg import _hyper
 from funcreg._ops import Column, Ops, Tensors, like
 from funcreg._tree import Flat
-from funcreg.penalties._base import Penalty
-from funcreg.penalties.l1 import amax
+from funcreg.penalties._base import Penalty, amax
 
 
 class MCP(Penalty):
@@ -88,7 +87,7 @@ class MCP(Penalty):
             out[k] = _prox_either(ws[k], lam[k], step[k], gamma[k])
         return out
 
-    def _lambda_max(self, g: torch.Tensor, gamma: _hyper.Hyper) -> torch.Tensor:
+    def _lambda_max(self, g: torch.Tensor, _gamma: _hyper.Hyper) -> torch.Tensor:
         return amax(g.abs())
 
 
@@ -101,7 +100,7 @@ def _prox_either(w: torch.Tensor, lam: _hyper.Hyper, s: _hyper.Hyper, g: _hyper.
     soft = w - torch.clamp(w, -torch.as_tensor(low, dtype=w.dtype, device=w.device),
                            torch.as_tensor(low, dtype=w.dtype, device=w.device))
     firm = torch.where(w.abs() > high, w, scale * soft)
-    hard = torch.where(w.abs() > t_hard, w, 0.0)
+    hard = torch.where(w.abs() <= t_hard, 0.0, w)  # NaN stays NaN, as on the other paths
     return torch.where(convex, firm, hard).to(w.dtype)
 
 

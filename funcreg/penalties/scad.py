@@ -11,8 +11,7 @@ import torch
 from funcreg import _hyper
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
-from funcreg.penalties._base import Penalty
-from funcreg.penalties.l1 import amax
+from funcreg.penalties._base import Penalty, amax
 
 
 class SCAD(Penalty):
@@ -67,7 +66,7 @@ class SCAD(Penalty):
     def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, gamma: Column) -> Tensors:
         return [_prox(w, a, s, g) for w, a, s, g in zip(ws, lam, step, gamma)]
 
-    def _lambda_max(self, g: torch.Tensor, gamma: _hyper.Hyper) -> torch.Tensor:
+    def _lambda_max(self, g: torch.Tensor, _gamma: _hyper.Hyper) -> torch.Tensor:
         return amax(g.abs())
 
 

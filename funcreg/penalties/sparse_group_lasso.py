@@ -8,11 +8,10 @@ from typing import Any
 import torch
 
 from funcreg import _hyper
+from funcreg._groups import check_dim, group_norms
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
-from funcreg.penalties._base import Penalty
-from funcreg.penalties.group_lasso import check_dim, group_norms
-from funcreg.penalties.l1 import amax
+from funcreg.penalties._base import Penalty, amax
 
 
 class SparseGroupLasso(Penalty):

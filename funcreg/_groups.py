@@ -1,0 +1,40 @@
+"""The groups of a leaf: its slices along ``dim`` (the group lasso's, the sparse group
+lasso's, ``fr.project.max_norm``'s), their norms, and the check of ``dim``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from funcreg._tree import Flat
+
+
+def check_dim(what: str, dim: Any, flat: Flat, sel: list[int]) -> None:
+    """``dim`` must be None or an int in range for every selected leaf (0-d leaves are one
+    group whatever ``dim`` says)."""
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+        raise TypeError(f"{what} dim must be an int or None, not {type(dim).__name__}")
+    for i in sel:
+        leaf = flat.leaves[i]
+        if dim is not None and leaf.ndim and not -leaf.ndim <= dim < leaf.ndim:
+            raise ValueError(
+                f"{what} dim={dim} is out of range for leaf {flat.paths[i]!r} of shape "
+                f"{tuple(leaf.shape)}"
+            )
+
+
+def group_norms(w: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, int]:
+    """The Euclidean norm of each group (keepdim, so it broadcasts over ``w``) and the
+    group size. A 0-d leaf, or ``dim=None``, is one group."""
+    # The clamp is a no-op on values but not on DTensors: a norm across the sharded dim
+    # is a _NormPartial, which torch 2.13 sums wrong and mixes badly with plain tensors;
+    # any pointwise op makes it reduce first (one all-reduce), as the math needs anyway.
+    if dim is None or w.ndim == 0:
+        return torch.linalg.vector_norm(w).clamp_min(0.0), w.numel()
+    others = [d for d in range(w.ndim) if d != dim % w.ndim]
+    if not others:  # a 1-d leaf grouped along its only dim: each element is a group
+        return w.abs(), 1
+    norms = torch.linalg.vector_norm(w, dim=others, keepdim=True).clamp_min(0.0)
+    return norms, math.prod([w.shape[d] for d in others])
