@@ -31,6 +31,7 @@ BENCHMARKS = [
     ("Penalty gradients, training step and prox", ["bench_penalties.py", "--compile"]),
     ("Optimizer steps", ["bench_optim.py", "--both-allocators"]),
     ("Donated and pure steps: time and peak memory", ["bench_donation.py"]),
+    ("Regularizers: singular value thresholding, the L1 ball, MCP", ["bench_regularizers.py"]),
     ("λ-ensemble training step", ["bench_ensemble.py"]),
     ("Distributed: all-reduce and a data-parallel step on 2 gloo ranks", ["bench_distributed.py"]),
     ("Feature matrix against torch.optim, torchopt and optax", ["feature_matrix.py"]),
