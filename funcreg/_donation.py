@@ -75,12 +75,11 @@ def check(written: Iterable[tuple[Label, torch.Tensor]],
         span = _span(t)
         if span is None:
             continue
-        # only a non-contiguous view can map two elements to one address
-        if not t.is_contiguous() and torch._debug_has_internal_overlap(_local(t)) == 1:
+        if not t.is_contiguous() and _may_overlap_itself(_local(t)):
             raise ValueError(
-                f"cannot donate {_name(label)}: its elements overlap in memory (an expanded "
-                "or stride-0 view), so one write would land on several of them; donate a "
-                ".clone() of it"
+                f"cannot donate {_name(label)}: its elements may overlap in memory (an "
+                "expanded, stride-0 or as_strided view), so one write could land on several "
+                "of them; donate a .clone() of it"
             )
         spans.append((*span, True, label))
     if not spans:
@@ -133,6 +132,22 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     while _sharding.is_dtensor(t):
         t = _sharding.unwrap(t._local_tensor)
     return t
+
+
+def _may_overlap_itself(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` may share an address. torch answers "yes", "no" or
+    "too hard" (any layout with gaps); for the last, a layout is accepted when, its dims
+    sorted by stride, each stride steps past everything the smaller ones reach (a slice,
+    a transpose, a step): sufficient, and refuses only layouts no module would hold."""
+    verdict = torch._debug_has_internal_overlap(t)
+    if verdict != 2:
+        return verdict == 1
+    reach = 0
+    for size, stride in sorted((d for d in zip(t.shape, t.stride()) if d[0] > 1), key=lambda d: d[1]):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
 
 
 def _span(t: torch.Tensor) -> tuple[int, int] | None:

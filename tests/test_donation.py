@@ -227,6 +227,40 @@ def test_donated_fused_adamw_is_torch_optim_fused() -> None:
         assert torch.equal(params[k], ref[k]), k
 
 
+def _strided(layout: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(buffer, param view of it, a contiguous gradient) for a strided param layout."""
+    g = torch.Generator().manual_seed(3)
+    if layout == "transposed":  # dense, but not in the gradient's order
+        buf = torch.randn(3, 4, generator=g, dtype=torch.float64)
+        return buf, buf.t(), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    buf = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    view = buf[:, :3] if layout == "column-slice" else buf[:, ::2]
+    return buf, view, torch.randn(4, 3, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("layout", ["column-slice", "every-other-column", "transposed"])
+@pytest.mark.parametrize("opt,kw", [
+    pytest.param(fr.sgd, dict(lr=0.1, momentum=0.9, weight_decay=0.1), id="sgd-momentum"),
+    pytest.param(fr.adamw, dict(lr=0.1, weight_decay=0.1), id="adamw"),
+])
+def test_steps_on_strided_leaves(opt: Any, kw: dict, layout: str) -> None:
+    """torch's fused kernels walk memory as flat arrays, so a strided leaf must not reach
+    them: pure and donated steps give the composable path's values, and a donated view
+    writes only its own elements of the buffer it lives in."""
+    buf, view, g = _strided(layout)
+    with forced("composable"):
+        ref, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}), **kw)
+    pure, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}), **kw)
+    torch.testing.assert_close(pure["w"], ref["w"], rtol=1e-12, atol=1e-12)
+    outside = torch.ones_like(buf, dtype=torch.bool)
+    outside.as_strided(view.shape, view.stride(), view.storage_offset()).fill_(False)
+    before = buf[outside].clone()
+    out, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}), donate=True, **kw)
+    assert out["w"] is view
+    assert torch.equal(view, pure["w"])
+    assert torch.equal(buf[outside], before), "the donated step wrote outside its view"
+
+
 # ---------------------------------------------------------------------- a live nn.Module
 def test_prox_into_a_live_module_after_torch_optim_step() -> None:
     torch.manual_seed(0)
@@ -331,6 +365,11 @@ def _interleaved_views() -> tuple[Any, Callable[[], Any]]:
     return w, lambda: fr.l1.prox({"a": w[:, :3], "b": w[:, 3:]}, 0.1, 1.0, donate=True)
 
 
+def _as_strided_overlap() -> tuple[Any, Callable[[], Any]]:
+    base = torch.arange(12.0)  # rows two elements apart, four long: neighbours overlap
+    return base, lambda: fr.l1.prox({"a": base.as_strided((4, 4), (2, 1))}, 0.5, 1.0, donate=True)
+
+
 def _hyper_requires_grad() -> tuple[Any, Callable[[], Any]]:
     w, lam = torch.randn(4, 3), torch.tensor(0.1, requires_grad=True)
     return (w, lam.detach()), lambda: fr.l1.prox({"a": w}, lam, 1.0, donate=True)
@@ -354,6 +393,7 @@ REFUSALS = [
     pytest.param(_anchor_is_params, r"params leaf 'a'.*anchor leaf 'a'", id="anchor-is-params"),
     pytest.param(_lam_is_params, r"params leaf 'a'.*lam leaf 'a'", id="lam-is-params"),
     pytest.param(_expanded, r"params leaf 'a'.*overlap in memory.*expanded", id="expanded"),
+    pytest.param(_as_strided_overlap, r"params leaf 'a'.*may overlap in memory", id="as-strided-overlap"),
     pytest.param(_step_grads_is_params, r"(params|state\['momentum_buffer'\]) leaf 'a'.*grads leaf 'a'|"
                  r"grads leaf 'a'.*params leaf 'a'", id="step-grads-is-params"),
     pytest.param(_state_entries_alias, r"state\['exp_avg(_sq)?'\] leaf 'a'.*shares memory with state",

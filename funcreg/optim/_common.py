@@ -43,9 +43,10 @@ class Batch:
 
         Decayed and undecayed leaves go separately (torch.optim's two parameter groups):
         ``generic(ops, params, grads, *state, *hyper, decay=..., **options)`` runs on the
-        chosen implementation of :mod:`funcreg._ops`; on the fast path, and when
-        ``fused_ok``, ``fused(ops, params, grads, *state, *hyper, ...)`` runs torch's
-        fused kernel instead. Both return the new params then one list per state entry,
+        chosen implementation of :mod:`funcreg._ops`; on the fast path, when
+        ``fused_ok`` and every tensor of the group is contiguous,
+        ``fused(ops, params, grads, *state, *hyper, ...)`` runs torch's fused kernel
+        instead. Both return the new params then one list per state entry,
         in the order of ``self.state``. With ``donate``, the params and the state entries
         of the active leaves are owned: the results land in their storage.
         """
@@ -68,17 +69,22 @@ class Batch:
             cols = [_hyper.per_leaf(n, v, self.flat, idx) for n, v in hyper.items()]
             # a column is its value cast per leaf: the values alone tell whether any is traced
             fast = _dispatch.use_fast_path(ps, gs, *st, hyper.values())
+            # torch's fused kernels walk each tensor's memory as one flat array: a leaf
+            # whose param, grad or state is strided (a transposed or sliced view) would
+            # be paired element by element with the wrong values, or written past its end
+            fuse = fast and fused_ok and all(
+                t.is_contiguous() for col in (ps, gs, *st) for t in col)
             donated = [ps, *st]
             if in_place and fast:
                 ps, st = _ops.Owned(ps), [_ops.Owned(x) for x in st]
 
             def body(ops: Any, *columns: Any) -> Any:
-                if fast and fused_ok:
+                if fuse:
                     return fused(ops, *columns, decay=decay, **options)
                 return generic(ops, *columns, decay=decay, **options)
 
             # torch's fused kernels work in place with no scratch: no need to chunk them
-            outs = _dispatch.run(body, [ps, gs, *st, *cols], ps, fast=fast, chunked=not fused_ok)
+            outs = _dispatch.run(body, [ps, gs, *st, *cols], ps, fast=fast, chunked=not fuse)
             if in_place:
                 outs = [_donation.commit(d, out) for d, out in zip(donated, outs)]
             for j, k in enumerate(ks):
