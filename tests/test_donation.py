@@ -210,9 +210,17 @@ def test_donated_step_equals_pure(opt: Any, init: dict, kw: dict, dtype: torch.d
             don_p, don_s = out_p, out_s
 
 
-def test_donated_fused_adamw_is_torch_optim_fused() -> None:
+def test_donated_fused_adamw_is_torch_optim_fused(monkeypatch: pytest.MonkeyPatch) -> None:
     """No clone on the fused route: the kernel runs on the donated tensors themselves,
     and the trajectory is torch.optim's fused AdamW, bit for bit."""
+    copy = fr._ops.owned_copy
+
+    def no_copy(xs: Any) -> Any:
+        out = copy(xs)
+        assert out is xs, "a donated fused step copied its params or state"
+        return out
+
+    monkeypatch.setattr(fr._ops, "owned_copy", no_copy)
     params = {k: v for k, v in _tree(torch.float32).items() if k != "empty"}
     ref = {k: v.clone() for k, v in params.items()}
     opt = torch.optim.AdamW(list(ref.values()), lr=0.01, weight_decay=0.1, fused=True)
@@ -370,6 +378,21 @@ def _as_strided_overlap() -> tuple[Any, Callable[[], Any]]:
     return base, lambda: fr.l1.prox({"a": base.as_strided((4, 4), (2, 1))}, 0.5, 1.0, donate=True)
 
 
+def _step_params_require_grad() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 3, requires_grad=True)
+    state = fr.adamw.init({"a": w.detach()})
+    return (w.detach(), state), lambda: fr.adamw.step({"a": w}, {"a": torch.ones(4, 3)}, state, lr=0.1,
+                                                       donate=True)
+
+
+def _step_expanded_state() -> tuple[Any, Callable[[], Any]]:
+    w = torch.randn(4, 3)
+    state = fr.sgd.init({"a": w})
+    state["momentum_buffer"] = {"a": torch.zeros(3).expand(4, 3)}
+    return (w, state), lambda: fr.sgd.step({"a": w}, {"a": torch.ones(4, 3)}, state, lr=0.1, momentum=0.9,
+                                           donate=True)
+
+
 def _hyper_requires_grad() -> tuple[Any, Callable[[], Any]]:
     w, lam = torch.randn(4, 3), torch.tensor(0.1, requires_grad=True)
     return (w, lam.detach()), lambda: fr.l1.prox({"a": w}, lam, 1.0, donate=True)
@@ -393,6 +416,9 @@ REFUSALS = [
     pytest.param(_anchor_is_params, r"params leaf 'a'.*anchor leaf 'a'", id="anchor-is-params"),
     pytest.param(_lam_is_params, r"params leaf 'a'.*lam leaf 'a'", id="lam-is-params"),
     pytest.param(_expanded, r"params leaf 'a'.*overlap in memory.*expanded", id="expanded"),
+    pytest.param(_step_params_require_grad, r"params leaf 'a'.*requires grad", id="step-params-require-grad"),
+    pytest.param(_step_expanded_state, r"state\['momentum_buffer'\] leaf 'a'.*overlap in memory",
+                 id="step-expanded-state"),
     pytest.param(_as_strided_overlap, r"params leaf 'a'.*may overlap in memory", id="as-strided-overlap"),
     pytest.param(_step_grads_is_params, r"(params|state\['momentum_buffer'\]) leaf 'a'.*grads leaf 'a'|"
                  r"grads leaf 'a'.*params leaf 'a'", id="step-grads-is-params"),
@@ -436,6 +462,28 @@ def test_donation_inside_vmap_writes_into_the_batched_inputs() -> None:
     for k in pure:
         assert torch.equal(out[k], pure[k]) and torch.equal(donated[k], pure[k]), k
         assert donated[k].untyped_storage().data_ptr() == ptrs[k]
+
+
+@pytest.mark.parametrize("opt,init,kw", [
+    pytest.param(fr.sgd, {}, dict(momentum=0.9, weight_decay=0.1), id="sgd-momentum"),
+    pytest.param(fr.adamw, {"amsgrad": True}, dict(weight_decay=0.1, amsgrad=True), id="adamw-amsgrad"),
+])
+def test_donated_steps_inside_vmap_write_into_the_ensemble(opt: Any, init: dict, kw: dict) -> None:
+    params = fr.replicate({k: v for k, v in _tree(torch.float64).items() if k != "empty"}, 3)
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    lrs = torch.tensor([0.01, 0.1, 0.5], dtype=torch.float64)
+    states = vmap(lambda p: opt.init(p, **init))(params)
+    run = lambda donate: vmap(lambda p, g, s, lr: opt.step(p, g, s, lr=lr, donate=donate, **kw))  # noqa: E731
+    pure_p, pure_s = run(False)(params, grads, states, lrs)
+    don_p, don_s = clone_tree(params), {key: clone_tree(tree) for key, tree in states.items()}
+    ptrs = _ptrs(don_p)
+    out_p, out_s = run(True)(don_p, grads, don_s, lrs)
+    for k in pure_p:
+        assert torch.equal(out_p[k], pure_p[k]) and torch.equal(don_p[k], pure_p[k]), k
+        assert don_p[k].untyped_storage().data_ptr() == ptrs[k], k
+    for key in pure_s:
+        for k in pure_s[key]:
+            assert torch.equal(don_s[key][k], pure_s[key][k]), (key, k)
 
 
 def test_donation_inside_vmap_of_captured_params_stays_pure() -> None:

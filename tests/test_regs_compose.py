@@ -290,6 +290,44 @@ def test_donated_prox_and_projection_equal_pure(name: str, dtype: torch.dtype, p
         assert out[k].dtype == pure[k].dtype and torch.equal(out[k], pure[k]), f"{k}: not bit-equal to the pure call"
 
 
+DONATED_GRADS: dict[str, Callable[..., Any]] = {
+    "sparse_group_lasso": lambda g, p, **kw: fr.sparse_group_lasso.add_grad(g, p, 0.2, l1_ratio=0.4, **kw),
+    "nuclear_norm": lambda g, p, **kw: fr.nuclear_norm.add_grad(g, p, 0.3, where=W, **kw),
+    "mcp": lambda g, p, **kw: fr.mcp.add_grad(g, p, 0.3, **kw),
+    "mcp-tensor": lambda g, p, **kw: fr.mcp.add_grad(g, p, torch.tensor(0.3), gamma=torch.tensor(2.0), **kw),
+    "scad": lambda g, p, **kw: fr.scad.add_grad(g, p, 0.3, **kw),
+    "orthogonal": lambda g, p, **kw: fr.orthogonal.add_grad(g, p, 0.3, where=W, **kw),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(DONATED_GRADS))
+def test_donated_add_grad_equals_pure(name: str, dtype: torch.dtype, path: str) -> None:
+    """``.add_grad(..., donate=True)`` writes into the gradients (a None one stays None)."""
+    call = DONATED_GRADS[name]
+    params = _donation_tree(dtype)
+
+    def grads() -> dict[str, Any]:
+        g = {k: v.flip(0) + 0.25 if v.ndim else v + 0.25 for k, v in _donation_tree(dtype).items()}
+        g["0.bias"] = None
+        return g
+
+    keep = snapshot(params)
+    with forced(path):
+        pure = call(grads(), params)
+        donated = grads()
+        ptrs = {k: v.untyped_storage().data_ptr() for k, v in donated.items() if v is not None}
+        out = call(donated, params, donate=True)
+    assert_untouched(keep)
+    for k, x in donated.items():
+        if x is None:
+            assert out[k] is None and pure[k] is None, k
+            continue
+        assert out[k] is x and x.untyped_storage().data_ptr() == ptrs[k], f"{k}: not written in place"
+        assert out[k].dtype == pure[k].dtype and torch.equal(out[k], pure[k]), f"{k}: not bit-equal to the pure call"
+
+
 def test_donation_inside_vmap_writes_into_the_ensemble() -> None:
     params = fr.replicate(_donation_tree(F64), 3)
     steps_ = torch.tensor([0.5, 3.0, 8.0], dtype=F64)  # firm, hard and hard thresholding
