@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from funcreg import _sharding
 from funcreg._tree import Flat
 
 
@@ -37,4 +38,10 @@ def group_norms(w: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, int]:
     if not others:  # a 1-d leaf grouped along its only dim: each element is a group
         return w.abs(), 1
     norms = torch.linalg.vector_norm(w, dim=others, keepdim=True).clamp_min(0.0)
+    if norms.shape == w.shape:
+        # every other dim has size 1 (FSDP2's Linear(n, 1) weight): the norms come back
+        # replicated, and a replicated factor of the leaf's own shape makes DTensor choose
+        # a replicated product, or refuse an in-place one; on the leaf's placements they
+        # are a local slice, no communication
+        norms = _sharding.place_like(norms, w)
     return norms, math.prod([w.shape[d] for d in others])

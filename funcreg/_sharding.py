@@ -113,10 +113,30 @@ class _implicit_replication:
 
 def place_like(x: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
     """``x`` with the placements of DTensor ``leaf`` (linear algebra on a sharded leaf,
-    an SVD or a Gram matrix, comes back replicated); anything else as it is."""
-    if is_dtensor(leaf) and is_dtensor(x) and x.placements != leaf.placements:
+    an SVD or a Gram matrix, comes back replicated); anything else as it is. Under a
+    torch.func transform ``x`` stays as it came (``redistribute`` is no op a transform
+    can see through): the same values, replicated."""
+    if not (is_dtensor(leaf) and is_dtensor(x)):
+        return x
+    if _functorch.is_functorch_wrapped_tensor(x) or _functorch.is_functorch_wrapped_tensor(leaf):
+        return x
+    if x.placements != leaf.placements:
         return x.redistribute(leaf.device_mesh, leaf.placements)
     return x
+
+
+def amax(x: torch.Tensor) -> torch.Tensor:
+    """The largest entry of a non-empty DTensor, as a 0-d ``Partial("max")`` DTensor
+    (:func:`to_plain` reduces it). DTensor's own ``amax`` fails on a rank whose shard is
+    empty (FSDP2's shard of a ``Linear(n, 1)`` bias), leaving the other ranks waiting in
+    the collective; an empty shard contributes -inf instead."""
+    from torch.distributed.tensor import DTensor, Partial
+
+    if not isinstance(x, DTensor):  # wrapped by a torch.func transform: DTensor's own
+        return x.amax()
+    local = x.to_local()
+    top = local.amax() if local.numel() else local.new_full((), -float("inf"))
+    return DTensor.from_local(top, x.device_mesh, [Partial("max")] * x.device_mesh.ndim, run_check=False)
 
 
 def gathered(x: torch.Tensor) -> torch.Tensor:

@@ -212,8 +212,57 @@ def _penalties_tail(rank: int, world: int) -> None:
                 for k in want:
                     torch.testing.assert_close(_full(got[k])[j], want[k], msg=lambda m: f"{pen} {k}: {m}")
                 torch.testing.assert_close(_full(vals)[j], pen(full_p, lam))
+        # linear algebra under vmap: the results come back replicated, with the values
+        weights = fr.select.weights
+        for name, call in [
+            ("nuclear_norm.grad", lambda p, lam: fr.nuclear_norm.grad(p, lam, where=weights)),
+            ("nuclear_norm.prox", lambda p, lam: fr.nuclear_norm.prox(p, lam, 1.0, where=weights)),
+            ("orthogonal.grad", lambda p, lam: fr.orthogonal.grad(p, lam, where=weights)),
+        ]:
+            got = torch.func.vmap(lambda lam: call(params, lam))(lams)
+            for j, lam in enumerate(lams):
+                want = call(full_p, lam)
+                for k in want:
+                    torch.testing.assert_close(_full(got[k])[j], want[k], msg=lambda m: f"{name} {k}: {m}")
 
     check.attempt("vmap over a batched lam", vmap_lam)
+
+    # a rank whose shard is empty (FSDP2's shards of a Linear(n, 1)): lambda_max must not
+    # fail on that rank alone and leave the other one waiting in the collective
+    def empty_shard_lambda_max() -> None:
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        torch.manual_seed(1)
+        full = {"w": torch.randn(1, 4, dtype=torch.float64), "b": torch.randn(1, dtype=torch.float64)}
+        grads = {k: distribute_tensor(v, mesh, [Shard(0)]) for k, v in full.items()}
+        for pen, opts in [(fr.l1, {}), (fr.elastic_net, {"l1_ratio": 0.5}), (fr.group_lasso, {"dim": -1}),
+                          (fr.mcp, {})]:
+            torch.testing.assert_close(pen.lambda_max(grads, **opts), pen.lambda_max(full, **opts))
+
+    check.attempt("lambda_max with an empty shard", empty_shard_lambda_max)
+
+    # a sharded dim of size 1, the other dims grouped: the group norms have the leaf's
+    # own shape, and the results must keep its placements
+    def size_one_sharded_dims() -> None:
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        torch.manual_seed(2)
+        full = {"w": torch.randn(1, 4, dtype=torch.float64), "v": torch.randn(3, 1, dtype=torch.float64)}
+        dims = {"w": -1, "v": 0}
+        params = {k: distribute_tensor(v, mesh, [Shard(0) if k == "w" else Shard(1)]) for k, v in full.items()}
+        for k in full:
+            p, f, dim = {k: params[k]}, {k: full[k]}, dims[k]
+            for path in ("fast", "composable"):
+                with fr._dispatch.forced(path):
+                    for pen, opts in [(fr.group_lasso, {"dim": dim}),
+                                      (fr.sparse_group_lasso, {"dim": dim, "l1_ratio": 0.4})]:
+                        _same(pen.grad(p, 0.1, **opts), pen.grad(f, 0.1, **opts), p, f"{path} {pen} grad {k}")
+                        _same(pen.prox(p, 0.1, 0.5, **opts), pen.prox(f, 0.1, 0.5, **opts), p,
+                              f"{path} {pen} prox {k}")
+                    _same(fr.project.max_norm(p, 0.5, dim=dim), fr.project.max_norm(f, 0.5, dim=dim), p,
+                          f"{path} max_norm {k}")
+
+    check.attempt("sharded dims of size 1", size_one_sharded_dims)
     check.done()
 
 

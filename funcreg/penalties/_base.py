@@ -218,4 +218,6 @@ class Penalty:
 
 def amax(x: torch.Tensor) -> torch.Tensor:
     """The largest entry, and 0 for an empty tensor (a threshold no empty leaf raises)."""
-    return x.amax() if x.numel() else x.new_zeros(())
+    if not x.numel():
+        return x.new_zeros(())
+    return _sharding.amax(x) if _sharding.is_dtensor(x) else x.amax()
