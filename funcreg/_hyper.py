@@ -49,7 +49,8 @@ def number(
     above = value >= high if high_open else value > high
     if not math.isfinite(value) or value < low or above:
         bound = ")" if high_open else "]"
-        raise ValueError(f"{name}{at} must be a finite number in [{low}, {high}{bound}, got {value}")
+        where = "" if (low, high) == (-math.inf, math.inf) else f" in [{low}, {high}{bound}"
+        raise ValueError(f"{name}{at} must be a finite number{where}, got {value}")
     return value
 
 
