@@ -320,6 +320,24 @@ def _steps_battery(rank: int, world: int) -> None:
                             _same(opt.step_size(s, **kwargs), opt.step_size(fs, **kwargs), params, "step_size")
 
                 check.attempt(f"{'mixed' if mixed else 'dtensor'} {path} {name}", run_steps)
+
+    # the fast path is the default on DTensors, and AdamW's fused kernel runs there
+    def fused_on_dtensors() -> None:
+        params, grads, _, _ = _trees(mesh, mixed=False)
+        kernel, calls = torch._fused_adamw_, []
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return kernel(*args, **kwargs)
+
+        torch._fused_adamw_ = spy
+        try:
+            fr.adamw.step(params, grads, fr.adamw.init(params), lr=0.05)
+        finally:
+            torch._fused_adamw_ = kernel
+        assert calls, "fr.adamw.step on DTensors did not take the fused kernel"
+
+    check.attempt("fused AdamW on DTensors", fused_on_dtensors)
     check.done()
 
 
