@@ -132,7 +132,7 @@ def amax(x: torch.Tensor) -> torch.Tensor:
     the collective; an empty shard contributes -inf instead."""
     from torch.distributed.tensor import DTensor, Partial
 
-    if not isinstance(x, DTensor):  # wrapped by a torch.func transform: DTensor's own
+    if not isinstance(x, DTensor):  # wrapped by a transform, which has no to_local
         return x.amax()
     local = x.to_local()
     top = local.amax() if local.numel() else local.new_full((), -float("inf"))
