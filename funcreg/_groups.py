@@ -45,3 +45,15 @@ def group_norms(w: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, int]:
         # are a local slice, no communication
         norms = _sharding.place_like(norms, w)
     return norms, math.prod([w.shape[d] for d in others])
+
+
+def inverse_norms(norms: torch.Tensor) -> torch.Tensor:
+    """``1 / ‖w_g‖`` per group, and 0 for a zero group: the group lasso's gradient
+    ``w_g / ‖w_g‖`` scale, with the minimal-norm subgradient (0) at a zero group."""
+    return torch.where(norms > 0, norms.reciprocal(), 0.0)
+
+
+def block_shrink(norms: torch.Tensor, t: Any) -> torch.Tensor:
+    """The block soft threshold's factor ``max(1 - t / ‖w_g‖, 0)`` per group: exactly 0
+    where ``‖w_g‖ <= t``, a zero group included (no 0/0)."""
+    return (norms - t).clamp_min(0.0) / torch.where(norms > 0, norms, 1.0)

@@ -120,6 +120,4 @@ def sparsity(params: Any, *, where: Where = None, dim: int | None = None) -> Spa
 
 def _host(x: torch.Tensor) -> torch.Tensor:
     """``x`` on the CPU as a plain tensor (a DTensor's global value)."""
-    if _sharding.is_dtensor(x):
-        x = x.full_tensor()
-    return x.detach().cpu()
+    return _sharding.gathered(x).detach().cpu()

@@ -84,15 +84,9 @@ class Penalty:
         flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
         ws = [flat.leaves[i] for i in sel]
         fast = _dispatch.use_fast_path(ws, lam_col, *extra)
-        new = _dispatch.run(self._grad, [ws, lam_col, *extra], ws, fast=fast)
-        out: list[Any] = list(flat.leaves)
-        for i, g in zip(sel, new):
-            out[i] = g
-        chosen = set(sel)
-        for i, x in enumerate(flat.leaves):
-            if i not in chosen:
-                out[i] = torch.zeros_like(x)
-        return flat.unflatten(out)
+        new = dict(zip(sel, _dispatch.run(self._grad, [ws, lam_col, *extra], ws, fast=fast)))
+        return flat.unflatten([new[i] if i in new else torch.zeros_like(x)
+                               for i, x in enumerate(flat.leaves)])
 
     def add_grad(
         self, grads: Any, params: Any, lam: Any, *, where: Where = None, donate: bool = False,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from funcreg import _hyper
-from funcreg._groups import check_dim, group_norms
+from funcreg._groups import block_shrink, check_dim, group_norms, inverse_norms
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty, amax
@@ -62,8 +62,7 @@ class GroupLasso(Penalty):
         scales = []
         for w, a, dim in zip(ws, lam, dims):
             norms, size = group_norms(w, dim)
-            inv = torch.where(norms > 0, norms.reciprocal(), 0.0)
-            scales.append(inv * (a * math.sqrt(size)))
+            scales.append(inverse_norms(norms) * (a * math.sqrt(size)))
         return ops.mul(ws, scales)
 
     def _lambda_max(self, g: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -74,9 +73,7 @@ class GroupLasso(Penalty):
         scales = []
         for w, a, s, dim in zip(ws, lam, step, dims):
             norms, size = group_norms(w, dim)
-            t = a * s * math.sqrt(size)
-            safe = torch.where(norms > 0, norms, 1.0)
-            scales.append((norms - t).clamp_min(0.0) / safe)
+            scales.append(block_shrink(norms, a * s * math.sqrt(size)))
         return ops.mul_(ws, scales)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from funcreg import _hyper
-from funcreg._groups import check_dim, group_norms
+from funcreg._groups import block_shrink, check_dim, group_norms, inverse_norms
 from funcreg._ops import Column, Ops, Tensors
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty, amax
@@ -60,8 +60,7 @@ class SparseGroupLasso(Penalty):
         block = []
         for w, a, r, dim in zip(ws, lam, rho, dims):
             norms, size = group_norms(w, dim)
-            inv = torch.where(norms > 0, norms.reciprocal(), 0.0)
-            block.append(inv * (a * (1 - r) * math.sqrt(size)))
+            block.append(inverse_norms(norms) * (a * (1 - r) * math.sqrt(size)))
         l1 = _hyper.combine(lambda a, r: a * r, lam, rho)
         return ops.add_(ops.mul_(ops.sign(ws), l1), ws, block)
 
@@ -70,8 +69,7 @@ class SparseGroupLasso(Penalty):
         scales = []
         for u, a, s, r, dim in zip(us, lam, step, rho, dims):
             norms, size = group_norms(u, dim)
-            t = s * a * (1 - r) * math.sqrt(size)
-            scales.append((norms - t).clamp_min(0.0) / torch.where(norms > 0, norms, 1.0))
+            scales.append(block_shrink(norms, s * a * (1 - r) * math.sqrt(size)))
         return ops.mul_(us, scales)
 
     def _lambda_max(self, g: torch.Tensor, rho: _hyper.Hyper, dim: int | None) -> torch.Tensor:
