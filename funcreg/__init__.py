@@ -14,6 +14,8 @@ from funcreg import distributed, project, select
 from funcreg.ensemble import converged, replicate, update_where
 from funcreg.lambda_grid import lambda_grid
 from funcreg.optim import adam, adamw, sgd
+from funcreg.optim.fista import fista
+from funcreg.optim.prox_adam import prox_adam
 from funcreg.penalized import penalized
 from funcreg.penalties import (
     Penalty,
@@ -38,6 +40,7 @@ __all__ = [
     "converged",
     "distributed",
     "elastic_net",
+    "fista",
     "group_lasso",
     "l0",
     "l1",
@@ -49,6 +52,7 @@ __all__ = [
     "orthogonal",
     "penalized",
     "project",
+    "prox_adam",
     "replicate",
     "scad",
     "select",
