@@ -16,6 +16,7 @@ from funcreg.lambda_grid import lambda_grid
 from funcreg.optim import adam, adamw, sgd
 from funcreg.optim.fista import fista
 from funcreg.optim.prox_adam import prox_adam
+from funcreg.path import Path, path
 from funcreg.penalized import penalized
 from funcreg.penalties import (
     Penalty,
@@ -34,6 +35,7 @@ from funcreg.penalties import (
 from funcreg.sparsity import sparsity
 
 __all__ = [
+    "Path",
     "Penalty",
     "adam",
     "adamw",
@@ -50,6 +52,7 @@ __all__ = [
     "mcp",
     "nuclear_norm",
     "orthogonal",
+    "path",
     "penalized",
     "project",
     "prox_adam",

@@ -100,16 +100,29 @@ class ProxAdam:
         if not isinstance(penalty, Penalty):
             raise TypeError(f"penalty must be a funcreg penalty family (fr.l1, ...), not {penalty!r}")
         moved, state = adam.step(params, grads, state, lr=lr, betas=betas, eps=eps)
-        # Adam moved each weight by step_size·m = s·m̂, with s = step_size·(1 − β₁ᵗ) its step
-        # per unit of the averaged gradient m̂; the prox takes that same s.
-        beta1 = torch.as_tensor(betas[0], dtype=torch.float32)
-        corr = _map(lambda t: 1 - beta1.to(t.device) ** t, state["step"])
-        size = _map(lambda e, c: e * c.to(e.dtype), adam.step_size(state, lr=lr, betas=betas, eps=eps), corr)
+        size = adam_metric(state, lr=lr, betas=betas, eps=eps, elementwise=penalty.elementwise)
         if penalty.elementwise:
             return penalty.prox(moved, lam, size, where=where, **options), state
+        corr = _corrections(state, betas[0])
         mhat = _map(lambda m, c: m / c.to(m.dtype), state["exp_avg"], corr)
-        mean = _map(lambda e: e.mean(), size)
-        stepped = _map(lambda w, m, e: w - e * m, params, mhat, mean)
-        return penalty.prox(stepped, lam, mean, where=where, **options), state
+        stepped = _map(lambda w, m, e: w - e * m, params, mhat, size)
+        return penalty.prox(stepped, lam, size, where=where, **options), state
 
 prox_adam = ProxAdam()
+
+
+def _corrections(state: dict[str, Any], beta1: Any) -> Any:
+    """1 − β₁ᵗ per leaf, from the state's step counts."""
+    b = torch.as_tensor(beta1, dtype=torch.float32)
+    return _map(lambda t: 1 - b.to(t.device) ** t, state["step"])
+
+
+def adam_metric(
+    state: dict[str, Any], *, lr: Any, betas: tuple[Any, Any] = (0.9, 0.999), eps: Any = 1e-8,
+    elementwise: bool = True,
+) -> Any:
+    """Adam's step per unit of the averaged gradient m̂, γ/(√v̂ + ε): ``fr.adam.step_size``
+    times 1 − β₁ᵗ, per element, or (``elementwise=False``) its mean over each leaf."""
+    corr = _corrections(state, betas[0])
+    size = _map(lambda e, c: e * c.to(e.dtype), adam.step_size(state, lr=lr, betas=betas, eps=eps), corr)
+    return size if elementwise else _map(lambda e: e.mean(), size)

@@ -1,0 +1,370 @@
+"""Training a regularization path: blocks of λ, every (fold, λ) member of a block in one
+``vmap``, each member frozen once it has converged.
+
+A block of b values of λ trains, side by side, b refit members on all of the data (one
+``vmap``) and, with k folds, k·b fold members (one nested ``vmap``: folds outside, λ
+inside, so each fold's training set is passed once, never copied per member). The
+blocks are fixed by ``block`` alone, never by the number of processes: batched kernels
+choose their blocking by batch size, so the same blocks give the same bits whether one
+process trains them all or several share them. Under torch.distributed the blocks are
+spread over the ranks in contiguous runs and gathered after training (no collective runs
+inside ``vmap``, where the functional collectives would give wrong sums).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.func import grad, vmap
+
+import funcreg
+from funcreg._cv import Folds
+from funcreg.optim.prox_adam import adam_metric
+
+
+@dataclass
+class Settings:
+    """The solver's options of :func:`fr.path` (documented there)."""
+
+    solver: str = "fista"
+    lr: float | None = None
+    rtol: float | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    block: int | None = None
+    warm_start: bool = False
+    progress: bool | None = None
+    seed: int = 0
+    grid: str = "bracket"
+    distribute: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.solver == "fista":
+            self.solver = "prox_adam"
+        if self.solver not in ("fista", "prox_adam"):
+            raise ValueError(f"solver must be 'fista' or 'prox_adam', got {self.solver!r}")
+        if self.solver == "prox_adam" and self.batch_size is None:
+            raise ValueError("solver='prox_adam' needs batch_size= (the minibatch size)")
+        full = self.solver == "fista"
+        self.lr = (1.0 if full else 1e-2) if self.lr is None else self.lr
+        self.rtol = (1e-5 if full else 1e-3) if self.rtol is None else self.rtol
+        self.max_steps = (3000 if full else 200) if self.max_steps is None else self.max_steps
+        for name in ("max_steps", "batch_size", "block"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("lr", "rtol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.grid not in ("bracket", "zero"):
+            raise ValueError(f"grid must be 'bracket' or 'zero', got {self.grid!r}")
+
+
+@dataclass
+class Problem:
+    """One member's objective: the smooth loss, the family, its options and selection."""
+
+    loss: Callable[..., torch.Tensor]
+    penalty: Any
+    options: dict[str, Any]
+    where: Any
+
+
+@dataclass
+class Trained:
+    """A trained grid: refit members (leading dim n) and, with folds, fold members
+    (leading dims k, n); steps at which each converged (0: never)."""
+
+    params: dict[str, torch.Tensor]
+    steps: torch.Tensor
+    fold_params: dict[str, torch.Tensor] | None = None
+    fold_steps: torch.Tensor | None = None
+    seconds: float = 0.0
+    blocks: int = 1
+    ranks: int = 1
+
+
+class Progress:
+    """One self-overwriting status line on stderr, only when stderr is a terminal (or when
+    forced); nothing otherwise."""
+
+    def __init__(self, enabled: bool | None, label: str):
+        self.on = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.label = label
+        self.last = 0.0
+
+    def __call__(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.on and (force or now - self.last > 0.2):
+            self.last = now
+            sys.stderr.write(f"\r{self.label}: {text}\x1b[K")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+@dataclass
+class _Group:
+    """Members that share one vmapped step: their weights, solver state, λ, batch."""
+
+    fn: Callable[..., Any]
+    w: Any
+    state: Any
+    lam: torch.Tensor
+    batch: tuple[torch.Tensor, ...]
+    active: torch.Tensor
+    stopped: torch.Tensor = field(init=False)
+    lr: torch.Tensor | None = None
+    best: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.stopped = torch.zeros(self.active.shape, dtype=torch.long, device=self.active.device)
+
+
+def _stack(tree: dict[str, torch.Tensor], shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Independent copies of every leaf along new leading dims ``shape``."""
+    return {k: v.detach().reshape(*([1] * len(shape)), *v.shape).repeat(*shape, *([1] * v.ndim)).clone()
+            for k, v in tree.items()}
+
+
+def _nest(fn: Callable[..., Any], n_batch: int, folds: bool) -> Callable[..., Any]:
+    """vmap over λ (batch shared), and with folds vmap over folds outside (batch per fold)."""
+    inner = vmap(fn, in_dims=(0, 0, 0, 0, *([None] * n_batch)))
+    if not folds:
+        return inner
+    return vmap(inner, in_dims=(0, 0, 0, 0, *([0] * n_batch)))
+
+
+def _fista_fn(problem: Problem, rtol: float) -> Callable[..., Any]:
+    def one(w: Any, st: Any, lam: torch.Tensor, active: torch.Tensor, *batch: torch.Tensor):
+        nw, ns = funcreg.fista.step(problem.loss, w, st, batch, penalty=problem.penalty, lam=lam,
+                                    where=problem.where, rtol=rtol, **problem.options)
+        still = active & ~ns["converged"]
+        w, st = funcreg.update_where(active, (nw, ns), (w, st))
+        return w, st, still
+    return one
+
+
+def _adam_fn(problem: Problem) -> Callable[..., Any]:
+    def one(w: Any, st: Any, lam: torch.Tensor, active: torch.Tensor, lr: torch.Tensor, *batch):
+        g = grad(problem.loss)(w, *batch)
+        nw, ns = funcreg.prox_adam.step(w, g, st, lr=lr, penalty=problem.penalty, lam=lam,
+                                        where=problem.where, **problem.options)
+        return funcreg.update_where(active, (nw, ns), (w, st))
+    return one
+
+
+def _adam_residual(problem: Problem, lr0: float) -> Callable[..., Any]:
+    """The relative prox-gradient mapping in Adam's metric at the base lr, for one member."""
+    def one(w: Any, st: Any, lam: torch.Tensor, g: Any) -> torch.Tensor:
+        s = adam_metric(st, lr=lr0, elementwise=problem.penalty.elementwise)
+        u = problem.penalty.prox({k: w[k] - s[k] * g[k] for k in w}, lam, s, where=problem.where,
+                                 **problem.options)
+        change = torch.stack([(u[k] - w[k]).abs().amax().float() for k in w]).amax()
+        scale = torch.stack([w[k].abs().amax().float() for k in w]).amax()
+        return change / torch.clamp(scale, min=torch.finfo(torch.float32).tiny)
+    return one
+
+
+def train(
+    problem: Problem, lams: torch.Tensor, params: dict[str, torch.Tensor],
+    data: tuple[torch.Tensor, ...], folds: Folds | None, settings: Settings, label: str = "fr.path",
+) -> Trained:
+    """Train every member of the grid; see the module docstring."""
+    n = len(lams)
+    blocks = list(torch.arange(n).split(settings.block or n))
+    rank, world = _ranks(settings)
+    if world > 1 and settings.warm_start:
+        raise ValueError("warm_start chains the blocks one after another, so they cannot be "
+                         "spread over processes: pass distribute=False (or warm_start=False)")
+    mine = [int(i) for i in torch.tensor_split(torch.arange(len(blocks)), world)[rank]]
+    progress = Progress(settings.progress if rank == 0 else False, label)
+    fold_data = None
+    if folds is not None:
+        fold_data = tuple(torch.stack([t[idx.to(t.device)] for idx in folds.train]) for t in data)
+    start = time.perf_counter()
+    results = []
+    warm: tuple[Any, Any] | None = None
+    for j, b in enumerate(mine):
+        init = (params, None) if warm is None else warm
+        out = _train_block(problem, lams[blocks[b]], init, data, fold_data, folds, settings,
+                           lambda s, j=j: progress(f"block {j + 1}/{len(mine)}, {s}"))
+        results.append(out)
+        if settings.warm_start:  # the next block starts from this block's smallest λ
+            warm = ({k: v[-1] for k, v in out[0].items()},
+                    None if out[2] is None else {k: v[:, -1] for k, v in out[2].items()})
+    progress.close()
+    seconds = time.perf_counter() - start
+    if world > 1:
+        results = _gather(results, world, params)
+    w = {k: torch.cat([r[0][k] for r in results]) for k in params}
+    steps = torch.cat([r[1] for r in results])
+    fw = fs = None
+    if folds is not None:
+        fw = {k: torch.cat([r[2][k] for r in results], dim=1) for k in params}
+        fs = torch.cat([r[3] for r in results], dim=1)
+    return Trained(w, steps, fw, fs, seconds, len(blocks), world)
+
+
+def _ranks(settings: Settings) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if settings.distribute and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(results: list[Any], world: int, params: dict[str, torch.Tensor]) -> list[Any]:
+    import torch.distributed as dist
+
+    device = next(iter(params.values())).device
+
+    def move(x: Any, to: Any) -> Any:
+        if x is None:
+            return None
+        if isinstance(x, dict):
+            return {k: v.to(to) for k, v in x.items()}
+        return x.to(to)
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, [tuple(move(x, "cpu") for x in r) for r in results])
+    return [tuple(move(x, device) for x in r) for part in parts for r in part]
+
+
+def _train_block(
+    problem: Problem, lams: torch.Tensor, init: tuple[Any, Any], data: tuple[torch.Tensor, ...],
+    fold_data: tuple[torch.Tensor, ...] | None, folds: Folds | None, settings: Settings,
+    progress: Callable[[str], None],
+) -> tuple[Any, torch.Tensor, Any, torch.Tensor | None]:
+    b = len(lams)
+    device = lams.device
+    refit_init, fold_init = init
+    shapes = [((b,), data, refit_init, False)]
+    if fold_data is not None:
+        shapes.append(((folds.k, b), fold_data, fold_init, True))  # type: ignore[union-attr]
+    groups = []
+    for shape, batch, start, nested in shapes:
+        if start is None:  # cold: every member from the given params
+            w = _stack(refit_params(init), shape)
+        elif nested and start is not refit_init:  # warm fold members: one start per fold
+            w = {key: v.unsqueeze(1).repeat(1, b, *([1] * (v.ndim - 1))) for key, v in start.items()}
+        else:
+            w = _stack(start, shape)
+        lam = lams.expand(shape).contiguous()
+        active = torch.ones(shape, dtype=torch.bool, device=device)
+        if settings.solver == "fista":
+            one_state = funcreg.fista.init(refit_params(init), lr=settings.lr)
+            st = {key: (_stack(v, shape) if isinstance(v, dict) else
+                        v.reshape(*([1] * len(shape))).repeat(*shape).clone())
+                  for key, v in one_state.items()}
+            st["z"] = {key: v.clone() for key, v in w.items()}
+            fn = _nest(_fista_fn(problem, settings.rtol), len(batch), nested)
+            groups.append(_Group(fn, w, st, lam, batch, active))
+        else:
+            st = funcreg.adam.init(w)  # zero moments: the same for stacked leaves
+            fn = _nest_adam(_adam_fn(problem), len(batch), nested)
+            g = _Group(fn, w, st, lam, batch, active)
+            g.lr = torch.full(shape, float(settings.lr), device=device)
+            g.best = torch.full(shape, math.inf, device=device)
+            groups.append(g)
+    if settings.solver == "fista":
+        _run_fista(groups, settings, progress)
+    else:
+        _run_adam(problem, groups, settings, progress)
+    refit = groups[0]
+    if fold_data is None:
+        return refit.w, refit.stopped, None, None
+    return refit.w, refit.stopped, groups[1].w, groups[1].stopped
+
+
+def refit_params(init: tuple[Any, Any]) -> Any:
+    return init[0]
+
+
+def _run_fista(groups: list[_Group], settings: Settings, progress: Callable[[str], None]) -> None:
+    total = sum(g.active.numel() for g in groups)
+    for s in range(1, settings.max_steps + 1):  # type: ignore[operator]
+        for g in groups:
+            if not bool(g.active.any()):
+                continue
+            g.w, g.state, now = g.fn(g.w, g.state, g.lam, g.active, *g.batch)
+            g.stopped = torch.where(g.active & ~now, s, g.stopped)
+            g.active = now
+        moving = sum(int(g.active.sum()) for g in groups)
+        progress(f"step {s}, {moving}/{total} members still moving")
+        if not moving:
+            break
+
+
+def _nest_adam(fn: Callable[..., Any], n_batch: int, folds: bool) -> Callable[..., Any]:
+    inner = vmap(fn, in_dims=(0, 0, 0, 0, 0, *([None] * n_batch)))
+    if not folds:
+        return inner
+    return vmap(inner, in_dims=(0, 0, 0, 0, 0, *([0] * n_batch)))
+
+
+def _run_adam(problem: Problem, groups: list[_Group], settings: Settings,
+              progress: Callable[[str], None]) -> None:
+    """Epochs of proximal Adam over a fixed shuffle per epoch; after each epoch, the
+    full-data criterion (gradient accumulated over minibatches, no update) freezes the
+    members that meet it and halves ``lr`` where it did not improve."""
+    residual = _adam_residual(problem, float(settings.lr))  # type: ignore[arg-type]
+    grad_fn = grad(problem.loss)
+    total = sum(g.active.numel() for g in groups)
+    size = settings.batch_size
+    steps_done = 0
+    for epoch in range(1, settings.max_steps + 1):  # type: ignore[operator]
+        for g in groups:
+            if not bool(g.active.any()):
+                continue
+            nested = g.active.ndim == 2
+            n = g.batch[0].shape[1 if nested else 0]
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))
+            order = order.to(g.batch[0].device)
+            for idx in order.split(size):  # type: ignore[arg-type]
+                batch = tuple(t[:, idx] if nested else t[idx] for t in g.batch)
+                g.w, g.state = g.fn(g.w, g.state, g.lam, g.active, g.lr, *batch)
+            steps_this = math.ceil(n / size)  # type: ignore[operator]
+            gsum = _full_grad(grad_fn, g, size, nested)
+            r = _vmap_nested(residual, nested)(g.w, g.state, g.lam, gsum)
+            done = g.active & (r <= settings.rtol)
+            g.stopped = torch.where(done, steps_done + steps_this, g.stopped)
+            stalled = g.active & ~done & (r >= g.best)
+            g.lr = torch.where(stalled, g.lr * 0.5, g.lr)
+            g.best = torch.minimum(g.best, r)
+            g.active = g.active & ~done
+        steps_done += steps_this
+        moving = sum(int(g.active.sum()) for g in groups)
+        progress(f"epoch {epoch}, {moving}/{total} members still moving")
+        if not moving:
+            break
+
+
+def _vmap_nested(fn: Callable[..., Any], nested: bool) -> Callable[..., Any]:
+    inner = vmap(fn)
+    return vmap(inner) if nested else inner
+
+
+def _full_grad(grad_fn: Callable[..., Any], g: _Group, size: int, nested: bool) -> Any:
+    """The gradient of the mean loss over all of a group's data, accumulated in chunks of
+    ``size`` weighted by their share (the loss is a mean over its batch)."""
+    n = g.batch[0].shape[1 if nested else 0]
+    total: Any = None
+    one = vmap(grad_fn, in_dims=(0, *([None] * len(g.batch))))
+    fn = vmap(one, in_dims=(0, *([0] * len(g.batch)))) if nested else one
+    for idx in torch.arange(n, device=g.batch[0].device).split(size):
+        batch = tuple(t[:, idx] if nested else t[idx] for t in g.batch)
+        part = fn(g.w, *batch)
+        share = len(idx) / n
+        total = {k: v * share for k, v in part.items()} if total is None else \
+            {k: total[k] + v * share for k, v in part.items()}
+    return total
