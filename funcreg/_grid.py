@@ -12,8 +12,10 @@ So the scale λ₀ (the largest per-leaf λ_max: each selected leaf zeroed alone
 places a wide bracket, ``BRACKET`` values from ``HIGH``·λ₀ down to ``LOW``·λ₀, which is
 trained in one cheap vmap (loose tolerance, few steps). What those members pruned gives
 the grid's ends: its top is the smallest bracket λ that pruned at least 90 % of the
-selected groups, its bottom the largest that pruned at most 10 %; if either is missing,
-the bracket is shifted by its width, at most ``SHIFTS`` times.
+selected groups, its bottom one bracket step below the largest that pruned at most 10 %
+(a short run prunes less than a converged one at small λ, where groups die slowly, so
+the bottom keeps a margin); if either is missing, the bracket is shifted by its width, at
+most ``SHIFTS`` times. After training, ``fr.path`` reports what the ends really pruned.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def build(problem: Problem, params: dict[str, torch.Tensor], data: tuple, groupi
         all_l, all_p = torch.cat(seen_l), torch.cat(seen_p)
         order = torch.argsort(all_l, descending=True)
         all_l, all_p = all_l[order], all_p[order]
-        top, bottom = _run_end(all_l, all_p >= TOP), _run_end(all_l.flip(0), (all_p <= BOTTOM).flip(0))
+        top = _run_end(all_l, all_p >= TOP)
+        bottom = _run_end(all_l.flip(0), (all_p <= BOTTOM).flip(0), margin=1)
         if top is not None and bottom is not None and bottom < top:
             break
         # shift the bracket by its width toward the missing end
@@ -114,10 +117,9 @@ def build(problem: Problem, params: dict[str, torch.Tensor], data: tuple, groupi
     return Grid(lams, "bracket", float(scale), note, all_l, all_p)
 
 
-def _run_end(lams: torch.Tensor, ok: torch.Tensor) -> float | None:
-    """The last λ of the run of ``ok`` values that starts at ``lams[0]`` (None if none)."""
-    if not bool(ok[0]):
-        return None
+def _run_end(lams: torch.Tensor, ok: torch.Tensor, margin: int = 0) -> float | None:
+    """The last λ of the run of ``ok`` values that starts at ``lams[0]``, stepped back
+    ``margin`` values into the run (None if the run is not longer than the margin)."""
     bad = torch.nonzero(~ok).flatten()
-    end = int(bad[0]) - 1 if len(bad) else len(ok) - 1
-    return float(lams[end])
+    end = (int(bad[0]) if len(bad) else len(ok)) - 1 - margin
+    return float(lams[end]) if end >= 0 else None

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import optree
 import torch
 from torch.func import grad, vmap
 
@@ -291,18 +292,37 @@ def refit_params(init: tuple[Any, Any]) -> Any:
 
 
 def _run_fista(groups: list[_Group], settings: Settings, progress: Callable[[str], None]) -> None:
+    """Step every group until all its members converged; λ columns whose members all
+    converged leave the vmapped batch (their results are final), so late steps cost what
+    the members still moving cost. Which columns leave, and when, depends only on the
+    block's own results: the same block gives the same bits wherever it runs."""
     total = sum(g.active.numel() for g in groups)
     for s in range(1, settings.max_steps + 1):  # type: ignore[operator]
         for g in groups:
             if not bool(g.active.any()):
                 continue
-            g.w, g.state, now = g.fn(g.w, g.state, g.lam, g.active, *g.batch)
+            dim = g.active.ndim - 1  # the λ dim: 0 for refit members, 1 under folds
+            cols = torch.nonzero(g.active.reshape(-1, g.active.shape[-1]).any(0)).flatten()
+            if len(cols) == g.active.shape[-1]:
+                g.w, g.state, now = g.fn(g.w, g.state, g.lam, g.active, *g.batch)
+            else:
+                def take(t: torch.Tensor) -> torch.Tensor:
+                    return t.index_select(dim, cols)
+                w, st, now_part = g.fn(_tmap(take, g.w), _tmap(take, g.state), take(g.lam),
+                                       take(g.active), *g.batch)
+                g.w = _tmap(lambda full, part: full.index_copy(dim, cols, part), g.w, w)
+                g.state = _tmap(lambda full, part: full.index_copy(dim, cols, part), g.state, st)
+                now = g.active.index_copy(dim, cols, now_part)
             g.stopped = torch.where(g.active & ~now, s, g.stopped)
             g.active = now
         moving = sum(int(g.active.sum()) for g in groups)
         progress(f"step {s}, {moving}/{total} members still moving")
         if not moving:
             break
+
+
+def _tmap(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    return optree.tree_map(fn, tree, *rest, namespace="torch")
 
 
 def _nest_adam(fn: Callable[..., Any], n_batch: int, folds: bool) -> Callable[..., Any]:

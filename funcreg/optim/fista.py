@@ -85,21 +85,26 @@ class FISTA:
     def init(self, params: Any, *, lr: Any = 1.0) -> dict[str, Any]:
         """The state for ``params``: ``z`` (a copy of params), ``t`` = 1, ``lr`` (the first
         trial step, a number or a 0-d tensor), ``curvature`` = 0 (not yet measured),
-        ``converged`` = False; the scalars are
-        0-d float32/bool tensors on the first leaf's device."""
+        ``converged`` = False; the scalars are 0-d tensors on the first leaf's device, in
+        the widest floating dtype of the leaves (at least float32)."""
         leaves = optree.tree_leaves(params, namespace="torch")
         if not leaves or not all(isinstance(x, torch.Tensor) for x in leaves):
             raise TypeError("fista.init needs a non-empty tree of tensors")
         device = leaves[0].device
-        lr = torch.as_tensor(lr, dtype=torch.float32, device=device)
+        # scalars in the widest floating dtype among the leaves (at least float32)
+        dtype = torch.float32
+        for x in leaves:
+            if x.is_floating_point():
+                dtype = torch.promote_types(dtype, x.dtype)
+        lr = torch.as_tensor(lr, dtype=dtype, device=device)
         if lr.ndim == 0 and not torch._C._functorch.is_functorch_wrapped_tensor(lr):
             if not bool(torch.isfinite(lr)) or bool(lr <= 0):
                 raise ValueError(f"lr must be a positive finite number, got {lr.item()}")
         return {
             "z": _map(lambda x: x.detach().clone(), params),
-            "t": torch.ones((), device=device),
+            "t": torch.ones((), dtype=dtype, device=device),
             "lr": lr.clone(),
-            "curvature": torch.zeros((), device=device),
+            "curvature": torch.zeros((), dtype=dtype, device=device),
             "converged": torch.zeros((), dtype=torch.bool, device=device),
         }
 
@@ -147,9 +152,12 @@ class FISTA:
             if key not in state:
                 raise ValueError(f"state has no {key!r}: make it with fr.fista.init(params)")
         z, t, eta = state["z"], state["t"], state["lr"]
-        g, fz = grad_and_value(loss)(z, *batch)
-        if fz.ndim != 0:
-            raise ValueError(f"loss must return a 0-d tensor, got shape {tuple(fz.shape)}")
+        try:
+            g, fz = grad_and_value(loss)(z, *batch)
+        except RuntimeError as error:
+            if "scalar Tensor" in str(error):  # torch.func's own check, reworded as ours
+                raise ValueError(f"loss must return a 0-d tensor: {error}") from error
+            raise
         u = penalty.prox(_map(lambda a, b: a - eta * b, z, g), lam, eta, where=where, **options)
         fu = loss(u, *batch)
         d = _map(torch.sub, u, z)

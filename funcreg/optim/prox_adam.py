@@ -112,9 +112,9 @@ prox_adam = ProxAdam()
 
 
 def _corrections(state: dict[str, Any], beta1: Any) -> Any:
-    """1 − β₁ᵗ per leaf, from the state's step counts."""
-    b = torch.as_tensor(beta1, dtype=torch.float32)
-    return _map(lambda t: 1 - b.to(t.device) ** t, state["step"])
+    """1 − β₁ᵗ per leaf, from the state's step counts, in float64 (cast where used)."""
+    b = torch.as_tensor(beta1, dtype=torch.float64)
+    return _map(lambda t: 1 - b.to(t.device) ** t.to(torch.float64), state["step"])
 
 
 def adam_metric(
