@@ -25,7 +25,9 @@ from torch.func import grad, vmap
 
 import funcreg
 from funcreg._cv import Folds
-from funcreg.optim.prox_adam import adam_metric
+
+#: proximal Adam's lr is multiplied by this after an epoch that did not improve its criterion
+DECAY = 0.9
 
 
 @dataclass
@@ -165,14 +167,12 @@ def _adam_fn(problem: Problem) -> Callable[..., Any]:
 
 
 def _adam_residual(problem: Problem, lr0: float) -> Callable[..., Any]:
-    """The relative prox-gradient mapping in Adam's metric at the base lr, for one member."""
-    def one(w: Any, st: Any, lam: torch.Tensor, g: Any) -> torch.Tensor:
-        s = adam_metric(st, lr=lr0, elementwise=problem.penalty.elementwise)
-        u = problem.penalty.prox({k: w[k] - s[k] * g[k] for k in w}, lam, s, where=problem.where,
+    """max |w − prox(w − η∇F(w), ηλ)| for one member, η the base lr: the prox-gradient
+    mapping (times η) in a fixed metric, so that its reduction measures stationarity."""
+    def one(w: Any, lam: torch.Tensor, g: Any) -> torch.Tensor:
+        u = problem.penalty.prox({k: w[k] - lr0 * g[k] for k in w}, lam, lr0, where=problem.where,
                                  **problem.options)
-        change = torch.stack([(u[k] - w[k]).abs().amax().float() for k in w]).amax()
-        scale = torch.stack([w[k].abs().amax().float() for k in w]).amax()
-        return change / torch.clamp(scale, min=torch.finfo(torch.float32).tiny)
+        return torch.stack([(u[k] - w[k]).abs().amax().double() for k in w]).amax()
     return one
 
 
@@ -271,7 +271,8 @@ def _train_block(
             fn = _nest(_fista_fn(problem, settings.rtol), len(batch), nested)
             groups.append(_Group(fn, w, st, lam, batch, active))
         else:
-            st = funcreg.adam.init(w)  # zero moments: the same for stacked leaves
+            st = _tmap(lambda v: v.reshape(*([1] * len(shape)), *v.shape).repeat(*shape, *([1] * v.ndim)),
+                       funcreg.prox_adam.init(refit_params(init)))
             fn = _nest_adam(_adam_fn(problem), len(batch), nested)
             g = _Group(fn, w, st, lam, batch, active)
             g.lr = torch.full(shape, float(settings.lr), device=device)
@@ -335,15 +336,21 @@ def _nest_adam(fn: Callable[..., Any], n_batch: int, folds: bool) -> Callable[..
 def _run_adam(problem: Problem, groups: list[_Group], settings: Settings,
               progress: Callable[[str], None]) -> None:
     """Epochs of proximal Adam over a fixed shuffle per epoch; after each epoch, the
-    full-data criterion (gradient accumulated over minibatches, no update) freezes the
-    members that meet it and halves ``lr`` where it did not improve."""
+    full-data criterion (gradient accumulated over minibatches, no update): a member
+    stops once its prox-gradient mapping fell to ``rtol`` times its value at the start,
+    and its ``lr`` is multiplied by ``DECAY`` (0.9) after an epoch that did not lower the
+    mapping below its best."""
     residual = _adam_residual(problem, float(settings.lr))  # type: ignore[arg-type]
     grad_fn = grad(problem.loss)
     total = sum(g.active.numel() for g in groups)
     size = settings.batch_size
     steps_done = 0
+    start = {}
+    for i, g in enumerate(groups):
+        nested = g.active.ndim == 2
+        start[i] = _vmap_nested(residual, nested)(g.w, g.lam, _full_grad(grad_fn, g, size, nested))
     for epoch in range(1, settings.max_steps + 1):  # type: ignore[operator]
-        for g in groups:
+        for i, g in enumerate(groups):
             if not bool(g.active.any()):
                 continue
             nested = g.active.ndim == 2
@@ -355,11 +362,11 @@ def _run_adam(problem: Problem, groups: list[_Group], settings: Settings,
                 g.w, g.state = g.fn(g.w, g.state, g.lam, g.active, g.lr, *batch)
             steps_this = math.ceil(n / size)  # type: ignore[operator]
             gsum = _full_grad(grad_fn, g, size, nested)
-            r = _vmap_nested(residual, nested)(g.w, g.state, g.lam, gsum)
+            r = _vmap_nested(residual, nested)(g.w, g.lam, gsum) / start[i].clamp(min=1e-300)
             done = g.active & (r <= settings.rtol)
             g.stopped = torch.where(done, steps_done + steps_this, g.stopped)
             stalled = g.active & ~done & (r >= g.best)
-            g.lr = torch.where(stalled, g.lr * 0.5, g.lr)
+            g.lr = torch.where(stalled, g.lr * DECAY, g.lr)
             g.best = torch.minimum(g.best, r)
             g.active = g.active & ~done
         steps_done += steps_this

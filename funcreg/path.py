@@ -157,7 +157,8 @@ def path(
             * ``lr``: FISTA's first trial step (1.0; backtracking adapts it), or
               proximal Adam's learning rate (1e-2);
             * ``rtol``: convergence tolerance (1e-5 for FISTA, its prox-gradient
-              step relative to the weights; 1e-3 for proximal Adam, see below);
+              step relative to the weights; 1e-3 for proximal Adam, its prox-gradient
+              mapping relative to the mapping at the start, see below);
             * ``max_steps``: FISTA steps (3000), or proximal Adam epochs (200);
             * ``block``: λ values per vmap (default all); fixed blocks make the
               results independent of the number of processes;
@@ -182,10 +183,12 @@ def path(
     **Convergence.** FISTA: a member stops when its accepted prox-gradient step moves
     it by at most ``rtol`` relative to its weights (a first-order optimality test).
     Proximal Adam: after each epoch, the prox-gradient mapping on all of the data
-    (the gradient accumulated over minibatches), in Adam's metric at the base ``lr``,
-    relative to the weights, must be at most ``rtol``; where it did not improve on
-    its best, that member's ``lr`` is halved (minibatch noise keeps a constant-step
-    iterate hovering). ``res.steps`` holds the step (FISTA) or minibatch step
+    (the gradient accumulated over minibatches, no update),
+    :math:`\max|w - \operatorname{prox}_{\eta P}(w - \eta\nabla F(w))|` with
+    :math:`\eta` the base ``lr``, must have fallen to ``rtol`` times its value at the
+    start; where it did not improve on its best, that member's ``lr`` is multiplied by
+    0.9 (minibatch noise keeps a constant-step iterate hovering, so the step must
+    shrink for the criterion to be met). It assumes ``loss`` is a mean over the batch. ``res.steps`` holds the step (FISTA) or minibatch step
     (proximal Adam) at which each member stopped, 0 if it did not.
 
     Returns:
