@@ -92,18 +92,19 @@ class Path:
     def __str__(self) -> str:
         return _table(self)
 
-    def plot(self, path: str, *, rule: str | None = None) -> None:
+    def plot(self, path: str, *, rule: str | None = None, chosen: int | None = None) -> None:
         """Write a PNG to ``path``: the group norms along the path (top) and the train
         and validation losses (bottom, ±1 standard error with folds), with the λ chosen
         by ``rule`` marked (default ``"1se"`` with folds, ``"min"`` with ``val=``, none
-        without validation). Needs matplotlib (an optional extra).
+        without validation) and, if given, member ``chosen`` (your own rule's pick).
+        Needs matplotlib (an optional extra).
 
         Raises:
             ImportError: matplotlib is not installed.
         """
         from funcreg._path_plot import plot
 
-        plot(self, path, rule)
+        plot(self, path, rule, chosen)
 
 
 def path(
