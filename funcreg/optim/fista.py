@@ -46,12 +46,15 @@ class FISTA:
     solution does not read as curvature). A rejected step leaves :math:`w, z, t` as they
     are and only changes :math:`\eta`, so every member makes at most one trial per step
     and ``vmap`` sees no data-dependent control flow. The step follows the local
-    curvature :math:`\hat L = 2\,(f(u) - f(z) - \langle\nabla f(z), u-z\rangle) /
-    \lVert u - z\rVert^2` measured along each trial: :math:`\eta \leftarrow
-    \min(\mathrm{grow}\cdot\eta,\ 0.9/\hat L)` after an accepted step and
-    :math:`\eta \leftarrow \min(\eta/2,\ 0.9/\hat L)` after a rejected one, so a
-    starting ``lr`` that is too large costs a few rejected trials and one that is too
-    small a few steps of growth; no step size needs tuning. :math:`\hat L` is measured
+    curvature measured along each trial,
+
+    .. math::
+        \hat L = \frac{2\,(f(u) - f(z) - \langle\nabla f(z), u-z\rangle)}{\lVert u - z\rVert^2},
+        \qquad \eta \leftarrow \min(\mathrm{grow}\cdot\eta,\ 0.9/\hat L) \ \text{(accepted)},
+        \quad \eta \leftarrow \min(\eta/2,\ 0.9/\hat L) \ \text{(rejected)},
+
+    so a starting ``lr`` that is too large costs a few rejected trials and one that is
+    too small a few steps of growth; no step size needs tuning. :math:`\hat L` is measured
     only where the excess of :math:`f(u)` over its linear model stands above rounding,
     and the last value measured (``state["curvature"]``, 0 until then) keeps capping
     :math:`\eta` while trials are too short to show curvature, as they are near a

@@ -28,8 +28,8 @@ class ProxAdam:
     .. math::
         w \leftarrow \operatorname{prox}_{\eta P_\lambda}\bigl(w - \eta \odot \hat m\bigr)
 
-    * for a separable family (``fr.l1``, ``fr.elastic_net``, ``fr.mcp``, ``fr.scad``,
-      ...) :math:`\eta` is per element: this is ``fr.adam.step`` followed by the prox
+    * for a separable family (``fr.l1``, ``fr.elastic_net``, ``fr.mcp``, ``fr.scad``
+      and the like) :math:`\eta` is per element: this is ``fr.adam.step`` followed by the prox
       with step :math:`\eta` (``fr.adam.step_size``'s recipe takes
       :math:`\eta/(1-\beta_1^t)`, a threshold larger by that factor in the first steps;
       the two agree once :math:`\beta_1^t` is negligible);
