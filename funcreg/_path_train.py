@@ -196,8 +196,7 @@ def train(
     results = []
     warm: tuple[Any, Any] | None = None
     for j, b in enumerate(mine):
-        init = (params, None) if warm is None else warm
-        out = _train_block(problem, lams[blocks[b]], init, data, fold_data, folds, settings,
+        out = _train_block(problem, lams[blocks[b]], params, warm, data, fold_data, folds, settings,
                            lambda s, j=j: progress(f"block {j + 1}/{len(mine)}, {s}"))
         results.append(out)
         if settings.warm_start:  # the next block starts from this block's smallest λ
@@ -242,40 +241,40 @@ def _gather(results: list[Any], world: int, params: dict[str, torch.Tensor]) -> 
 
 
 def _train_block(
-    problem: Problem, lams: torch.Tensor, init: tuple[Any, Any], data: tuple[torch.Tensor, ...],
-    fold_data: tuple[torch.Tensor, ...] | None, folds: Folds | None, settings: Settings,
-    progress: Callable[[str], None],
+    problem: Problem, lams: torch.Tensor, params: dict[str, torch.Tensor], warm: tuple[Any, Any] | None,
+    data: tuple[torch.Tensor, ...], fold_data: tuple[torch.Tensor, ...] | None, folds: Folds | None,
+    settings: Settings, progress: Callable[[str], None],
 ) -> tuple[Any, torch.Tensor, Any, torch.Tensor | None]:
+    """Train one block: its refit members and, with folds, its fold members. ``warm`` is
+    ``None`` (every member from ``params``) or the previous block's smallest-λ solutions:
+    one tree for the refit members, one with a leading fold dim for the fold members."""
     b = len(lams)
     device = lams.device
-    refit_init, fold_init = init
-    shapes = [((b,), data, refit_init, False)]
+    refit_w = _stack(params if warm is None else warm[0], (b,))
+    layouts = [((b,), data, refit_w, False)]
     if fold_data is not None:
-        shapes.append(((folds.k, b), fold_data, fold_init, True))  # type: ignore[union-attr]
+        k = folds.k  # type: ignore[union-attr]
+        if warm is None:
+            fold_w = _stack(params, (k, b))
+        else:  # one start per fold, shared by the block's λ
+            fold_w = {key: v.unsqueeze(1).repeat(1, b, *([1] * (v.ndim - 1))) for key, v in warm[1].items()}
+        layouts.append(((k, b), fold_data, fold_w, True))
     groups = []
-    for shape, batch, start, nested in shapes:
-        if start is None:  # cold: every member from the given params
-            w = _stack(refit_params(init), shape)
-        elif nested and start is not refit_init:  # warm fold members: one start per fold
-            w = {key: v.unsqueeze(1).repeat(1, b, *([1] * (v.ndim - 1))) for key, v in start.items()}
-        else:
-            w = _stack(start, shape)
+    for shape, batch, w, nested in layouts:
         lam = lams.expand(shape).contiguous()
         active = torch.ones(shape, dtype=torch.bool, device=device)
         if settings.solver == "fista":
-            one_state = funcreg.fista.init(refit_params(init), lr=settings.lr)
-            st = {key: (_stack(v, shape) if isinstance(v, dict) else
-                        v.reshape(*([1] * len(shape))).repeat(*shape).clone())
-                  for key, v in one_state.items()}
-            st["z"] = {key: v.clone() for key, v in w.items()}
+            st = funcreg.fista.init(params, lr=settings.lr)
+            st = {key: (v.reshape(*([1] * len(shape))).repeat(*shape).clone() if key != "z" else
+                        {name: x.clone() for name, x in w.items()}) for key, v in st.items()}
             fn = _nest(_fista_fn(problem, settings.rtol), len(batch), nested)
             groups.append(_Group(fn, w, st, lam, batch, active))
         else:
             st = _tmap(lambda v: v.reshape(*([1] * len(shape)), *v.shape).repeat(*shape, *([1] * v.ndim)),
-                       funcreg.prox_adam.init(refit_params(init)))
+                       funcreg.prox_adam.init(params))
             fn = _nest_adam(_adam_fn(problem), len(batch), nested)
             g = _Group(fn, w, st, lam, batch, active)
-            g.lr = torch.full(shape, float(settings.lr), device=device)
+            g.lr = torch.full(shape, float(settings.lr), device=device)  # type: ignore[arg-type]
             g.best = torch.full(shape, math.inf, device=device)
             groups.append(g)
     if settings.solver == "fista":
@@ -286,10 +285,6 @@ def _train_block(
     if fold_data is None:
         return refit.w, refit.stopped, None, None
     return refit.w, refit.stopped, groups[1].w, groups[1].stopped
-
-
-def refit_params(init: tuple[Any, Any]) -> Any:
-    return init[0]
 
 
 def _run_fista(groups: list[_Group], settings: Settings, progress: Callable[[str], None]) -> None:

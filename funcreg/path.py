@@ -8,6 +8,7 @@ choose λ; :class:`Path` is its result.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -268,6 +269,15 @@ def path(
             for f, idx in enumerate(split.val)])
         val_loss, val_se = _cv.fold_stats(fold_loss.double())
     norms = grouping.norms(trained.params)
+    if grid.method == "bracket":
+        pruned = (norms == 0).double().mean(-1)
+        top, bottom = float(pruned[0]), float(pruned[-1])
+        if top < _grid.TOP or bottom > _grid.BOTTOM:
+            warnings.warn(
+                f"fr.path: after training, the grid's largest λ pruned {top:.0%} and its smallest "
+                f"{bottom:.0%} of the groups (aimed at ≥ {_grid.TOP:.0%} and ≤ {_grid.BOTTOM:.0%}); "
+                "groups without gradient (inputs constant in the data) are pruned at any λ. "
+                "Pass lambdas= to choose the range yourself.", stacklevel=2)
     return Path(
         lambdas=lambdas, params=trained.params, steps=trained.steps, train_loss=train_loss,
         val_loss=val_loss, val_se=val_se, fold_loss=fold_loss, fold_steps=trained.fold_steps,

@@ -143,6 +143,12 @@ def test_warm_starts_reach_the_same_solutions_in_fewer_steps() -> None:
     torch.testing.assert_close(warm.params["w"], cold.params["w"], atol=1e-6, rtol=0)
     assert bool((warm.steps > 0).all())
     assert int(warm.steps[2:].sum()) < int(cold.steps[2:].sum())  # blocks after the first
+    # with folds, each fold's members continue from that fold's own solutions
+    cold = fr.path(mse, params, fr.l1, (x, y), lambdas=cold.lambdas[::2], block=2, rtol=1e-8, folds=3)
+    warm = fr.path(mse, params, fr.l1, (x, y), lambdas=cold.lambdas, block=2, rtol=1e-8, folds=3,
+                   warm_start=True)
+    torch.testing.assert_close(warm.fold_loss, cold.fold_loss, rtol=1e-6, atol=0)
+    assert int(warm.fold_steps[:, 2:].sum()) < int(cold.fold_steps[:, 2:].sum())
 
 
 def test_minibatch_prox_adam_reaches_the_full_batch_solution() -> None:
