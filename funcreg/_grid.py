@@ -10,7 +10,7 @@ later layer zeroes the gradient of an earlier one), and even each layer's own λ
 the others at their initial values, is only a scale: training moves the other layers.
 So the scale λ₀ (the largest per-leaf λ_max: each selected leaf zeroed alone) only
 places a wide bracket, ``BRACKET`` values from ``HIGH``·λ₀ down to ``LOW``·λ₀, which is
-trained in one cheap vmap (loose tolerance, few steps). What those members pruned gives
+trained in one cheap vmap (loose tolerance, few steps or epochs of the path's solver). What those members pruned gives
 the grid's ends: its top is the smallest bracket λ that pruned at least 90 % of the
 selected groups, its bottom one bracket step below the largest that pruned at most 10 %
 (a short run prunes less than a converged one at small λ, where groups die slowly, so
@@ -21,7 +21,6 @@ most ``SHIFTS`` times. After training, ``fr.path`` reports what the ends really 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch.func import grad
@@ -31,7 +30,8 @@ from funcreg._path_groups import Grouping
 from funcreg._path_train import Problem, Settings, train
 
 BRACKET, HIGH, LOW, SHIFTS = 13, 100.0, 1e-4, 2
-BRACKET_RTOL, BRACKET_STEPS = 1e-3, 400
+BRACKET_RTOL, BRACKET_STEPS = 1e-3, 400  # FISTA
+BRACKET_ADAM_RTOL, BRACKET_EPOCHS = 1e-1, 20  # proximal Adam
 TOP, BOTTOM = 0.9, 0.1
 
 
@@ -86,8 +86,13 @@ def build(problem: Problem, params: dict[str, torch.Tensor], data: tuple, groupi
     ratio = (LOW / HIGH) ** (1 / (BRACKET - 1))
     hi, seen_l, seen_p = HIGH, [], []
     all_l = all_p = torch.zeros(0)
-    quick = Settings(solver="fista", lr=settings.lr, rtol=BRACKET_RTOL, max_steps=BRACKET_STEPS,
-                     block=None, progress=settings.progress, distribute=False)
+    if settings.solver == "fista":
+        quick = Settings(solver="fista", lr=settings.lr, rtol=BRACKET_RTOL, max_steps=BRACKET_STEPS,
+                         progress=settings.progress, distribute=False)
+    else:  # data that need minibatches: a few epochs of the same solver
+        quick = Settings(solver="prox_adam", batch_size=settings.batch_size, lr=settings.lr,
+                         rtol=BRACKET_ADAM_RTOL, max_steps=BRACKET_EPOCHS, seed=settings.seed,
+                         progress=settings.progress, distribute=False)
     top = bottom = None
     for _ in range(SHIFTS + 1):
         lams = float(scale) * hi * ratio ** torch.arange(BRACKET, dtype=torch.float64)

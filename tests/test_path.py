@@ -159,6 +159,8 @@ def test_minibatch_prox_adam_reaches_the_full_batch_solution() -> None:
     assert mini.solver == "prox_adam" and bool((mini.steps > 0).all()), mini
     torch.testing.assert_close(mini.params["w"], full.params["w"], atol=5e-3, rtol=0)
     assert int(mini.steps.max()) % 4 == 0  # minibatch steps, whole epochs of 4 batches
+    found = fr.path(mse, params, fr.l1, (x, y), n=3, batch_size=16, lr=0.05)  # bracketed by minibatches
+    assert found.kept.tolist()[0] == 0 and found.kept.tolist()[-1] == 6, found
     assert torch.equal(mini.kept, full.kept)
 
 
