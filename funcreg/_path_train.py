@@ -9,6 +9,8 @@ choose their blocking by batch size, so the same blocks give the same bits wheth
 process trains them all or several share them. Under torch.distributed the blocks are
 spread over the ranks in contiguous runs and gathered after training (no collective runs
 inside ``vmap``, where the functional collectives would give wrong sums).
+
+The full-batch loop (FISTA) is here; the minibatch one is in :mod:`funcreg._path_minibatch`.
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ from typing import Any, Callable
 
 import optree
 import torch
-from torch.func import grad, vmap
+from torch.func import vmap
 
 import funcreg
 from funcreg._cv import Folds
 
-#: proximal Adam's lr is multiplied by this after an epoch that did not improve its criterion
-DECAY = 0.9
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Progress:
 
 
 @dataclass
-class _Group:
+class Group:
     """Members that share one vmapped step: their weights, solver state, λ, batch."""
 
     fn: Callable[..., Any]
@@ -154,25 +154,6 @@ def _fista_fn(problem: Problem, rtol: float) -> Callable[..., Any]:
         still = active & ~ns["converged"]
         w, st = funcreg.update_where(active, (nw, ns), (w, st))
         return w, st, still
-    return one
-
-
-def _adam_fn(problem: Problem) -> Callable[..., Any]:
-    def one(w: Any, st: Any, lam: torch.Tensor, active: torch.Tensor, lr: torch.Tensor, *batch):
-        g = grad(problem.loss)(w, *batch)
-        nw, ns = funcreg.prox_adam.step(w, g, st, lr=lr, penalty=problem.penalty, lam=lam,
-                                        where=problem.where, **problem.options)
-        return funcreg.update_where(active, (nw, ns), (w, st))
-    return one
-
-
-def _adam_residual(problem: Problem, lr0: float) -> Callable[..., Any]:
-    """max |w − prox(w − η∇F(w), ηλ)| for one member, η the base lr: the prox-gradient
-    mapping (times η) in a fixed metric, so that its reduction measures stationarity."""
-    def one(w: Any, lam: torch.Tensor, g: Any) -> torch.Tensor:
-        u = problem.penalty.prox({k: w[k] - lr0 * g[k] for k in w}, lam, lr0, where=problem.where,
-                                 **problem.options)
-        return torch.stack([(u[k] - w[k]).abs().amax().double() for k in w]).amax()
     return one
 
 
@@ -259,6 +240,8 @@ def _train_block(
         else:  # one start per fold, shared by the block's λ
             fold_w = {key: v.unsqueeze(1).repeat(1, b, *([1] * (v.ndim - 1))) for key, v in warm[1].items()}
         layouts.append(((k, b), fold_data, fold_w, True))
+    from funcreg import _path_minibatch  # it builds on this module's types
+
     groups = []
     for shape, batch, w, nested in layouts:
         lam = lams.expand(shape).contiguous()
@@ -268,26 +251,26 @@ def _train_block(
             st = {key: (v.reshape(*([1] * len(shape))).repeat(*shape).clone() if key != "z" else
                         {name: x.clone() for name, x in w.items()}) for key, v in st.items()}
             fn = _nest(_fista_fn(problem, settings.rtol), len(batch), nested)
-            groups.append(_Group(fn, w, st, lam, batch, active))
+            groups.append(Group(fn, w, st, lam, batch, active))
         else:
             st = _tmap(lambda v: v.reshape(*([1] * len(shape)), *v.shape).repeat(*shape, *([1] * v.ndim)),
                        funcreg.prox_adam.init(params))
-            fn = _nest_adam(_adam_fn(problem), len(batch), nested)
-            g = _Group(fn, w, st, lam, batch, active)
+            fn = _path_minibatch.nest(_path_minibatch.step_fn(problem), len(batch), nested)
+            g = Group(fn, w, st, lam, batch, active)
             g.lr = torch.full(shape, float(settings.lr), device=device)  # type: ignore[arg-type]
             g.best = torch.full(shape, math.inf, device=device)
             groups.append(g)
     if settings.solver == "fista":
         _run_fista(groups, settings, progress)
     else:
-        _run_adam(problem, groups, settings, progress)
+        _path_minibatch.run(problem, groups, settings, progress)
     refit = groups[0]
     if fold_data is None:
         return refit.w, refit.stopped, None, None
     return refit.w, refit.stopped, groups[1].w, groups[1].stopped
 
 
-def _run_fista(groups: list[_Group], settings: Settings, progress: Callable[[str], None]) -> None:
+def _run_fista(groups: list[Group], settings: Settings, progress: Callable[[str], None]) -> None:
     """Step every group until all its members converged; λ columns whose members all
     converged leave the vmapped batch (their results are final), so late steps cost what
     the members still moving cost. Which columns leave, and when, depends only on the
@@ -319,74 +302,3 @@ def _run_fista(groups: list[_Group], settings: Settings, progress: Callable[[str
 
 def _tmap(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     return optree.tree_map(fn, tree, *rest, namespace="torch")
-
-
-def _nest_adam(fn: Callable[..., Any], n_batch: int, folds: bool) -> Callable[..., Any]:
-    inner = vmap(fn, in_dims=(0, 0, 0, 0, 0, *([None] * n_batch)))
-    if not folds:
-        return inner
-    return vmap(inner, in_dims=(0, 0, 0, 0, 0, *([0] * n_batch)))
-
-
-def _run_adam(problem: Problem, groups: list[_Group], settings: Settings,
-              progress: Callable[[str], None]) -> None:
-    """Epochs of proximal Adam over a fixed shuffle per epoch; after each epoch, the
-    full-data criterion (gradient accumulated over minibatches, no update): a member
-    stops once its prox-gradient mapping fell to ``rtol`` times its value at the start,
-    and its ``lr`` is multiplied by ``DECAY`` (0.9) after an epoch that did not lower the
-    mapping below its best."""
-    residual = _adam_residual(problem, float(settings.lr))  # type: ignore[arg-type]
-    grad_fn = grad(problem.loss)
-    total = sum(g.active.numel() for g in groups)
-    size = settings.batch_size
-    steps_done = 0
-    start = {}
-    for i, g in enumerate(groups):
-        nested = g.active.ndim == 2
-        start[i] = _vmap_nested(residual, nested)(g.w, g.lam, _full_grad(grad_fn, g, size, nested))
-    for epoch in range(1, settings.max_steps + 1):  # type: ignore[operator]
-        for i, g in enumerate(groups):
-            if not bool(g.active.any()):
-                continue
-            nested = g.active.ndim == 2
-            n = g.batch[0].shape[1 if nested else 0]
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))
-            order = order.to(g.batch[0].device)
-            for idx in order.split(size):  # type: ignore[arg-type]
-                batch = tuple(t[:, idx] if nested else t[idx] for t in g.batch)
-                g.w, g.state = g.fn(g.w, g.state, g.lam, g.active, g.lr, *batch)
-            steps_this = math.ceil(n / size)  # type: ignore[operator]
-            gsum = _full_grad(grad_fn, g, size, nested)
-            r = _vmap_nested(residual, nested)(g.w, g.lam, gsum) / start[i].clamp(min=1e-300)
-            done = g.active & (r <= settings.rtol)
-            g.stopped = torch.where(done, steps_done + steps_this, g.stopped)
-            stalled = g.active & ~done & (r >= g.best)
-            g.lr = torch.where(stalled, g.lr * DECAY, g.lr)
-            g.best = torch.minimum(g.best, r)
-            g.active = g.active & ~done
-        steps_done += steps_this
-        moving = sum(int(g.active.sum()) for g in groups)
-        progress(f"epoch {epoch}, {moving}/{total} members still moving")
-        if not moving:
-            break
-
-
-def _vmap_nested(fn: Callable[..., Any], nested: bool) -> Callable[..., Any]:
-    inner = vmap(fn)
-    return vmap(inner) if nested else inner
-
-
-def _full_grad(grad_fn: Callable[..., Any], g: _Group, size: int, nested: bool) -> Any:
-    """The gradient of the mean loss over all of a group's data, accumulated in chunks of
-    ``size`` weighted by their share (the loss is a mean over its batch)."""
-    n = g.batch[0].shape[1 if nested else 0]
-    total: Any = None
-    one = vmap(grad_fn, in_dims=(0, *([None] * len(g.batch))))
-    fn = vmap(one, in_dims=(0, *([0] * len(g.batch)))) if nested else one
-    for idx in torch.arange(n, device=g.batch[0].device).split(size):
-        batch = tuple(t[:, idx] if nested else t[idx] for t in g.batch)
-        part = fn(g.w, *batch)
-        share = len(idx) / n
-        total = {k: v * share for k, v in part.items()} if total is None else \
-            {k: total[k] + v * share for k, v in part.items()}
-    return total
