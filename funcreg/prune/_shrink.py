@@ -228,7 +228,8 @@ def _head_owner(space: Space, modules: dict[str, nn.Module]) -> str | None:
 
 def _keep_index(size: int, groups: int, keep: list[int], device: torch.device) -> torch.Tensor:
     width = size // groups
-    return torch.cat([torch.arange(k * width, (k + 1) * width, device=device) for k in keep])
+    index = [torch.arange(k * width, (k + 1) * width, device=device) for k in keep]
+    return torch.cat(index) if index else torch.empty(0, dtype=torch.long, device=device)
 
 
 def _build(work: nn.Module, plans: list[_Plan], state: dict[str, torch.Tensor]) -> None:
