@@ -367,3 +367,54 @@ def test_shrink_a_layer_to_no_units_leaves_its_constants_in_the_next_bias() -> N
     assert small[2].out_features == 0 and small[4].in_features == 0
     assert small[0].out_features == 0  # then layer 0 is read by nothing but zero columns
     _same_function(model, params, small, small_params, torch.randn(4, 6))
+
+
+class _SumPool(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.sigmoid(self.a(x)).sum(1))  # summed over the sequence
+
+
+def test_shrink_keeps_a_constant_whose_value_depends_on_the_input_size() -> None:
+    model, x = _SumPool(), torch.randn(2, 5, 4)
+    params = _params(model)
+    _zero(params, "a.weight", [0, 1])
+    params["a.bias"][1] = -math.inf  # sigmoid(-inf) = 0, summed: still 0
+    small, small_params = result = fr.prune.shrink(model, params, fr.prune.couplings(model, x), x)
+    (c,) = result.report.couplings
+    assert c.removed == (1,) and c.kept_zero[0][0] == 0 and "input's size" in c.kept_zero[0][1]
+    _same_function(model, params, small, small_params, torch.randn(3, 9, 4))  # another length
+
+
+class _InferredHeads(nn.Module):
+    """Heads sized by -1 (as recent Hugging Face models do): no head count to update."""
+
+    def __init__(self, fixed: bool) -> None:
+        super().__init__()
+        self.fixed, self.head_dim = fixed, 4
+        self.q, self.k, self.v, self.o = (nn.Linear(12, 12) for _ in range(4))
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        heads = 3 if self.fixed else -1  # fixed: a count held by no attribute fr.prune knows
+        q, k, v = (p(x).view(b, t, heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v)
+        return self.o(a.transpose(1, 2).reshape(b, t, -1))
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_shrink_heads_without_a_head_count_attribute(fixed: bool) -> None:
+    model, x = _InferredHeads(fixed), torch.randn(2, 5, 12)
+    params = _params(model)
+    for n in "qkv":
+        params[f"{n}.weight"][4:8] = 0.0
+    small, small_params = result = fr.prune.shrink(model, params, fr.prune.couplings(model, x), x)
+    (c,) = result.report.couplings
+    if fixed:
+        assert c.removed == () and "holds no head count" in c.kept_zero[0][1]
+    else:
+        assert c.removed == (1,) and small.q.out_features == 8
+    _same_function(model, params, small, small_params, torch.randn(3, 4, 12))

@@ -89,7 +89,8 @@ def shrink(
     BatchNorm's weight, bias and running statistics, the readers' columns (a block of them
     after a ``Flatten``), the q/k/v rows and o columns of an attention head, with
     ``in_features``, ``out_channels``, ``num_features`` and the head count (``num_heads``,
-    ``num_attention_heads``, ``n_heads`` or ``n_head`` on the attention module) updated;
+    ``num_attention_heads``, ``n_heads`` or ``n_head`` on the attention module; none is
+    needed where the split into heads is written with -1) updated;
     an ``nn.MultiheadAttention`` that loses heads is replaced by a module with its forward
     and its parameter names, which returns no attention weights.
 

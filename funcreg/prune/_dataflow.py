@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, Union
 
 import torch
@@ -123,9 +123,15 @@ class Space:
     norms: list[Norm] = field(default_factory=list)
     readers: list[Reader] = field(default_factory=list)
     blocked: str | None = None
+    # a node after which a constant channel's value depends on the input's size (a sum or
+    # a softmax over other dims): its constant folds exactly only for inputs of that size
+    sized: str | None = None
     # nn.MultiheadAttention whose heads this is (then its only reader is out_proj)
     mha: str | None = None
     heads: bool = False
+    # the head split or merge names its sizes as constants (not -1): the module's head count
+    # attribute must change with the heads
+    fixed_heads: bool = False
 
     @property
     def num_groups(self) -> int:
@@ -238,10 +244,12 @@ class Dataflow:
                              "are not cut into the same groups")
         sa.groups = sa.groups if sa.groups is not None else sb.groups
         sa.heads = sa.heads or sb.heads
+        sa.fixed_heads = sa.fixed_heads or sb.fixed_heads
         sa.producers += sb.producers
         sa.norms += sb.norms
         sa.readers += sb.readers
         sa.blocked = sa.blocked or sb.blocked
+        sa.sized = sa.sized or sb.sized
         self._parent[b] = a
         return a
 
@@ -429,8 +437,8 @@ class Dataflow:
         first = next(v for v in values if v is not None)
         if all(v is not None for v in values):
             a, b = values
-            if type(a) is not type(b) or {k: v for k, v in vars(a).items() if k != "space"} != \
-                    {k: v for k, v in vars(b).items() if k != "space"} or self._shape(operands[0]) != self._shape(operands[1]):
+            if (type(a) is not type(b) or replace(a, space=0) != replace(b, space=0)
+                    or self._shape(operands[0]) != self._shape(operands[1])):
                 self._fail(node, f"it combines the units of {self._space(a.space).label} and "
                                  f"{self._space(b.space).label} along different dims")
             root = self._union(a.space, b.space, node)
@@ -457,6 +465,8 @@ class Dataflow:
             h, i = value.head_axis, value.inner_axis
             prefix = math.prod(si[:h])
             if i == h + 1 == len(si) - 1 and math.prod(so[:-1]) == prefix and so[-1] == si[h] * si[i]:
+                if self._size_arg(node, len(so), len(so) - 1) != -1:
+                    self._space(value.space).fixed_heads = True
                 return _Track(value.space, len(so) - 1)
             self._fail(node, "it reshapes attention heads other than back into one dim")
         a, b = value.axis, value.block
@@ -474,8 +484,18 @@ class Dataflow:
             if space.groups not in (None, heads):
                 self._fail(node, f"it cuts {space.label} into {heads} heads, but they are cut into {space.groups}")
             space.groups, space.heads = heads, True
+            if self._size_arg(node, len(so), j) != -1:
+                space.fixed_heads = True
             return _Heads(value.space, j, j + 1)
         self._fail(node, "it splits the channels in a way fr.prune does not follow")
+
+    @staticmethod
+    def _size_arg(node: fx.Node, ndim: int, dim: int) -> Any:
+        """What a view or reshape was asked for at ``dim`` of its output (-1: inferred)."""
+        args = list(node.args[1:])
+        if len(args) == 1 and isinstance(args[0], (list, tuple)):
+            args = list(args[0])
+        return args[dim] if node.op != "call_module" and len(args) == ndim else None
 
     def _permute(self, node: fx.Node, x: fx.Node, value: _Value) -> None:
         ndim = self._ndim(x)
@@ -518,8 +538,14 @@ class Dataflow:
         if dims is None or value.axis in dims:
             self._block(value, f"{node.name} reduces over them")
             return
+        if node.target in (torch.sum, "sum"):
+            self._sized(value, node)
         shift = 0 if keepdim else sum(d < value.axis for d in dims)
         self._tracks[node] = _Track(value.space, value.axis - shift, value.block)
+
+    def _sized(self, value: _Value, node: fx.Node) -> None:
+        space = self._space(value.space)
+        space.sized = space.sized or node.name
 
     def _softmax(self, node: fx.Node, x: fx.Node, value: _Value, dim: Any) -> None:
         ndim = self._ndim(x)
@@ -527,6 +553,7 @@ class Dataflow:
         if dim is None or dim % ndim in axes:
             self._block(value, f"{node.name} normalizes them together")
             return
+        self._sized(value, node)  # a constant channel becomes 1/n, n the size of that dim
         self._tracks[node] = value
 
     def _pool(self, node: fx.Node, x: fx.Node, value: _Value, spatial: int) -> None:

@@ -153,9 +153,9 @@ def _decide(plan: _Plan, state: dict[str, torch.Tensor], values: dict[fx.Node, A
     unread = torch.stack([(_groups_of(state[r.weight], 1, groups) == 0).all(1).cpu()
                           for r in space.readers]).all(0)
     if space.heads and space.mha is None:
-        plan.head_owner = _head_owner(space, modules)
+        plan.head_owner = _head_owner(space, modules)  # None: no count attribute to update
     headless = None
-    if space.heads and space.mha is None and plan.head_owner is None:
+    if space.fixed_heads and plan.head_owner is None:
         owner = _common_prefix([p.module for p in space.producers] + [r.module for r in space.readers])
         headless = (f"{owner or 'the model'} holds no head count fr.prune updates "
                     f"({', '.join(_HEAD_COUNTS)})")
@@ -168,6 +168,9 @@ def _decide(plan: _Plan, state: dict[str, torch.Tensor], values: dict[fx.Node, A
                 why = _fold(r, k, groups, state, values[r.node], folds)
                 if why:
                     break
+            if why is None and folds and space.sized is not None:
+                why = (f"its constant output passes {space.sized!r}, a sum or softmax whose "
+                       "value depends on the input's size")
         if why:
             plan.kept_zero.append((k, why))
             continue
@@ -313,9 +316,11 @@ def _check(reference: Any, result: Any) -> None:
         raise RuntimeError("fr.prune.shrink: the smaller model returns another structure than the original")
     for a, b in zip(ref_leaves, new_leaves):
         if isinstance(a, torch.Tensor) and a.is_floating_point():
+            if not isinstance(b, torch.Tensor) or a.shape != b.shape:
+                raise RuntimeError("fr.prune.shrink: the smaller model returns another shape than the original")
             tol = _tolerance(a.dtype) * (1 + float(a.abs().max()) if a.numel() else 1)
             err = float((a - b).abs().max()) if a.numel() else 0.0
-            if a.shape != b.shape or not err <= tol:
+            if not err <= tol:
                 raise RuntimeError(
                     f"fr.prune.shrink: the smaller model differs from the original on the example "
                     f"inputs (max |Δ| {err:.3g}); fr.prune misread an op of this model, please report it"
