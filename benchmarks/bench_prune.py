@@ -108,7 +108,7 @@ def latency(name: str, model: nn.Module, shape: tuple[int, ...], title: str) -> 
         cases = [Case("dense", run(model, dense), f"{count(dense):,} parameters"),
                  Case("masked (same zeros, full size)", run(model, masked), f"{count(masked):,} parameters"),
                  Case("shrunk (fr.prune.shrink)", run(small, small_params),
-                      f"{count(small_params):,} parameters; max |Δ| vs masked {float(err):.1e}")]
+                      f"{count(small_params):,} parameters; max \\|Δ\\| vs masked {float(err):.1e}")]
         rows = measure(cases, reps=reps, warmup=10)
         lines += [markdown_table(rows, title=f"{name}, batch {batch}", ratio_header="× dense"), ""]
     return "\n".join(lines), model, masked, removed, small
