@@ -173,6 +173,7 @@ def test_shrink_cnn_slices_batchnorm_statistics_and_flatten_blocks() -> None:
     _randomize_bn(model)
     params = _params(model)
     _zero(params, "0.weight", [2])  # its BN shift through relu is folded into conv 3 (no padding)
+    params["1.bias"][2] = 3.0  # a positive shift: relu lets a nonzero constant through
     _zero(params, "3.weight", [0, 4])  # read by the Linear as two blocks of 16 columns
     small, small_params = fr.prune.shrink(model, params, fr.prune.couplings(model, x), x)
     assert small[0].out_channels == 3 and small[3].in_channels == 3 and small[4].num_features == 4
@@ -180,6 +181,7 @@ def test_shrink_cnn_slices_batchnorm_statistics_and_flatten_blocks() -> None:
     torch.testing.assert_close(small[1].running_mean, model[1].running_mean[[0, 1, 3]])
     torch.testing.assert_close(small[4].running_var, model[4].running_var[[1, 2, 3, 5]])
     assert small_params["7.weight"].shape == (10, 64)
+    assert not torch.allclose(small_params["3.bias"], params["3.bias"][[1, 2, 3, 5]])  # folded
     _same_function(model, params, small, small_params, torch.randn(5, 1, 8, 8))
 
 
@@ -216,6 +218,7 @@ def test_shrink_attention_heads_fold_v_bias_and_update_the_head_count() -> None:
     assert small.attn.num_heads == 3 and small.attn.q_proj.out_features == 12
     assert small.attn.o_proj.in_features == 12 and small.fc2.in_features == 29
     assert [c.removed for c in result.report.couplings] == [(2,), (3, 7, 30)]
+    assert not torch.allclose(small_params["attn.o_proj.bias"], params["attn.o_proj.bias"])  # v's bias
     _same_function(model, params, small, small_params, torch.randn(3, 7, 16))
 
 
