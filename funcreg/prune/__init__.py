@@ -50,7 +50,8 @@ def couplings(model: nn.Module, *example_inputs: Any) -> list[Coupling]:
 
     Args:
         model: the module.
-        example_inputs: the positional arguments of one forward call.
+        example_inputs: the positional arguments of one forward call (a batch of two or
+            more, so that the batch dim is not mistaken for a size-1 dim).
 
     Returns:
         A list of :class:`fr.Coupling`, in the order the layers run.
