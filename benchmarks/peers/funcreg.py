@@ -143,7 +143,7 @@ def adam_parity() -> Cell:
     p, _ = tensors()
     X, Y, c = (torch.tensor(D[k], dtype=F64) for k in ("X", "Y", "c"))
     worst = 0.0
-    for label, lr in (("float lr", ALR), ("tensor lr", torch.tensor(ALR, dtype=F64))):
+    for lr in (ALR, torch.tensor(ALR, dtype=F64)):
         params, state = p, fr.adam.init(p)
         for _ in range(STEPS):
             params, state = fr.adam.step(params, quad_grads(params, X, Y, c), state, lr=lr)
