@@ -1,4 +1,4 @@
-"""Shared timing helper for funcreg's benchmark scripts.
+"""How funcreg's benchmark scripts time their cases and print their tables.
 
 The machines these scripts run on are small and shared, so absolute times drift from run
 to run. What this helper reports is therefore built to be read as *ratios within one run*:
@@ -14,9 +14,10 @@ to run. What this helper reports is therefore built to be read as *ratios within
 Usage::
 
     cases = [Case("fast", fast_fn), Case("baseline", slow_fn)]
-    cases += compiled_variants(cases)          # optional torch.compile rows
     rows = measure(cases, reps=50, warmup=5)
     print(markdown_table(rows, title="..."))
+
+or, measured, tabled, printed and returned in one call, ``timed_table(cases, ...)``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import platform
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -35,10 +36,11 @@ import torch
 __all__ = [
     "Case",
     "Row",
-    "compiled_variants",
     "environment",
+    "machine",
     "markdown_table",
     "measure",
+    "timed_table",
 ]
 
 
@@ -60,9 +62,7 @@ class Row:
     q1_ms: float
     q3_ms: float
     ratio: float
-    reps: int
     note: str = ""
-    samples_ms: list[float] = field(default_factory=list, repr=False)
     #: median minor page faults per call, when :func:`measure` was asked to count them
     faults: float | None = None
 
@@ -78,16 +78,13 @@ def measure(
     reps: int,
     warmup: int = 3,
     seed: int = 0,
-    clock: Callable[[], int] = time.perf_counter_ns,
     count_faults: bool = False,
 ) -> list[Row]:
     """Time every case ``reps`` times after ``warmup`` calls, interleaving the cases.
 
     Returns one :class:`Row` per case, in the order given; ``ratio`` is each median over
-    the first case's median (so the first row reads 1.00). ``clock`` (nanoseconds) is
-    wall time by default; ``time.process_time_ns`` counts only this process's CPU time,
-    which a crowded machine disturbs less, but which also counts idle-spinning worker
-    threads, so use it for single-threaded comparisons only. With ``count_faults``, each
+    the first case's median (so the first row reads 1.00). Times are wall time. With
+    ``count_faults``, each
     row also gets the median number of minor page faults per call (memory the call
     touched for the first time since the allocator got it from the OS), read outside
     the timed region.
@@ -116,10 +113,10 @@ def measure(
                 _sync()
                 if count_faults:
                     before = _minor_faults()
-                start = clock()
+                start = time.perf_counter_ns()
                 result = fn()
                 _sync()
-                samples[i].append((clock() - start) / 1e6)
+                samples[i].append((time.perf_counter_ns() - start) / 1e6)
                 if count_faults:
                     faults[i].append(_minor_faults() - before)
                 del result  # free the outputs outside the timed region
@@ -132,7 +129,7 @@ def measure(
     for case, s, f, med in zip(cases, samples, faults, medians):
         q1, _, q3 = statistics.quantiles(s, n=4) if len(s) >= 2 else (med, med, med)
         rows.append(
-            Row(case.name, med, q1, q3, med / medians[0], len(s), case.note, list(s),
+            Row(case.name, med, q1, q3, med / medians[0], case.note,
                 statistics.median(f) if f else None)
         )
     return rows
@@ -142,28 +139,6 @@ def _minor_faults() -> int:
     import resource  # Unix only, so only imported when faults are counted
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def compiled_variants(
-    cases: Sequence[Case],
-    *,
-    make: Callable[[Case], Callable[[], Any]] | None = None,
-    suffix: str = " [torch.compile]",
-    **compile_kwargs: Any,
-) -> list[Case]:
-    """A ``torch.compile`` variant of each case.
-
-    By default the case's own callable is compiled (``torch.compile(case.fn,
-    **compile_kwargs)``). Cases whose callable closes over state that compiling it
-    whole would not suit can pass ``make``, which returns the callable to time for
-    a case (for example one that calls a compiled inner function). Compilation happens
-    during :func:`measure`'s warm-up, not in the timed region.
-    """
-    out = []
-    for case in cases:
-        fn = make(case) if make is not None else torch.compile(case.fn, **compile_kwargs)
-        out.append(Case(case.name + suffix, fn, case.note))
-    return out
 
 
 def markdown_table(rows: Sequence[Row], *, title: str = "", ratio_header: str = "× first row") -> str:
@@ -190,11 +165,52 @@ def markdown_table(rows: Sequence[Row], *, title: str = "", ratio_header: str = 
     return "\n".join(lines)
 
 
+def timed_table(
+    cases: Sequence[Case],
+    *,
+    title: str,
+    reps: int,
+    warmup: int,
+    target: Callable[[list[Row]], str] | None = None,
+    count_faults: bool = True,
+    ratio_header: str = "× first row",
+) -> str:
+    """:func:`measure` the cases, print their :func:`markdown_table` and return it.
+
+    ``target``, given the rows, returns lines (a verdict against a target, a ratio worth
+    reading) that follow the table as a bulleted list.
+    """
+    rows = measure(cases, reps=reps, warmup=warmup, count_faults=count_faults)
+    text = markdown_table(rows, title=title, ratio_header=ratio_header)
+    if target is not None:
+        text += "\n\n" + "\n".join("- " + line for line in target(rows).splitlines())
+    print(text + "\n", flush=True)
+    return text
+
+
+def machine() -> str:
+    """The processor, its cores, the memory and the operating system, in one line."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):
+        memory = ""
+    return f"{os.cpu_count()} CPUs ({model}){memory}, {platform.system()} {platform.release()}"
+
+
 def environment() -> str:
-    """One line naming what the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
+    """One line naming what the numbers were measured on, and which funcreg was measured
+    (the one this process imports: the checkout on ``PYTHONPATH`` or the installed one)."""
+    import funcreg
+
     return (
+        f"funcreg {funcreg.__version__} from {os.path.dirname(os.path.dirname(funcreg.__file__))}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
-        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
-        f"CUDA {'available' if torch.cuda.is_available() else 'not available'}"
+        f"Python {platform.python_version()}, "
+        f"CUDA {'available' if torch.cuda.is_available() else 'not available'}; {machine()}"
     )

@@ -4,7 +4,7 @@ Two tables, timed on rank 0 of 2 CPU ranks (gloo, one intra-op thread each, star
 this script with a TCPStore on 127.0.0.1), as interleaved medians (``_timing.py``; both
 ranks run the cases in the same shuffled order, since every case is a collective):
 
-1. Averaging a 50-leaf gradient tree (``bench_penalties.make_tree``: 2.5M float32 in
+1. Averaging a 50-leaf gradient tree (``_workloads.make_tree``: 2.5M float32 in
    weights and biases) across the 2 ranks: ``fr.distributed.all_reduce`` (pure, with
    ``check=False``, with ``donate=True``) against one ``dist.all_reduce`` per leaf
    (blocking, and ``async_op=True``), and a hand-written single ``torch.cat`` buffer.
@@ -21,31 +21,30 @@ Before timing, each variant's result is checked against ``fr.distributed.all_red
 
     python benchmarks/bench_distributed.py           # both tables (well under a minute)
     python benchmarks/bench_distributed.py --quick   # a few repetitions: a smoke test
+    python benchmarks/bench_distributed.py --only all_reduce
 
-``main(argv)`` returns the tables as ``{title: markdown}`` for ``benchmarks/run.py``.
+Flags as in benchmarks/README.md; no ``--threads`` (each rank runs one thread, by design).
+``main(argv)`` takes them as a list and returns the tables as ``{title: markdown}``.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
-import sys
 import tempfile
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 from torch.func import functional_call, grad
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import funcreg as fr
 
-import funcreg as fr  # noqa: E402
-from _timing import Case, environment, markdown_table, measure  # noqa: E402
-from bench_penalties import make_tree  # noqa: E402
+from _cli import parse
+from _timing import Case, environment, markdown_table, measure
+from _workloads import make_tree, mlp
 
 WORLD = 2
 GLOBAL_BATCH = 512
@@ -100,14 +99,9 @@ def _all_reduce_table(rank: int, world: int, reps: int) -> str:
                           "ranks (mean over ranks)")
 
 
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                         nn.Linear(1024, 10))
-
-
 def _step_table(rank: int, world: int, reps: int) -> str:
-    model = _mlp()
+    torch.manual_seed(0)
+    model = mlp(256, 1024, 1024, 10)
     params = {k: v.detach() for k, v in model.named_parameters()}
     state = fr.adamw.init(params)
     torch.manual_seed(1)
@@ -161,16 +155,17 @@ def _step_table(rank: int, world: int, reps: int) -> str:
                           f"({size:,} float32 parameters), global batch {GLOBAL_BATCH}")
 
 
-def _rank(rank: int, world: int, port: int, reps: int, result_path: str) -> None:
+def _rank(rank: int, world: int, port: int, reps: int, only: list[str], result_path: str) -> None:
     torch.set_num_threads(1)
     store = dist.TCPStore("127.0.0.1", port, world_size=world + 1, is_master=False,
                           timeout=TIMEOUT)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=TIMEOUT)
     try:
-        tables = {
-            "all-reduce of a 50-leaf tree": _all_reduce_table(rank, world, reps),
-            "data-parallel training step": _step_table(rank, world, max(5, reps // 2)),
-        }
+        tables = {}
+        if "all_reduce" in only:
+            tables["all-reduce of a 50-leaf tree"] = _all_reduce_table(rank, world, reps)
+        if "step" in only:
+            tables["data-parallel training step"] = _step_table(rank, world, max(5, reps // 2))
         if rank == 0:
             with open(result_path, "w") as f:
                 json.dump(tables, f)
@@ -181,21 +176,18 @@ def _rank(rank: int, world: int, port: int, reps: int, result_path: str) -> None
 def main(argv: list[str] | None = None) -> dict[str, str]:
     """Run both tables on 2 gloo ranks (``argv`` as on the command line; ``None`` reads
     ``sys.argv``), print them, and return them as ``{title: markdown}``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few repetitions only")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="repetitions of the all-reduce table (the step table takes half)")
-    args = parser.parse_args(argv)
+    args = parse(argv, __doc__, only=("all_reduce", "step"), threads=False, devices=("cpu",),
+                 reps="repetitions of the all-reduce table (the step table takes half)")
     reps = args.reps or (5 if args.quick else 40)
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"# fr.distributed on {WORLD} gloo ranks\n\n{environment()} (in the parent; each "
+    print(f"# fr.distributed on {WORLD} gloo ranks\n\n{environment()}\n(the parent's threads; each "
           f"rank runs 1 intra-op thread); load average before the run: {load}\n", flush=True)
     store = dist.TCPStore("127.0.0.1", 0, world_size=WORLD + 1, is_master=True,
                           wait_for_workers=False, timeout=TIMEOUT)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "tables.json")
-        mp.start_processes(_rank, args=(WORLD, store.port, reps, path), nprocs=WORLD,
+        mp.start_processes(_rank, args=(WORLD, store.port, reps, args.only, path), nprocs=WORLD,
                            start_method="spawn")
         with open(path) as f:
             tables: dict[str, str] = json.load(f)

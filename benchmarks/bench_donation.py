@@ -1,7 +1,7 @@
 """Donated steps against pure ones and torch.optim: time, and peak memory per process.
 
 For AdamW and for SGD with momentum 0.9, on 50 float32 leaves of 25M and of 100M values
-in all (the leaf shapes of ``bench_optim.py``'s 10 MB tree, scaled), four variants:
+in all (the leaf shapes of the 10 MB tree of ``_workloads.py``, scaled), four variants:
 
 * ``fr pure``: ``params, state = fr.adamw.step(params, grads, state, lr=...)``, which
   allocates fresh params and state every call;
@@ -19,16 +19,16 @@ AdamW).
 
     python benchmarks/bench_donation.py            # both tables, 25M and 100M (a few minutes)
     python benchmarks/bench_donation.py --quick    # 5M values, few reps: a smoke test
-    python benchmarks/bench_donation.py --device cuda
+    python benchmarks/bench_donation.py --device cuda --only adamw
 
-``main(argv)`` returns the tables as ``{title: markdown}`` for ``benchmarks/run.py``.
+Flags as in benchmarks/README.md (``--only`` picks the step); nothing here is compiled.
+``main(argv)`` takes them as a list and returns the tables as ``{title: markdown}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -36,40 +36,21 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import funcreg as fr
 
-import funcreg as fr  # noqa: E402
-from _timing import Case, environment, markdown_table, measure  # noqa: E402
+from _cli import apply, parser
+from _timing import Case, environment, markdown_table, measure
+from _workloads import make_tree, tree_shapes
 
 LR, WD, MOMENTUM = 1e-3, 1e-2, 0.9
-KINDS = [(256, 384), (384, 256), (320, 320), (128, 64, 3, 3), (512, 256)]
 VARIANTS = ["fr pure", "fr donated", "torch.optim foreach=True", "torch.optim fused=True"]
 STEPS = {"adamw": "AdamW, weight_decay=1e-2", "sgdm": "SGD, momentum=0.9"}
 
 
-def shapes(numel: int) -> list[tuple[int, ...]]:
-    """25 weights and their biases, the 10 MB tree's shapes with the first dim scaled so
-    that the tree holds about ``numel`` values."""
-    base = 5 * sum(math.prod(s) + s[0] for s in KINDS)  # 2,527,040 values
-    scale = max(1, round(numel / base))
-    out: list[tuple[int, ...]] = []
-    for i in range(25):
-        s = KINDS[i % len(KINDS)]
-        out += [(s[0] * scale, *s[1:]), (s[0] * scale,)]
-    return out
-
-
-def make(numel: int, seed: int, device: str) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}":
-            torch.empty(s).uniform_(-0.05, 0.05, generator=gen).to(device)
-            for i, s in enumerate(shapes(numel))}
-
-
 def stepper(variant: str, opt: str, numel: int, device: str) -> Callable[[], None]:
     """A zero-argument step of ``variant`` on its own params and state."""
-    params = make(numel, 0, device)
-    grads = make(numel, 1, device)
+    params = make_tree(0, shapes=tree_shapes(numel), device=device)
+    grads = make_tree(1, shapes=tree_shapes(numel), device=device)
     if variant.startswith("torch.optim"):
         ps = [torch.nn.Parameter(p) for p in params.values()]
         for p, g in zip(ps, grads.values()):
@@ -134,11 +115,12 @@ def child(variant: str, opt: str, numel: int, device: str) -> None:
     print(json.dumps({"peak": peak}))
 
 
-def memory_table(opt: str, numel: int, device: str) -> str:
+def memory_table(opt: str, numel: int, device: str, threads: int | None) -> str:
     peaks = {}
     for variant in VARIANTS:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--opt", opt,
                "--numel", str(numel), "--device", device]
+        cmd += ["--threads", str(threads)] if threads else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         peaks[variant] = json.loads(out.strip().splitlines()[-1])["peak"]
     floor = input_bytes(opt, numel)
@@ -176,14 +158,15 @@ def time_table(opt: str, numel: int, device: str, reps: int, warmup: int) -> str
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5M values and a few reps")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--opt", default="adamw", help=argparse.SUPPRESS)
-    parser.add_argument("--numel", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    """Run the benchmarks (``argv`` as on the command line; ``None`` reads ``sys.argv``),
+    print the tables, and return them as ``{title: markdown}``."""
+    p = parser(__doc__, only=tuple(STEPS), devices=("cpu", "cuda"),
+               reps="repetitions of each time table (default 30 at 25M, 12 at 100M)")
+    # one variant's memory, measured in a fresh process that memory_table starts
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--opt", default="adamw", help=argparse.SUPPRESS)
+    p.add_argument("--numel", type=int, default=0, help=argparse.SUPPRESS)
+    args = apply(p.parse_args(argv))
     if args.child:
         child(args.child, args.opt, args.numel, args.device)
         return {}
@@ -192,9 +175,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     tables: dict[str, str] = {}
     for numel in sizes:
         reps = args.reps or (5 if args.quick else (30 if numel < 50_000_000 else 12))
-        for opt in STEPS:
+        for opt in args.only:
             for title, text in ((f"time {opt} {numel}", time_table(opt, numel, args.device, reps, 2)),
-                                (f"memory {opt} {numel}", memory_table(opt, numel, args.device))):
+                                (f"memory {opt} {numel}", memory_table(opt, numel, args.device, args.threads))):
                 tables[title] = text
                 print(text + "\n", flush=True)
     return tables

@@ -15,41 +15,36 @@ training step is forward, backward, L2 gradient and SGD with momentum:
 
 Before timing, one step of each is checked to give the same parameters.
 
-    python benchmarks/bench_ensemble.py [--quick]
+    python benchmarks/bench_ensemble.py                # both MLPs (under a minute)
+    python benchmarks/bench_ensemble.py --quick        # a few repetitions: a smoke test
+    python benchmarks/bench_ensemble.py --only tiny --no-compile
+
+Flags as in benchmarks/README.md. ``main(argv)`` takes them as a list and returns the
+tables as ``{title: markdown}``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
-from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import funcreg as fr
 
-try:
-    from _timing import Case, environment, markdown_table, measure
-except ImportError:  # run as a module from the repository root
-    from benchmarks._timing import Case, environment, markdown_table, measure
+from _cli import parse
+from _timing import Case, environment, timed_table
+from _workloads import mlp
 
 K, BATCH, LR, MOMENTUM = 16, 64, 0.05, 0.9
-SIZES = {"tiny (32-64-64-1)": (32, 64, 64, 1), "mid (64-128-128-10)": (64, 128, 128, 10)}
+SIZES = {"tiny": (32, 64, 64, 1), "mid": (64, 128, 128, 10)}
 
 
-def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-def cases_for(sizes: tuple[int, ...]) -> list[Case]:
+def cases_for(sizes: tuple[int, ...], *, compiled: bool) -> list[Case]:
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, sizes[0]), torch.randn(BATCH, sizes[-1])
     lams = torch.logspace(-4, -1, K)
-    base = mlp(sizes)
+    base = mlp(*sizes)
 
     models = [copy.deepcopy(base) for _ in range(K)]
     opts = [torch.optim.SGD(m.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=2 * lam.item())
@@ -71,7 +66,6 @@ def cases_for(sizes: tuple[int, ...]) -> list[Case]:
     start = {k: v.detach() for k, v in base.named_parameters()}
     holder = {"params": fr.replicate(start, K), "state": fr.replicate(fr.sgd.init(start), K)}
     eager = vmap(member_step)
-    compiled = torch.compile(vmap(member_step))
 
     def funcreg_step(step=eager):
         def run() -> None:
@@ -80,13 +74,15 @@ def cases_for(sizes: tuple[int, ...]) -> list[Case]:
 
     _check(loop_step, models, funcreg_step(), holder)
     grads_only = vmap(grad(mse), in_dims=(0, None, None))
-    return [
+    cases = [
         Case("loop over 16 models, torch.optim.SGD", loop_step),
         Case("funcreg, vmap over 16", funcreg_step()),
-        Case("funcreg, vmap over 16 [torch.compile]", funcreg_step(compiled)),
-        Case("yardstick: vmap of grad alone, no penalty, no update",
-             lambda: grads_only(holder["params"], x, y)),
     ]
+    if compiled:
+        cases.append(Case("funcreg, vmap over 16 [torch.compile]", funcreg_step(torch.compile(eager))))
+    cases.append(Case("yardstick: vmap of grad alone, no penalty, no update",
+                      lambda: grads_only(holder["params"], x, y)))
+    return cases
 
 
 def _check(loop_step, models, funcreg_step, holder) -> None:
@@ -99,20 +95,22 @@ def _check(loop_step, models, funcreg_step, holder) -> None:
                 raise AssertionError(f"member {k} leaf {name}: loop and vmapped step differ")
 
 
-def main(quick: bool = False) -> list[str]:
-    tables = []
-    for label, sizes in SIZES.items():
-        rows = measure(cases_for(sizes), reps=10 if quick else 60, warmup=2 if quick else 5)
-        tables.append(markdown_table(rows, title=f"K = 16 ensemble training step, {label} MLP, "
-                                                 f"batch {BATCH}", ratio_header="× loop"))
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    """Run the benchmarks (``argv`` as on the command line; ``None`` reads ``sys.argv``),
+    print the tables, and return them as ``{title: markdown}``."""
+    args = parse(argv, __doc__, only=tuple(SIZES), compile=True, devices=("cpu",),
+                 reps="repetitions of each table")
+    reps, warmup = args.reps or (10 if args.quick else 60), 2 if args.quick else 5
+    print(f"# K = {K} λ-ensemble training step\n\n{environment()}\n", flush=True)
+    tables = {}
+    for label in args.only:
+        sizes = SIZES[label]
+        title = (f"K = 16 ensemble training step, {label} ({'-'.join(map(str, sizes))}) MLP, "
+                 f"batch {BATCH}")
+        tables[title] = timed_table(cases_for(sizes, compiled=args.compile), title=title, reps=reps,
+                                    warmup=warmup, count_faults=False, ratio_header="× loop")
     return tables
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few repetitions (a smoke run)")
-    args = parser.parse_args()
-    print(environment())
-    for table in main(quick=args.quick):
-        print()
-        print(table)
+    main()

@@ -36,8 +36,10 @@ is timed (on the 10 MB workload), and funcreg's inputs are checked to be untouch
     python benchmarks/bench_optim.py --both-allocators   # the full run (a few minutes)
     python benchmarks/bench_optim.py                     # one run, this process's allocator
     python benchmarks/bench_optim.py --quick             # smoke test: 10M values, few reps
+    python benchmarks/bench_optim.py --only adamw --no-compile
 
-``main(quick=False)`` returns the tables as ``{title: markdown}``.
+Flags as in benchmarks/README.md (``--only`` picks the step), and ``--both-allocators``.
+``main(argv)`` takes them as a list and returns the tables as ``{title: markdown}``.
 """
 
 from __future__ import annotations
@@ -45,10 +47,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
-import platform
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,10 +59,12 @@ from typing import Any, Callable
 import torch
 import torch._inductor.config
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import funcreg as fr
 
-import funcreg as fr  # noqa: E402
-from _timing import Case, environment, measure  # noqa: E402
+from _cli import apply, parser
+from _timing import Case, environment, measure
+from _workloads import check_close, make_tree, tree_shapes
+from peers.torchopt import extension_note
 
 LR = 1e-3
 WD_SGD = 1e-4
@@ -83,33 +85,7 @@ class Workload:
 
     @property
     def numel(self) -> int:
-        total = 0
-        for shape in self.shapes:
-            n = 1
-            for d in shape:
-                n *= d
-            total += n
-        return total
-
-
-def small_shapes() -> list[tuple[int, ...]]:
-    """50 leaves, 2,527,040 float32 values (10.1 MB): 25 weights and their biases."""
-    kinds = [(256, 384), (384, 256), (320, 320), (128, 64, 3, 3), (512, 256)]
-    shapes: list[tuple[int, ...]] = []
-    for i in range(25):
-        shape = kinds[i % len(kinds)]
-        shapes += [shape, (shape[0],)]
-    return shapes
-
-
-def make_params(shapes: list[tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for i, shape in enumerate(shapes):
-        out[f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}"] = (
-            torch.empty(shape).uniform_(-0.05, 0.05, generator=gen)
-        )
-    return out
+        return sum(math.prod(shape) for shape in self.shapes)
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -179,29 +155,11 @@ def torchopt_status() -> tuple[Any, str]:
         import torchopt
     except Exception as exc:  # not installed, or fails to import against this torch
         return None, f"torchopt not usable ({type(exc).__name__}: {exc}); its row is skipped"
-    try:
-        import torchopt._C  # noqa: F401
-
-        ext = "its C++ extension loads, but the row uses the pure-Python path"
-    except Exception as exc:
-        ext = (f"its C++ extension does not load against torch {torch.__version__} "
-               f"({type(exc).__name__}), so the row uses the pure-Python path "
-               "`use_accelerated_op=False`")
-    return torchopt, f"torchopt {torchopt.__version__}: {ext}"
+    return torchopt, (f"torchopt {torchopt.__version__}: {extension_note()}; its row runs "
+                      "torchopt's Python path, `use_accelerated_op=False`")
 
 
 # --------------------------------------------------------------------------- helpers
-def _faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def _close(name: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    for k in want:
-        if not torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-7):
-            err = (got[k] - want[k]).abs().max().item()
-            raise AssertionError(f"{name}: leaf {k!r} differs from torch.optim's by {err:.3g}")
-
-
 def _leaves(*trees: Any) -> list[torch.Tensor]:
     import optree
 
@@ -223,10 +181,14 @@ def _pure(name: str, fn: Callable[[], Any], *inputs: Any) -> Any:
     return out
 
 
-def check(opt: Optimizer, wl: Workload, topt: Any) -> None:
+def _agrees(name: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    check_close(name, got, want, reference="torch.optim's", rtol=1e-5, atol=1e-7)
+
+
+def check(opt: Optimizer, wl: Workload, topt: Any, with_compile: bool) -> None:
     """Two steps of every variant from the same start agree with torch.optim foreach."""
-    base = make_params(wl.shapes, 0)
-    grads = make_params(wl.shapes, 1)
+    base = make_tree(0, shapes=wl.shapes)
+    grads = make_tree(1, shapes=wl.shapes)
     lr_t, wd_t = torch.tensor(LR), torch.tensor(opt.wd)
 
     results: dict[str, dict[str, torch.Tensor]] = {}
@@ -241,18 +203,19 @@ def check(opt: Optimizer, wl: Workload, topt: Any) -> None:
         results[label] = {k: p.detach() for k, p in ps.items()}
     want = results.pop("foreach")
     for label, got in results.items():
-        _close(f"torch.optim {label}", got, want)
+        _agrees(f"torch.optim {label}", got, want)
 
     # Step 1 once (eager, float hypers), then step 2 by each funcreg variant.
     p1, s1 = opt.fr_float(base, grads, opt.fr_init(base))
     variants = {
         "fr eager, float hypers": lambda: opt.fr_float(p1, grads, s1),
         "fr eager, tensor hypers": lambda: opt.fr_tensor(p1, grads, s1, lr_t, wd_t),
-        "fr compiled": lambda: compiled(opt)(p1, grads, s1, lr_t, wd_t),
     }
+    if with_compile:
+        variants["fr compiled"] = lambda: compiled(opt)(p1, grads, s1, lr_t, wd_t)
     for name, fn in variants.items():
         p2, _ = _pure(name, fn, p1, grads, s1)
-        _close(name, p2, want)
+        _agrees(name, p2, want)
 
     if topt is not None and opt.key == "adamw":
         t = topt.adamw(LR, weight_decay=WD_ADAMW, use_accelerated_op=False)
@@ -260,14 +223,15 @@ def check(opt: Optimizer, wl: Workload, topt: Any) -> None:
         for _ in range(2):
             u, s = t.update(grads, s, params=p, inplace=False)
             p = topt.apply_updates(p, u, inplace=False)
-        _close("torchopt.adamw", p, want)
+        _agrees("torchopt.adamw", p, want)
 
 
 # --------------------------------------------------------------------------- one table
-def cases_for(opt: Optimizer, wl: Workload, topt: Any) -> tuple[list[Case], list[int], Callable[[], None]]:
+def cases_for(opt: Optimizer, wl: Workload, topt: Any,
+              with_compile: bool) -> tuple[list[Case], list[int], Callable[[], None]]:
     """The timed cases, each row's minimum number of passes, and a cleanup function."""
-    base = make_params(wl.shapes, 0)
-    grad_values = make_params(wl.shapes, 1)
+    base = make_tree(0, shapes=wl.shapes)
+    grad_values = make_tree(1, shapes=wl.shapes)
     # One set of parameters serves every variant: torch.optim updates it in place (which
     # does not change what a step costs), funcreg and torchopt read detached aliases.
     params = {k: torch.nn.Parameter(v) for k, v in base.items()}
@@ -290,11 +254,6 @@ def cases_for(opt: Optimizer, wl: Workload, topt: Any) -> tuple[list[Case], list
     if opt.key == "sgdm":  # time the steady state: momentum buffers already there
         _, state = opt.fr_float(flat_p, flat_g, state)
 
-    step_c = compiled(opt)
-    step_c(flat_p, flat_g, state, lr_t, wd_t)  # compile now, outside every timed region
-    with torch.compiler.set_stance("fail_on_recompile"):
-        step_c(flat_p, flat_g, state, torch.tensor(LR * 2), torch.tensor(opt.wd * 3))
-
     cases = [
         Case(f"torch.optim {label}", o.step) for label, o in torch_opts.items()
     ] + [
@@ -302,9 +261,14 @@ def cases_for(opt: Optimizer, wl: Workload, topt: Any) -> tuple[list[Case], list
              "fused kernel on fresh copies"),
         Case("fr eager, tensor lr/wd", lambda: opt.fr_tensor(flat_p, flat_g, state, lr_t, wd_t),
              "foreach path"),
-        Case("fr torch.compile, tensor lr/wd",
-             lambda: step_c(flat_p, flat_g, state, lr_t, wd_t), "fullgraph, no recompile"),
     ]
+    if with_compile:
+        step_c = compiled(opt)
+        step_c(flat_p, flat_g, state, lr_t, wd_t)  # compile now, outside every timed region
+        with torch.compiler.set_stance("fail_on_recompile"):
+            step_c(flat_p, flat_g, state, torch.tensor(LR * 2), torch.tensor(opt.wd * 3))
+        cases.append(Case("fr torch.compile, tensor lr/wd",
+                          lambda: step_c(flat_p, flat_g, state, lr_t, wd_t), "fullgraph, no recompile"))
     passes = [opt.passes] * len(cases)
 
     extra: list[Any] = []
@@ -346,30 +310,12 @@ def cases_for(opt: Optimizer, wl: Workload, topt: Any) -> tuple[list[Case], list
     return cases, passes, cleanup
 
 
-def _counting(case: Case, sink: list[int]) -> Case:
-    """``case`` with each call's minor page faults appended to ``sink`` (one getrusage
-    call either side: a microsecond or two, next to steps of a millisecond and more)."""
-    fn = case.fn
-
-    def call() -> Any:
-        f0 = _faults()
-        out = fn()
-        sink.append(_faults() - f0)
-        return out
-
-    return Case(case.name, call, case.note)
-
-
-def table(opt: Optimizer, wl: Workload, topt: Any, allocator: str) -> tuple[str, str]:
+def table(opt: Optimizer, wl: Workload, topt: Any, allocator: str, with_compile: bool) -> tuple[str, str]:
     start = time.perf_counter()
     if wl.check:
-        check(opt, wl, topt)
-    cases, passes, cleanup = cases_for(opt, wl, topt)
-    sinks: list[list[int]] = [[] for _ in cases]
-    counted = [_counting(c, s) for c, s in zip(cases, sinks)]
-    rows = measure(counted, reps=wl.reps, warmup=wl.warmup)
-    faults = [statistics.median(s[wl.warmup:]) for s in sinks]  # timed calls only
-    del counted
+        check(opt, wl, topt, with_compile)
+    cases, passes, cleanup = cases_for(opt, wl, topt, with_compile)
+    rows = measure(cases, reps=wl.reps, warmup=wl.warmup, count_faults=True)
     cleanup()
 
     base = rows[0].median_ms  # torch.optim foreach=True
@@ -383,25 +329,25 @@ def table(opt: Optimizer, wl: Workload, topt: Any, allocator: str) -> tuple[str,
              "| % of add_ BW | faults/call | note |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     by_name = {}
-    for r, p, f in zip(rows, passes, faults):
+    for r, p in zip(rows, passes):
         bw = p * nbytes / (r.median_ms / 1e3)
         by_name[r.name] = (r, bw / add_bw)
         lines.append(
             f"| {r.name} | {r.median_ms:.3f} | {r.q1_ms:.3f}–{r.q3_ms:.3f} "
             f"| {r.median_ms / base:.2f} | {p} | {bw / 1e9:.1f} | {100 * bw / add_bw:.0f}% "
-            f"| {f:,.0f} | {r.note} |"
+            f"| {r.faults:,.0f} | {r.note} |"
         )
     eager = by_name["fr eager, float lr/wd"][0].median_ms / base
-    comp_row, comp_frac = by_name["fr torch.compile, tensor lr/wd"]
-    fused = by_name["torch.optim fused=True"][0].median_ms
-    comp = comp_row.median_ms / fused
     verdict = [
         f"eager (float) / torch.optim foreach = {eager:.2f} (target <= 1.0: "
         f"{'met' if eager <= 1.0 else 'MISSED'})",
-        f"compiled / torch.optim fused = {comp:.2f} (target <= 1.2: "
-        f"{'met' if comp <= 1.2 else 'MISSED'})",
     ]
-    if wl.numel >= 50_000_000:
+    if with_compile:
+        comp_row, comp_frac = by_name["fr torch.compile, tensor lr/wd"]
+        comp = comp_row.median_ms / by_name["torch.optim fused=True"][0].median_ms
+        verdict.append(f"compiled / torch.optim fused = {comp:.2f} (target <= 1.2: "
+                       f"{'met' if comp <= 1.2 else 'MISSED'})")
+    if with_compile and wl.numel >= 50_000_000:
         verdict.append(f"compiled at {100 * comp_frac:.0f}% of add_ bandwidth (target >= 50%: "
                        f"{'met' if comp_frac >= 0.5 else 'MISSED'})")
     lines += ["", f"medians of {wl.reps} interleaved reps after {wl.warmup} warm-up calls; "
@@ -419,56 +365,40 @@ def allocator_label() -> str:
     return "glibc malloc defaults"
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        mem_s = f", {mem:.0f} GiB RAM"
-    except (ValueError, OSError):
-        mem_s = ""
-    return f"{platform.system()} {platform.machine()}, {model}, {os.cpu_count()} CPUs{mem_s}"
-
-
 def workloads(quick: bool, reps: int | None) -> list[Workload]:
     if quick:
-        return [Workload("50 leaves, 2.5M float32 (10 MB)", small_shapes(), reps or 10, 2, True),
+        return [Workload("50 leaves, 2.5M float32 (10 MB)", tree_shapes(), reps or 10, 2, True),
                 Workload("10 leaves x 1M float32 (10M values, quick run)", [(1000, 1000)] * 10,
                          max(3, (reps or 10) // 2), 1, False)]
-    return [Workload("50 leaves, 2.5M float32 (10 MB)", small_shapes(), reps or 40, 3, True),
+    return [Workload("50 leaves, 2.5M float32 (10 MB)", tree_shapes(), reps or 40, 3, True),
             Workload("10 leaves x 10M float32 (100M values, 400 MB a copy)",
                      [(10_000, 1_000)] * 10, max(3, (reps or 40) // 8), 1, False)]
 
 
-def run_here(quick: bool, reps: int | None) -> dict[str, str]:
+def run_here(args: argparse.Namespace) -> dict[str, str]:
     # Compile in this process: a pool of compile workers idling beside the timed loops
     # would be one more thing competing for the two cores.
     torch._inductor.config.compile_threads = 1
     topt, note = torchopt_status()
     alloc = allocator_label()
     print(f"# funcreg optimizer-step benchmarks\n\n{environment()}\n"
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine: {machine()}\n"
           f"allocator: {alloc}; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}\n"
           f"{note}\nlr={LR:g}, SGD weight_decay={WD_SGD:g}, AdamW weight_decay={WD_ADAMW:g}\n",
           flush=True)
     tables: dict[str, str] = {}
     with torch.no_grad():
-        for wl in workloads(quick, reps):
+        for wl in workloads(args.quick, args.reps):
             for opt in OPTIMIZERS:
-                title, text = table(opt, wl, topt, alloc)
-                tables[title] = text
-                print(text + "\n", flush=True)
+                if opt.key in args.only:
+                    title, text = table(opt, wl, topt, alloc, args.compile)
+                    tables[title] = text
+                    print(text + "\n", flush=True)
     return tables
 
 
-def run_both(quick: bool, reps: int | None, threads: int | None) -> dict[str, str]:
+def run_both(argv: list[str]) -> dict[str, str]:
+    """This script twice, in subprocesses with ``argv``: glibc malloc's defaults, then
+    ``GLIBC_TUNABLES`` set."""
     tables: dict[str, str] = {}
     for tunables in (None, TUNABLES):
         env = dict(os.environ)
@@ -477,10 +407,7 @@ def run_both(quick: bool, reps: int | None, threads: int | None) -> dict[str, st
             env["GLIBC_TUNABLES"] = tunables
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "tables.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--json", out]
-            cmd += ["--quick"] if quick else []
-            cmd += ["--reps", str(reps)] if reps else []
-            cmd += ["--threads", str(threads)] if threads else []
+            cmd = [sys.executable, os.path.abspath(__file__), *argv, "--json", out]
             print(f"$ {'GLIBC_TUNABLES=' + tunables + ' ' if tunables else ''}"
                   f"{' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, env=env, check=True)
@@ -489,33 +416,24 @@ def run_both(quick: bool, reps: int | None, threads: int | None) -> dict[str, st
     return tables
 
 
-def main(quick: bool = False, *, both_allocators: bool = False, reps: int | None = None,
-         threads: int | None = None) -> dict[str, str]:
-    """Run the benchmarks, print the tables, and return them as ``{title: markdown}``.
-
-    ``both_allocators`` runs them twice in subprocesses, with glibc malloc's defaults and
-    with ``GLIBC_TUNABLES`` set; ``threads`` calls ``torch.set_num_threads`` first.
-    """
-    if both_allocators:
-        return run_both(quick, reps, threads)
-    if threads:
-        torch.set_num_threads(threads)
-    return run_here(quick, reps)
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    """Run the benchmarks (``argv`` as on the command line; ``None`` reads ``sys.argv``),
+    print the tables, and return them as ``{title: markdown}``."""
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser(__doc__, only=tuple(opt.key for opt in OPTIMIZERS), compile=True, devices=("cpu",),
+               reps="repetitions of the 10 MB tables (the 100M tables take an eighth)")
+    p.add_argument("--both-allocators", action="store_true",
+                   help="run twice in subprocesses: glibc defaults and GLIBC_TUNABLES set")
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # where run_both's runs write
+    args = p.parse_args(argv)
+    if args.both_allocators:
+        return run_both([a for a in argv if a != "--both-allocators"])
+    tables = run_here(apply(args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(tables, f)
+    return tables
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10M values, a few reps only")
-    parser.add_argument("--both-allocators", action="store_true",
-                        help="run twice in subprocesses: glibc defaults and GLIBC_TUNABLES set")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="reps for the 10 MB tables (the 100M tables take an eighth)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads(N) first (default: torch's own choice)")
-    parser.add_argument("--json", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    result = main(args.quick, both_allocators=args.both_allocators, reps=args.reps,
-                  threads=args.threads)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f)
+    main()

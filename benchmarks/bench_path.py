@@ -17,16 +17,15 @@
    on the main job and on diabetes.
 
 LassoNet is an optional benchmark extra (``pip install -e ".[bench]"``); without it its
-rows are skipped with a line saying so. One thread, fixed seeds. Times are wall times of
-one run each (these are whole paths, seconds long), so read them as provisional on a
-shared machine.
+rows are skipped with a line saying so. One thread unless ``--threads`` says otherwise,
+fixed seeds. Times are wall times of one run each (these are whole paths, seconds long),
+so read them as provisional on a shared machine.
 
-    python benchmarks/bench_path.py [--quick]
+    python benchmarks/bench_path.py [--quick] [--threads N] [--only main_job|digits|lasso_cv|warm_start]
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import time
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(ROOT / "benchmarks")]
 
 import funcreg as fr  # noqa: E402
+from _cli import parse  # noqa: E402
 from _timing import environment  # noqa: E402
 from funcreg._cv import make_folds  # noqa: E402  (the very splits fr.path uses, for LassoCV)
 
@@ -243,18 +243,18 @@ def warm_starts(quick: bool) -> None:
     print()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller grids, for a smoke run")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+PARTS = {"main_job": main_job, "digits": digits, "lasso_cv": diabetes, "warm_start": warm_starts}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv, __doc__, only=list(PARTS))
+    if not args.threads:
+        torch.set_num_threads(1)
     print(f"# fr.path against LassoNet and LassoCV\n\n{environment()}; LassoNet "
           f"{'installed' if HAVE_LASSONET else 'not installed'}\n")
     start = time.perf_counter()
-    main_job(args.quick)
-    digits(args.quick)
-    diabetes(args.quick)
-    warm_starts(args.quick)
+    for name in args.only:
+        PARTS[name](args.quick)
     print(f"(the whole run: {time.perf_counter() - start:.0f} s)")
 
 

@@ -18,30 +18,29 @@ ratio column relative to its first row and the minor page faults per call:
 3. ``fr.l1.prox`` on the 50-leaf dict, against a per-leaf ``w - w.clamp(-t, t)`` loop,
    the composable path forced, and (for reference) per-leaf ``F.softshrink``.
 
-``--compile`` adds ``torch.compile(fullgraph=True)`` rows: ``add_grad`` and ``prox`` with
-tensor hyperparameters, and the funcreg step with ``add_grad`` and the update compiled
-together. Every variant's result is checked against funcreg's before anything is timed.
+The ``torch.compile(fullgraph=True)`` rows (``--no-compile`` leaves them out): ``add_grad``
+and ``prox`` with tensor hyperparameters, and the funcreg step with ``add_grad`` and the
+update compiled together. Every variant's result is checked against funcreg's before
+anything is timed.
 
 funcreg's functions are pure, so each call writes a fresh output; with glibc's default
 malloc, large freed blocks go back to the OS and the next call page-faults them in again
 (the faults column shows when). To see the step without that cost, run the step table
 with ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184``.
 
-    python benchmarks/bench_penalties.py             # all tables (well under a minute)
-    python benchmarks/bench_penalties.py --compile   # plus the torch.compile rows
-    python benchmarks/bench_penalties.py --quick     # a few repetitions: a smoke test
+    python benchmarks/bench_penalties.py                # all tables (about two minutes)
+    python benchmarks/bench_penalties.py --no-compile   # without the torch.compile rows
+    python benchmarks/bench_penalties.py --quick        # a few repetitions: a smoke test
     python benchmarks/bench_penalties.py --only step --threads 1
 
-``main(argv)`` takes the same arguments as a list and returns the tables as
-``{title: markdown}`` for ``benchmarks/run.py``.
+Flags as in benchmarks/README.md. ``main(argv)`` takes them as a list and returns the
+tables as ``{title: markdown}``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
-import sys
 from typing import Any, Callable
 
 import torch
@@ -49,51 +48,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import funcreg as fr
+from funcreg import _dispatch
 
-import funcreg as fr  # noqa: E402
-from funcreg import _dispatch  # noqa: E402
-from _timing import Case, environment, markdown_table, measure  # noqa: E402
+from _cli import parse
+from _timing import Case, Row, environment, timed_table
+from _workloads import check_close, make_tree, mlp, numel
 
 LAM = 1e-4  # add_grad and the training step
 LR = 1e-3
 PROX_LAM, PROX_STEP = 0.2, 0.1  # threshold 0.02: zeroes about 30% of the tree's values
-
-
-# --------------------------------------------------------------------------- workloads
-def make_tree(seed: int = 0) -> dict[str, torch.Tensor]:
-    """50 leaves, 2,527,040 float32 values: 25 weights of varied shapes (matrices and
-    conv kernels) and their 25 biases, in ``named_parameters()`` order."""
-    gen = torch.Generator().manual_seed(seed)
-    shapes = [(256, 384), (384, 256), (320, 320), (128, 64, 3, 3), (512, 256)]
-    tree: dict[str, torch.Tensor] = {}
-    for i in range(25):
-        shape = shapes[i % len(shapes)]
-        tree[f"block{i}.weight"] = torch.randn(shape, generator=gen) * 0.05
-        tree[f"block{i}.bias"] = torch.randn(shape[0], generator=gen) * 0.05
-    return tree
-
-
-def make_mlp(seed: int = 0) -> nn.Module:
-    """1024-2048-2048-1024-10 MLP with ReLU: 8,403,978 parameters."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(1024, 2048), nn.ReLU(),
-        nn.Linear(2048, 2048), nn.ReLU(),
-        nn.Linear(2048, 1024), nn.ReLU(),
-        nn.Linear(1024, 10),
-    )
-
-
-def numel(tree: dict[str, torch.Tensor]) -> int:
-    return sum(v.numel() for v in tree.values())
-
-
-def _check(name: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    for k in want:
-        if not torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6):
-            err = (got[k] - want[k]).abs().max().item()
-            raise AssertionError(f"{name}: leaf {k!r} differs from funcreg's result by {err:.3g}")
+MLP = (1024, 2048, 2048, 1024, 10)  # 8,403,978 parameters
 
 
 # ------------------------------------------------------------- 1. add_grad on a 50-leaf tree
@@ -142,7 +107,7 @@ def add_grad_cases(penalty: str) -> list[Case]:
     ]
     want = fast()
     for case in cases[1:]:
-        _check(case.name, case.fn(), want)
+        check_close(case.name, case.fn(), want)
     return cases
 
 
@@ -158,7 +123,7 @@ def add_grad_compiled(penalty: str) -> list[Case]:
     compiled = torch.compile(fn, fullgraph=True)
     case = Case(f"`fr.{penalty}.add_grad` [torch.compile, fullgraph, tensor λ]",
                 lambda: compiled(grads, params, lam))
-    _check(case.name, case.fn(), family.add_grad(grads, params, LAM))
+    check_close(case.name, case.fn(), family.add_grad(grads, params, LAM))
     return [case]
 
 
@@ -169,7 +134,8 @@ def step_cases(batch: int = 64, *, compiled: bool = False) -> list[Case]:
     With ``compiled``, one more row: funcreg's ``add_grad`` and the same update under
     one ``torch.compile``, which fuses λ·sign(w) into the update's single pass.
     """
-    base = make_mlp(0)
+    torch.manual_seed(0)
+    base = mlp(*MLP)
     torch.manual_seed(1)
     x = torch.randn(batch, 1024)
     y = torch.randint(0, 10, (batch,))
@@ -282,7 +248,7 @@ def step_cases(batch: int = 64, *, compiled: bool = False) -> list[Case]:
         step()
         got = {k: v.detach() for k, v in model.named_parameters()}
         if group in results:
-            _check(name, got, results[group])
+            check_close(name, got, results[group])
         else:
             results[group] = got
     del results
@@ -322,7 +288,7 @@ def prox_cases() -> list[Case]:
     ]
     want = fast()
     for case in cases[1:]:
-        _check(case.name, case.fn(), want)
+        check_close(case.name, case.fn(), want)
     return cases
 
 
@@ -332,91 +298,69 @@ def prox_compiled() -> list[Case]:
     compiled = torch.compile(lambda p, a, s: fr.l1.prox(p, a, s), fullgraph=True)
     case = Case("`fr.l1.prox` [torch.compile, fullgraph, tensor λ and step]",
                 lambda: compiled(params, lam, step))
-    _check(case.name, case.fn(), fr.l1.prox(params, PROX_LAM, PROX_STEP))
+    check_close(case.name, case.fn(), fr.l1.prox(params, PROX_LAM, PROX_STEP))
     return [case]
 
 
 # ------------------------------------------------------------------------------- driver
+def add_grad_target(rows: list[Row]) -> str:
+    speedup = rows[1].median_ms / rows[0].median_ms
+    return (f"add_grad is {speedup:.2f}x faster than autograd of the penalty "
+            f"(target >= 3x: {'met' if speedup >= 3 else 'MISSED'})")
+
+
+def step_target(rows: list[Row]) -> str:
+    lines = []
+    for row in rows:
+        ratio = row.median_ms / rows[0].median_ms
+        if "by funcreg" in row.name:
+            # a donated eager step has the looser target: it still makes one pass for
+            # sign(w) and one to add it, where the compiled one fuses them into the update
+            limit = 1.15 if "donated" in row.name and "compile" not in row.name else 1.10
+            lines.append(f"{row.name} / unregularized functional step = {ratio:.3f} "
+                         f"(target <= {limit:.2f}: {'met' if ratio <= limit else 'MISSED'})")
+        elif row.name.startswith("yardstick"):
+            lines.append(f"yardstick (one fresh pass, no L1) / unregularized functional "
+                         f"step = {ratio:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, str]:
     """Run the benchmarks (``argv`` as on the command line; ``None`` reads ``sys.argv``),
     print the tables, and return them as ``{title: markdown}``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few repetitions only")
-    parser.add_argument("--compile", action="store_true",
-                        help="add torch.compile rows (compiling takes a minute or so)")
-    parser.add_argument("--only", choices=["add_grad", "step", "prox"], action="append",
-                        help="run only this table (repeatable); default: all")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="repetitions for the tree tables (the step table takes a third)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads first (default: torch's own choice)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+    args = parse(argv, __doc__, only=("add_grad", "step", "prox"), compile=True, devices=("cpu",),
+                 reps="repetitions of the tree tables (the step table takes a third)")
     reps = args.reps or (10 if args.quick else 300)
     step_reps = max(3, reps // 3)
     warmup = 2 if args.quick else 10
 
     tree = make_tree()
-    mlp = make_mlp()
+    torch.manual_seed(0)
+    model = mlp(*MLP)
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     print(f"# funcreg penalty benchmarks\n\n{environment()}\n"
           f"allocator: glibc malloc, GLIBC_TUNABLES={tunables!r}"
           f"{'' if tunables else ' (defaults)'}\n")
     print(f"tree: {len(tree)} leaves, {numel(tree):,} float32 values; "
-          f"MLP: 1024-2048-2048-1024-10, {numel(dict(mlp.named_parameters())):,} parameters, "
+          f"MLP: {'-'.join(map(str, MLP))}, {numel(dict(model.named_parameters())):,} parameters, "
           f"batch 64; λ={LAM:g}, lr={LR:g}; prox λ={PROX_LAM:g}, step={PROX_STEP:g}; "
           f"medians of {reps} (steps: {step_reps}) interleaved "
           f"repetitions after {warmup} warm-up calls\n", flush=True)
-    del tree, mlp
+    del tree, model
 
     tables: dict[str, str] = {}
-
-    def emit(title: str, cases: list[Case], n: int, target: Callable[[list], str] | None = None) -> None:
-        rows = measure(cases, reps=n, warmup=warmup, count_faults=True)
-        text = markdown_table(rows, title=title)
-        if target is not None:
-            text += "\n\n" + "\n".join("- " + line for line in target(rows).splitlines())
-        tables[title] = text
-        print(text + "\n", flush=True)
-
-    def add_grad_target(rows: list) -> str:
-        speedup = rows[1].median_ms / rows[0].median_ms
-        return (f"add_grad is {speedup:.2f}x faster than autograd of the penalty "
-                f"(target >= 3x: {'met' if speedup >= 3 else 'MISSED'})")
-
-    only = set(args.only or ["add_grad", "step", "prox"])
-    for penalty in ("l1", "l2") if "add_grad" in only else ():
-        cases = add_grad_cases(penalty)
-        if args.compile:
-            cases += add_grad_compiled(penalty)
-        emit(f"`fr.{penalty}.add_grad`, 50 leaves, 2.5M float32", cases, reps, add_grad_target)
-
-    def step_target(rows: list) -> str:
-        lines = []
-        for row in rows:
-            ratio = row.median_ms / rows[0].median_ms
-            if "by funcreg" in row.name:
-                # a donated eager step has the looser target: it still makes one pass for
-                # sign(w) and one to add it, where the compiled one fuses them into the update
-                limit = 1.15 if "donated" in row.name and "compile" not in row.name else 1.10
-                lines.append(f"{row.name} / unregularized functional step = {ratio:.3f} "
-                             f"(target <= {limit:.2f}: {'met' if ratio <= limit else 'MISSED'})")
-            elif row.name.startswith("yardstick"):
-                lines.append(f"yardstick (one fresh pass, no L1) / unregularized functional "
-                             f"step = {ratio:.3f}")
-        return "\n".join(lines)
-
-    if "step" in only:
-        emit("L1-regularized SGD step, MLP 8.4M params, batch 64",
-             step_cases(compiled=args.compile), step_reps, step_target)
-
-    if "prox" in only:
-        cases = prox_cases()
-        if args.compile:
-            cases += prox_compiled()
-        emit("`fr.l1.prox`, 50 leaves, 2.5M float32", cases, reps)
+    for penalty in ("l1", "l2") if "add_grad" in args.only else ():
+        cases = add_grad_cases(penalty) + (add_grad_compiled(penalty) if args.compile else [])
+        title = f"`fr.{penalty}.add_grad`, 50 leaves, 2.5M float32"
+        tables[title] = timed_table(cases, title=title, reps=reps, warmup=warmup, target=add_grad_target)
+    if "step" in args.only:
+        title = "L1-regularized SGD step, MLP 8.4M params, batch 64"
+        tables[title] = timed_table(step_cases(compiled=args.compile), title=title, reps=step_reps,
+                                    warmup=warmup, target=step_target)
+    if "prox" in args.only:
+        title = "`fr.l1.prox`, 50 leaves, 2.5M float32"
+        cases = prox_cases() + (prox_compiled() if args.compile else [])
+        tables[title] = timed_table(cases, title=title, reps=reps, warmup=warmup)
     return tables
 
 

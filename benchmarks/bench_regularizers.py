@@ -20,25 +20,22 @@ Every variant's result is checked against funcreg's before anything is timed.
     python benchmarks/bench_regularizers.py --quick     # a few repetitions: a smoke test
     python benchmarks/bench_regularizers.py --only mcp --no-compile
 
-``main(argv)`` takes the same arguments as a list and returns the tables as
-``{title: markdown}``.
+Flags as in benchmarks/README.md. ``main(argv)`` takes them as a list and returns the
+tables as ``{title: markdown}``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import funcreg as fr
+from funcreg import _dispatch
 
-import funcreg as fr  # noqa: E402
-from funcreg import _dispatch  # noqa: E402
-from _timing import Case, environment, markdown_table, measure  # noqa: E402
-from bench_penalties import make_tree, numel  # noqa: E402
+from _cli import parse
+from _timing import Case, Row, environment, timed_table
+from _workloads import check_close, make_tree, numel
 
 SVT_LAM, SVT_STEP = 1.0, 0.5  # threshold 0.5 against σ_max ≈ 1.6: most singular values go
 L1_RADIUS = 50.0  # each weight leaf's L1 norm is about 4000, each bias's about 10 (inside)
@@ -56,17 +53,9 @@ def make_matrices(seed: int = 0) -> dict[str, torch.Tensor]:
     return tree
 
 
-def _check(name: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
-           rtol: float = 1e-5, atol: float = 1e-6) -> None:
-    for k in want:
-        if not torch.allclose(got[k], want[k], rtol=rtol, atol=atol):
-            err = (got[k] - want[k]).abs().max().item()
-            raise AssertionError(f"{name}: leaf {k!r} differs from funcreg's result by {err:.3g}")
-
-
 def _checked(cases: list[Case], want: Any, **tol: float) -> list[Case]:
     for case in cases[1:]:
-        _check(case.name, case.fn(), want, **tol)
+        check_close(case.name, case.fn(), want, **tol)
     return cases
 
 
@@ -169,11 +158,11 @@ def mcp_cases(*, compiled: bool) -> list[Case]:
     scad_want = fr.scad.prox(tree, PROX_LAM, PROX_STEP)
     for case in cases[1:]:
         want = l1_want if "l1" in case.name else scad_want if "scad" in case.name else mcp_want
-        _check(case.name, case.fn(), want)
+        check_close(case.name, case.fn(), want)
     return cases
 
 
-def mcp_target(rows: list) -> str:
+def mcp_target(rows: list[Row]) -> str:
     by_name = {r.name: r.median_ms for r in rows}
     lines = []
     for suffix in (", numbers", ", tensor λ", ", tensor λ and step",
@@ -190,19 +179,8 @@ def mcp_target(rows: list) -> str:
 def main(argv: list[str] | None = None) -> dict[str, str]:
     """Run the benchmarks (``argv`` as on the command line; ``None`` reads ``sys.argv``),
     print the tables, and return them as ``{title: markdown}``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few repetitions only")
-    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
-    parser.add_argument("--only", choices=["svt", "l1_ball", "mcp"], action="append",
-                        help="run only this table (repeatable); default: all")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="repetitions of the MCP table (SVT takes a tenth, the L1 ball a third)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads first (default: torch's own choice)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+    args = parse(argv, __doc__, only=("svt", "l1_ball", "mcp"), compile=True, devices=("cpu",),
+                 reps="repetitions of the MCP table (SVT takes a tenth, the L1 ball a third)")
     reps = args.reps or (10 if args.quick else 300)
     warmup = 2 if args.quick else 5
     matrices, tree = make_matrices(), make_tree()
@@ -215,22 +193,17 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
 
     tables: dict[str, str] = {}
 
-    def emit(title: str, cases: list[Case], n: int, target: Callable[[list], str] | None = None) -> None:
-        rows = measure(cases, reps=n, warmup=warmup, count_faults=True)
-        text = markdown_table(rows, title=f"{title} ({n} repetitions)")
-        if target is not None:
-            text += "\n\n" + "\n".join("- " + line for line in target(rows).splitlines())
-        tables[title] = text
-        print(text + "\n", flush=True)
+    def emit(title: str, cases: list[Case], n: int, target: Callable[[list[Row]], str] | None = None) -> None:
+        tables[title] = timed_table(cases, title=f"{title} ({n} repetitions)", reps=n, warmup=warmup,
+                                    target=target)
 
-    only = set(args.only or ["svt", "l1_ball", "mcp"])
-    if "svt" in only:
+    if "svt" in args.only:
         emit("`fr.nuclear_norm.prox`, 50 matrix leaves, 3.3M float32", svt_cases(), max(3, reps // 10))
-    if "l1_ball" in only:
+    if "l1_ball" in args.only:
         emit("`fr.project.l1_ball`, 50 leaves, 2.5M float32", l1_ball_cases(), max(3, reps // 3))
-    if "mcp" in only:
+    if "mcp" in args.only:
         emit("`fr.mcp.prox` vs `fr.l1.prox`, 50 leaves, 2.5M float32",
-             mcp_cases(compiled=not args.no_compile), reps, mcp_target)
+             mcp_cases(compiled=args.compile), reps, mcp_target)
     return tables
 
 

@@ -8,9 +8,13 @@ constraint sets; ``penalized`` adds penalties to a loss; ``select`` chooses leav
 ``sgd``, ``adam`` and ``adamw`` are stateless optimizer steps; ``lambda_grid`` and
 ``sparsity`` build and read a regularization path; ``distributed.all_reduce`` averages a
 gradient tree across processes, for data-parallel ``torch.func`` training. See DESIGN.md.
+
+``Coupling`` names units that span several leaves; ``prune`` finds them in a module and
+removes the zero ones from a copy of it.
 """
 
-from funcreg import distributed, project, select
+from funcreg import distributed, project, prune, select
+from funcreg.coupling import Coupling
 from funcreg.ensemble import converged, replicate, update_where
 from funcreg.lambda_grid import lambda_grid
 from funcreg.optim import adam, adamw, sgd
@@ -35,6 +39,7 @@ from funcreg.penalties import (
 from funcreg.sparsity import sparsity
 
 __all__ = [
+    "Coupling",
     "Path",
     "Penalty",
     "adam",
@@ -56,6 +61,7 @@ __all__ = [
     "penalized",
     "project",
     "prox_adam",
+    "prune",
     "replicate",
     "scad",
     "select",

@@ -22,11 +22,11 @@ class Grouping:
     """
 
     def __init__(self, penalty: Any, options: dict[str, Any], params: Any, where: Any):
-        self.couplings = options.get("groups")
-        if self.couplings is not None:
-            self.couplings = [getattr(c, "dims", c) for c in self.couplings], [
-                getattr(c, "groups", None) for c in self.couplings]
-            self.paths = sorted({p for dims in self.couplings[0] for p in dims})
+        self.couplings = None
+        if options.get("groups") is not None:  # fr.Coupling's, or {path: dim} dicts
+            couplings = funcreg.Coupling.normalize(options["groups"])
+            self.couplings = [c.dims for c in couplings], [c.validate(params) for c in couplings]
+            self.paths = sorted({p for c in couplings for p in c.dims})
         else:
             self.paths = list(funcreg.sparsity(params, where=where).leaves)
         self.dim = options.get("dim", penalty.options.get("dim", "elements")) \
@@ -45,9 +45,7 @@ class Grouping:
 
     def _coupled(self, tree: dict[str, torch.Tensor], lead: int) -> list[torch.Tensor]:
         out = []
-        for dims, g in zip(*self.couplings):
-            sizes = [tree[p].shape[lead + d] for p, d in dims.items()]
-            G = g if g is not None else min(sizes)
+        for dims, G in zip(*self.couplings):
             sq = 0
             for p, d in dims.items():
                 w = tree[p]

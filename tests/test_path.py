@@ -256,3 +256,17 @@ def test_bad_inputs_are_refused_before_training(monkeypatch) -> None:
         fr.path(mse, params, fr.l1, (x, y), solver="prox_adam")
     with pytest.raises(ValueError, match="selects no leaf"):
         fr.path(mse, params, fr.l1, (x, y), where=fr.select.only("nope"))
+
+
+def test_groups_of_couplings_are_fr_couplings_norms() -> None:
+    """What fr.path counts and plots for groups=[couplings] (when a family takes them)."""
+    from funcreg._path_groups import Grouping
+
+    torch.manual_seed(0)
+    p = {"fc.weight": torch.randn(6, 3), "fc.bias": torch.randn(6), "c.weight": torch.randn(4, 12)}
+    couplings = [fr.Coupling({"fc.weight": 0, "fc.bias": 0}), fr.Coupling({"c.weight": 1}, groups=4)]
+    grouping = Grouping(fr.group_lasso, {"groups": couplings}, p, None)
+    members = {k: torch.stack([v, 2 * v]) for k, v in p.items()}
+    want = torch.cat([c.norms(p).double() for c in couplings])
+    torch.testing.assert_close(grouping.norms(members), torch.stack([want, 2 * want]))
+    assert len(grouping.labels) == 10 and grouping.unit == "units"
