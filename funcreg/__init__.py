@@ -18,6 +18,9 @@ from funcreg.coupling import Coupling
 from funcreg.ensemble import converged, replicate, update_where
 from funcreg.lambda_grid import lambda_grid
 from funcreg.optim import adam, adamw, sgd
+from funcreg.optim.fista import fista
+from funcreg.optim.prox_adam import prox_adam
+from funcreg.path import Path, path
 from funcreg.penalized import penalized
 from funcreg.penalties import (
     Penalty,
@@ -37,12 +40,14 @@ from funcreg.sparsity import sparsity
 
 __all__ = [
     "Coupling",
+    "Path",
     "Penalty",
     "adam",
     "adamw",
     "converged",
     "distributed",
     "elastic_net",
+    "fista",
     "group_lasso",
     "l0",
     "l1",
@@ -52,8 +57,10 @@ __all__ = [
     "mcp",
     "nuclear_norm",
     "orthogonal",
+    "path",
     "penalized",
     "project",
+    "prox_adam",
     "prune",
     "replicate",
     "scad",

@@ -1,6 +1,6 @@
 """The main job's λ grid split across 2 gloo ranks gives, bit for bit, what one process
-gives: each rank trains a contiguous slice in its own vmap, and the slices are gathered in
-grid order (examples/lambda_sweep.py under ``torchrun``)."""
+gives: fr.path spreads its blocks over the ranks and gathers them in grid order
+(examples/lambda_sweep.py under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import torch
 from _dist import Checks, run_ranks
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lambda_sweep.py"
-SHORT = ["--members", "6", "--block", "3", "--hidden", "6", "--n-train", "256", "--max-steps", "1500",
-         "--plot", ""]
+SHORT = ["--members", "4", "--block", "2", "--hidden", "6", "--n-train", "192", "--plot", ""]
 
 
 def _example() -> Any:
@@ -29,14 +28,15 @@ def _split_grid(rank: int, world: int) -> None:
     example = _example()
     check = Checks(rank)
     args = example.parse(SHORT)
-    _, lams, _, w, stopped, _ = example.sweep(args, rank, world)
-    # the same sweep in this one process, as a single vmap over the whole grid
-    _, lams_one, _, w_one, stopped_one, _ = example.sweep(args)
-    check("same grid", torch.equal(lams, lams_one))
-    for k in w_one:
-        check(f"weights {k} bitwise", torch.equal(w[k], w_one[k]), (w[k] - w_one[k]).abs().max().item())
-    check("convergence steps", torch.equal(stopped, stopped_one), f"{stopped} vs {stopped_one}")
-    check("every member converged", bool((stopped > 0).all()), stopped)
+    spread = example.sweep(args)
+    alone = example.sweep(args, distribute=False)  # the whole grid in this one process
+    check("spread over 2 ranks, alone on 1", (spread.ranks, alone.ranks) == (2, 1), (spread.ranks, alone.ranks))
+    check("same grid", torch.equal(spread.lambdas, alone.lambdas))
+    for k in alone.params:
+        check(f"weights {k} bitwise", torch.equal(spread.params[k], alone.params[k]),
+              (spread.params[k] - alone.params[k]).abs().max().item())
+    check("convergence steps", torch.equal(spread.steps, alone.steps), f"{spread.steps} vs {alone.steps}")
+    check("every member converged", bool((spread.steps > 0).all()), spread.steps)
     check.done()
 
 

@@ -1,0 +1,196 @@
+"""fr.fista and fr.prox_adam: against a hand-written FISTA iteration, against the
+problem's own solution, and under vmap against a loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+import funcreg as fr
+
+
+def _lasso_data(n: int = 40, p: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, p, generator=g, dtype=torch.float64)
+    y = x[:, 0] * 2 - x[:, 2] + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def _mse(p, x, y):
+    return 0.5 * ((x @ p["w"] - y) ** 2).mean()
+
+
+def _hand_fista(x, y, lam, steps, lr=1.0, grow=1.25):
+    """FISTA with one backtracking trial per step, written out in Python floats
+    (the iteration fr.fista documents), for the lasso ½‖Xw − y‖²/n + λ‖w‖₁."""
+    n = len(y)
+    X = x.tolist()
+    Y = y.tolist()
+    p = len(X[0])
+
+    def f(w):
+        return 0.5 * sum((sum(a * b for a, b in zip(row, w)) - t) ** 2 for row, t in zip(X, Y)) / n
+
+    def g(w):
+        r = [sum(a * b for a, b in zip(row, w)) - t for row, t in zip(X, Y)]
+        return [sum(X[i][j] * r[i] for i in range(n)) / n for j in range(p)]
+
+    def soft(v, t):
+        return [math.copysign(max(abs(a) - t, 0.0), a) for a in v]
+
+    w = [0.0] * p
+    z, t, eta, curv = list(w), 1.0, lr, 0.0
+    history = []
+    for _ in range(steps):
+        fz, gz = f(z), g(z)
+        u = soft([a - eta * b for a, b in zip(z, gz)], eta * lam)
+        fu = f(u)
+        d = [a - b for a, b in zip(u, z)]
+        dd = sum(a * a for a in d)
+        excess = fu - fz - sum(a * b for a, b in zip(gz, d))
+        slack = 8 * 2.220446049250313e-16 * abs(fz)
+        accept = excess <= dd / (2 * eta) + slack
+        if dd > 0 and excess > slack:
+            curv = 2 * excess / dd
+        eta_next = min(eta * grow if accept else eta * 0.5, 0.9 / curv if curv > 0 else math.inf)
+        if accept:
+            if sum((a - b) * (b - c) for a, b, c in zip(z, u, w)) > 0:
+                t = 1.0
+            t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            z = [a + (t - 1) / t_next * (a - c) for a, c in zip(u, w)]
+            w, t = u, t_next
+        eta = eta_next
+        history.append((list(w), eta))
+    return history
+
+
+def test_fista_steps_equal_a_hand_written_iteration() -> None:
+    x, y = _lasso_data()
+    lam, steps = 0.05, 10  # later, η follows curvature read off rounding-sized excesses
+    params = {"w": torch.zeros(6, dtype=torch.float64)}
+    state = fr.fista.init(params, lr=5.0)  # too large on purpose: rejections, then growth
+    reference = _hand_fista(x, y, lam, steps, lr=5.0)
+    rejected = 0
+    for k in range(steps):
+        before = state["lr"]
+        params, state = fr.fista.step(_mse, params, state, (x, y), penalty=fr.l1, lam=lam)
+        want_w, want_eta = reference[k]
+        torch.testing.assert_close(params["w"], torch.tensor(want_w, dtype=torch.float64),
+                                   rtol=1e-10, atol=1e-12)
+        assert float(state["lr"]) == pytest.approx(want_eta, rel=1e-8)
+        rejected += bool(state["lr"] < before * 0.99)
+    assert rejected >= 1  # the backtracking branch was exercised
+
+
+def test_fista_converges_to_the_lasso_solution() -> None:
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    x, y = _lasso_data(n=60, p=8, seed=1)
+    lam = 0.05
+    params = {"w": torch.zeros(8, dtype=torch.float64)}
+    state = fr.fista.init(params)
+    for _ in range(500):
+        params, state = fr.fista.step(_mse, params, state, (x, y), penalty=fr.l1, lam=lam, rtol=1e-10)
+        if state["converged"]:
+            break
+    assert bool(state["converged"])
+    ref = sklearn.Lasso(alpha=lam, fit_intercept=False, tol=1e-12, max_iter=100000).fit(x.numpy(), y.numpy())
+    torch.testing.assert_close(params["w"], torch.from_numpy(ref.coef_), atol=1e-7, rtol=0)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 5, generator=g, dtype=torch.float64)
+    y = torch.tanh(x[:, :1]) + 0.1 * torch.randn(32, 1, generator=g, dtype=torch.float64)
+
+    def loss(p, x, y):
+        return ((functional_call(model, p, (x,)) - y) ** 2).mean()
+
+    return loss, params, x, y
+
+
+def test_fista_under_vmap_equals_a_loop() -> None:
+    loss, params, x, y = _mlp()
+    lams = torch.tensor([0.3, 0.03, 0.003], dtype=torch.float64)
+    where = fr.select.only(r"^0\.weight$")
+
+    def step(w, st, lam):
+        return fr.fista.step(loss, w, st, (x, y), penalty=fr.group_lasso, lam=lam, where=where, dim=1)
+
+    w, st = fr.replicate(params, 3), fr.replicate(fr.fista.init(params), 3)
+    loop = [(params, fr.fista.init(params)) for _ in range(3)]
+    for _ in range(15):
+        w, st = vmap(step)(w, st, lams)
+        loop = [step(p, s, lam) for (p, s), lam in zip(loop, lams)]
+    for k in range(3):
+        for name in params:
+            torch.testing.assert_close(w[name][k], loop[k][0][name], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(st["lr"][k], loop[k][1]["lr"], rtol=1e-8, atol=0)
+    assert bool((w["0.weight"][0] == 0).all(0).any())  # the largest λ pruned an input
+
+
+def test_prox_adam_is_adam_then_the_prox_in_its_metric() -> None:
+    torch.manual_seed(1)
+    params = {"w": torch.randn(4, 3, dtype=torch.float64), "b": torch.randn(3, dtype=torch.float64)}
+    grads = [{k: torch.randn_like(v) for k, v in params.items()} for _ in range(3)]
+    state = fr.prox_adam.init(params)
+    ref_p, ref_s = params, fr.adam.init(params)
+    for t, g in enumerate(grads, start=1):
+        params, state = fr.prox_adam.step(params, g, state, lr=0.05, penalty=fr.l1, lam=0.4)
+        ref_p, ref_s = fr.adam.step(ref_p, g, ref_s, lr=0.05)
+        # the step per unit of m̂: lr / (sqrt(v̂) + eps)
+        size = {k: 0.05 / ((ref_s["exp_avg_sq"][k] / (1 - 0.999 ** t)).sqrt() + 1e-8) for k in ref_p}
+        ref_p = {k: v - (v.clamp(-0.4 * size[k], 0.4 * size[k])) for k, v in ref_p.items()}
+        for k in params:
+            torch.testing.assert_close(params[k], ref_p[k], rtol=1e-12, atol=1e-14)
+
+
+def test_prox_adam_grouped_takes_one_step_per_leaf() -> None:
+    torch.manual_seed(2)
+    params = {"w": torch.randn(4, 3, dtype=torch.float64)}
+    g = {"w": torch.randn(4, 3, dtype=torch.float64)}
+    new, state = fr.prox_adam.step(params, g, fr.prox_adam.init(params), lr=0.1,
+                                   penalty=fr.group_lasso, lam=0.5, dim=0)
+    mhat = g["w"]  # after one step, m̂ = g
+    s = (0.1 / (g["w"].abs() + 1e-8)).mean()
+    v = params["w"] - s * mhat
+    norms = v.norm(dim=1, keepdim=True)
+    want = v * torch.clamp(1 - 0.5 * s * math.sqrt(3) / norms, min=0)
+    torch.testing.assert_close(new["w"], want, rtol=1e-12, atol=1e-14)
+
+
+def test_prox_adam_under_vmap_equals_a_loop() -> None:
+    loss, params, x, y = _mlp()
+    lams = torch.tensor([0.1, 0.01], dtype=torch.float64)
+
+    def step(w, st, lam):
+        return fr.prox_adam.step(w, grad(loss)(w, x, y), st, lr=0.01, penalty=fr.l1, lam=lam)
+
+    w, st = fr.replicate(params, 2), fr.replicate(fr.prox_adam.init(params), 2)
+    loop = [(params, fr.prox_adam.init(params)) for _ in range(2)]
+    for _ in range(5):
+        w, st = vmap(step)(w, st, lams)
+        loop = [step(p, s, lam) for (p, s), lam in zip(loop, lams)]
+    for k in range(2):
+        for name in params:
+            torch.testing.assert_close(w[name][k], loop[k][0][name], rtol=1e-10, atol=1e-12)
+
+
+def test_solver_errors() -> None:
+    params = {"w": torch.zeros(3)}
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        fr.fista.init(params, lr=0.0)
+    with pytest.raises(TypeError, match="penalty family"):
+        fr.fista.step(lambda p: p["w"].sum(), params, fr.fista.init(params), penalty="l1", lam=1.0)
+    with pytest.raises(ValueError, match="fr.fista.init"):
+        fr.fista.step(lambda p: p["w"].sum(), params, {}, penalty=fr.l1, lam=1.0)
+    with pytest.raises(ValueError, match="0-d tensor"):
+        fr.fista.step(lambda p: p["w"], params, fr.fista.init(params), penalty=fr.l1, lam=1.0)
+    with pytest.raises(TypeError, match="penalty family"):
+        fr.prox_adam.step(params, params, fr.prox_adam.init(params), lr=0.1, penalty=None, lam=1.0)
