@@ -113,7 +113,8 @@ def _meta(x: Any) -> Any:
 
 
 def _ptr(x: torch.Tensor) -> int:
-    return 0 if x.is_meta else _donation._local(x).data_ptr()
+    return x.data_ptr() if type(x) is torch.Tensor or type(x) is torch.nn.Parameter else (
+        0 if x.is_meta else _donation._local(x).data_ptr())
 
 
 def _none() -> None:
@@ -126,19 +127,23 @@ class _Record:
     with every in-place op, metadata changes such as ``resize_`` or ``t_`` included; an
     address with an assignment of new storage to ``.data``."""
 
-    __slots__ = ("refs", "versions", "ptrs")
+    __slots__ = ("refs", "versions", "ptrs", "plain")
 
     def __init__(self, leaves: list[Any]):
         self.refs = [_none if x is None else weakref.ref(x) for x in leaves]
         tensors = [x for x in leaves if x is not None]
+        self.plain = all(type(x) is torch.Tensor for x in tensors)
         self.versions = list(map(_VERSION, tensors))
-        self.ptrs = [_ptr(x) for x in tensors]
+        self.ptrs = self._ptrs(tensors)
+
+    def _ptrs(self, tensors: list[torch.Tensor]) -> list[int]:
+        return [x.data_ptr() for x in tensors] if self.plain else list(map(_ptr, tensors))
 
     def holds(self, leaves: list[Any]) -> bool:
         if not all(map(operator.is_, [r() for r in self.refs], leaves)):
             return False
         tensors = [x for x in leaves if x is not None] if len(self.versions) < len(leaves) else leaves
-        return list(map(_VERSION, tensors)) == self.versions and [_ptr(x) for x in tensors] == self.ptrs
+        return list(map(_VERSION, tensors)) == self.versions and self._ptrs(tensors) == self.ptrs
 
     def written(self) -> None:
         """After the call wrote into these leaves: their new version counters."""
@@ -161,6 +166,9 @@ class Plan:
         self.mask, self.active, self.parts, self.groups, self.hyper_at = mask, active, parts, groups, hyper_at
         self.fps, self.metas, self.wkey = fps, metas, wkey
         self.sharded = _sharding.any_dtensor(flat.leaves)  # DTensors do not take the stacked path
+        # one part of every leaf, in order: the trees' own lists serve as the body's columns
+        self.whole = len(parts) == 1 and parts[0][1] == list(range(len(flat.leaves)))
+        self.dense = not any(r.none for r in op.roles) or not self.whole  # no None among active leaves
         self.key: Any = None
         self.records: list[_Record] | None = None
         self.spans: _donation.Spans | None = None
@@ -379,16 +387,18 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
     values = {p.name: hypers[p.name] for p in op.hypers}
     traced = False
     if torch.is_grad_enabled() and not transformed:
-        rows = [[t[i] for i in active] for t in trees]
-        traced = (any(_RG(v) for row in rows for v in row if v is not None)
+        rows = trees if plan.whole else [[t[i] for i in active] for t in trees]
+        traced = (any(any(map(_RG, row)) if plan.dense else any(_RG(v) for v in row if v is not None)
+                      for row in rows)
                   or any(_RG(v) for v in values.values() if isinstance(v, torch.Tensor)))
         if traced and op.history and not differentiable:
             _refuse_history(op, plan, rows, labels)
     route = _dispatch.route(transformed=transformed, traced=traced or differentiable,
                             stackable=op.stacked and op.output in ("trees", "tree") and not plan.sharded)
     writes = op.writes or (op.main.name,)
-    in_place = donate and bool(op.writes) and _donation.can_write(
-        [trees[names.index(n)][i] for n in op.writes for i in active])
+    written = [trees[names.index(n)] for n in op.writes]
+    in_place = donate and bool(op.writes) and (not transformed or _donation.can_write(
+        [t[i] for t in written for i in active]))
     if in_place:
         _check_donation(plan, trees, names, labels, values, changed, traced or differentiable)
     try:
@@ -399,7 +409,7 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
         raise _named(op, labels[0], flat.paths[active[e.k]], e) from None
     out = {n: list(trees[names.index(n)]) for n in writes}
     for (extra, idx), groups in zip(plan.parts, plan.groups):
-        columns = {n: [t[i] for i in idx] for n, t in zip(names, trees)}
+        columns = {n: t if plan.whole else [t[i] for i in idx] for n, t in zip(names, trees)}
         try:
             result = _run_part(plan, route, idx, groups, columns, values, kinds,
                                {**dict(static), **extra}, in_place, writes)
@@ -407,8 +417,11 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
             raise _named(op, labels[0], flat.paths[idx[e.k]], e) from None
         for n in writes:
             new = _donation.commit(columns[n], result[n]) if in_place and n in op.writes else result[n]
-            for i, v in zip(idx, new):
-                out[n][i] = v
+            if plan.whole:
+                out[n] = list(new)
+            else:
+                for i, v in zip(idx, new):
+                    out[n][i] = v
     if in_place and plan.records is not None:
         for n in op.writes:
             plan.records[names.index(n)].written()

@@ -297,6 +297,10 @@ class Foreach:
     def add_(self, xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
         """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
         if not isinstance(ys, (list, tuple)) or not all(isinstance(y, torch.Tensor) for y in ys):
+            base = _whole_base(xs) if owned(xs) and not isinstance(ys, (list, tuple, torch.Tensor)) else None
+            if base is not None:  # step counters made by init: one kernel, not one per leaf
+                base.add_(float(ys))
+                return xs
             return _cow(torch._foreach_add_, torch._foreach_add, xs, _arg(xs, ys, tensor=True))
         if alpha is None or not isinstance(alpha, (list, tuple, torch.Tensor)):
             return _cow(torch._foreach_add_, torch._foreach_add, xs, ys,
@@ -424,6 +428,18 @@ class ForeachCPU(Foreach):
             else:
                 out.append(_keep(x, torch.sub(x, y, out=y)))
         return out
+
+
+def _whole_base(xs: Tensors) -> torch.Tensor | None:
+    """The 1-d tensor whose elements ``xs`` are, each once and in order (the step counters
+    ``init`` makes), or ``None``."""
+    base = xs[0]._base if xs and xs[0].ndim == 0 else None
+    if base is None or base.ndim != 1 or base.numel() != len(xs) or not base.is_contiguous():
+        return None
+    start = base.storage_offset()
+    if any(x._base is not base for x in xs) or [x.storage_offset() for x in xs] != list(range(start, start + len(xs))):
+        return None
+    return base
 
 
 def _in_place_only(xs: Tensors) -> Tensors:

@@ -10,6 +10,7 @@ entries, its hyperparameters and its body, run through :func:`run_step`.
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable
 
 import torch
@@ -78,8 +79,16 @@ def zero_state(params: Any, buffers: tuple[str, ...]) -> dict[str, Any]:
                 f"init: params leaf {path!r} has dtype {leaf.dtype}; only floating-point "
                 "parameters can be optimized (keep integer and bool buffers out of params)"
             )
-    out = {"step": flat.unflatten(
-        [torch.zeros((), dtype=torch.float32, device=p.device) for p in flat.leaves])}
+    # the counts of the leaves on one device are the elements of one buffer, so that a
+    # donated step advances them all with one kernel (each is still its own 0-d tensor)
+    counts = {d: torch.zeros(n, dtype=torch.float32, device=d)
+              for d, n in collections.Counter(p.device for p in flat.leaves).items()}
+    seen: collections.Counter[torch.device] = collections.Counter()
+    steps = []
+    for p in flat.leaves:
+        steps.append(counts[p.device][seen[p.device]])
+        seen[p.device] += 1
+    out = {"step": flat.unflatten(steps)}
     for name in buffers:
         out[name] = flat.unflatten([torch.zeros_like(p) for p in flat.leaves])
     return out
