@@ -75,7 +75,8 @@ def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
         span = _span(t)
         if span is None:
             continue  # empty and meta tensors have no memory
-        if not t.is_contiguous() and _may_overlap_itself(_local(t)):
+        local = _local(t)  # under vmap, the stacked tensor: an unbatched output of vmap is expanded
+        if not local.is_contiguous() and _may_overlap_itself(local):
             raise ValueError(
                 f"cannot donate {_name(label)}: its elements may overlap in memory (an "
                 "expanded, stride-0 or as_strided view), so one write could land on several "

@@ -133,7 +133,7 @@ class _Record:
         self.refs = [_none if x is None else weakref.ref(x) for x in leaves]
         tensors = [x for x in leaves if x is not None]
         self.plain = all(type(x) is torch.Tensor for x in tensors)
-        self.versions = list(map(_VERSION, tensors))
+        self.versions = _versions(tensors)
         self.ptrs = self._ptrs(tensors)
 
     def _ptrs(self, tensors: list[torch.Tensor]) -> list[int]:
@@ -143,11 +143,21 @@ class _Record:
         if not all(map(operator.is_, [r() for r in self.refs], leaves)):
             return False
         tensors = [x for x in leaves if x is not None] if len(self.versions) < len(leaves) else leaves
-        return list(map(_VERSION, tensors)) == self.versions and self._ptrs(tensors) == self.ptrs
+        try:
+            return list(map(_VERSION, tensors)) == self.versions and self._ptrs(tensors) == self.ptrs
+        except RuntimeError:  # an inference tensor
+            return False
 
     def written(self) -> None:
         """After the call wrote into these leaves: their new version counters."""
-        self.versions = [r()._version for r in self.refs if r is not _none]
+        self.versions = _versions([x for x in (r() for r in self.refs) if x is not None])
+
+
+def _versions(tensors: list[torch.Tensor]) -> list[int | None]:
+    try:
+        return list(map(_VERSION, tensors))
+    except RuntimeError:  # an inference tensor has no version counter: never recognized
+        return [None] * len(tensors)
 
 
 class Plan:
