@@ -72,10 +72,10 @@ def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
                 f"cannot donate {_name(label)}: it is an inference tensor, which only code "
                 "under torch.inference_mode() may write; donate a .clone() of it or call "
                 "under torch.inference_mode()")
-        span = _span(t)
+        local = _local(t)  # under vmap, the stacked tensor: an unbatched output of vmap is expanded
+        span = _span(local)
         if span is None:
             continue  # empty and meta tensors have no memory
-        local = _local(t)  # under vmap, the stacked tensor: an unbatched output of vmap is expanded
         if not local.is_contiguous() and _may_overlap_itself(local):
             raise ValueError(
                 f"cannot donate {_name(label)}: its elements may overlap in memory (an "
@@ -101,7 +101,7 @@ def check_reads(spans: Spans, read: Iterable[tuple[Label, object]]) -> None:
                 f"cannot donate: {_name(label)} requires grad and grad mode is on, so the "
                 "results would carry autograd history into the donated tensors; detach it, "
                 "call under torch.no_grad(), or use donate=False")
-        span = _span(t) if spans.starts else None
+        span = _span(_local(t)) if spans.starts else None
         if span is None:
             continue
         k = bisect.bisect_left(spans.starts, span[1]) - 1  # the last written span starting before its end
@@ -129,7 +129,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     if type(t) is torch.Tensor and not _functorch.is_functorch_wrapped_tensor(t):
         return t  # the common case, a plain tensor
     t = _sharding.unwrap(t)
-    while _sharding.is_dtensor(t):
+    while _sharding.loaded() and _sharding.is_dtensor(t):
         t = _sharding.unwrap(t._local_tensor)
     return t
 
@@ -151,9 +151,8 @@ def _may_overlap_itself(t: torch.Tensor) -> bool:
 
 
 def _span(t: torch.Tensor) -> tuple[int, int] | None:
-    """The byte range ``[start, end)`` that ``t``'s elements can touch; ``None`` if it has
-    none (empty, or on the meta device)."""
-    t = _local(t)
+    """The byte range ``[start, end)`` that plain tensor ``t``'s elements can touch; ``None``
+    if it has none (empty, or on the meta device)."""
     n = t.numel()
     if n == 0 or t.is_meta:
         return None

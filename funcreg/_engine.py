@@ -107,8 +107,9 @@ _PLANS: collections.OrderedDict[Any, Plan] = collections.OrderedDict()
 def _meta(x: Any) -> Any:
     """What a plan depends on about a leaf (never its values)."""
     if isinstance(x, torch.Tensor):
-        return (type(_sharding.unwrap(x)), x.shape, x.dtype, x.device, x.layout,
-                x.layout == torch.strided and x.is_contiguous())
+        # the type under torch.func's wrappers tells a DTensor, which exists only once loaded
+        kind = type(_sharding.unwrap(x)) if _sharding.loaded() else type(x)
+        return (kind, x.shape, x.dtype, x.device, x.layout, x.layout == torch.strided and x.is_contiguous())
     return type(x)
 
 
@@ -511,7 +512,7 @@ def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Gro
             else:
                 layout[n] = v
         read = [n for n in (op.main.name, *(r.name for r in op.roles)) if n not in writes]
-        job = _stacked.Job(op.body, static, list(writes), read, len(idx), layout, in_place, op.prepass)
+        job = _stacked.Job(op.body, static, list(writes), read, len(idx), layout, in_place, op.prepass, groups)
         return _stacked.run(job, columns, tensors)
 
     def hypers_of(g: _dispatch.Group) -> dict[str, Any]:

@@ -262,6 +262,21 @@ class Foreach:
         return [x.reshape(*x.shape, *[1] * (w.ndim - x.ndim)) if isinstance(x, torch.Tensor) else x
                 for x, w in zip(xs, like)]
 
+    def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None:
+        """Each leaf's step count as one 0-d value, what torch's fused kernels take: on the
+        stacked path a view of the first member's, when every member's count is the same
+        (read on the host, on CPU only, as torch.optim's CPU step reads its counts; not
+        read again with ``check=False``), else ``None``."""
+        if not self.batch:
+            return xs
+        if check:
+            if xs[0].device.type != "cpu":
+                return None
+            flat = torch.stack([x.reshape(-1) for x in xs])
+            if not bool((flat == flat[:, :1]).all()):
+                return None
+        return [x.reshape(-1)[0] for x in xs]
+
     def scalar(self, h: Hyper, like: torch.Tensor) -> Hyper:
         """A member's scalar hyperparameter (``batch`` leading dims, then ones) shaped to
         broadcast against ``like``, a tensor with the same leading dims."""

@@ -34,6 +34,11 @@ def _dtensor_type() -> type | None:
     return getattr(module, "DTensor", None)
 
 
+def loaded() -> bool:
+    """Whether DTensors can exist in this process (``torch.distributed.tensor`` imported)."""
+    return _dtensor_type() is not None
+
+
 def unwrap(x: Any) -> Any:
     """The tensor inside any torch.func wrappers of ``x`` (``x`` itself when there are none)."""
     while isinstance(x, torch.Tensor) and _functorch.is_functorch_wrapped_tensor(x):

@@ -22,6 +22,7 @@ Only a plain ``vmap`` stack takes this path (:func:`funcreg._dispatch.route`); u
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -50,6 +51,7 @@ class Job:
     hypers: dict[str, Any]
     donate: bool
     prepass: Callable[..., dict[str, list[Any]]] | None
+    groups: list[_dispatch.Group]  # the plan's, over the leaves' (device, dtype)
     batch: int = 0
     expanded: bool = False  # a written leaf was not batched at some level: no in-place writes
     tensors: list[torch.Tensor] = field(default_factory=list)
@@ -67,6 +69,8 @@ def run(job: Job, columns: dict[str, list[torch.Tensor]], hyper_tensors: list[to
         out = torch.ops.funcreg.stacked(id(job), written, read)
     finally:
         del _JOBS[id(job)]
+    if not out:  # written in place
+        return {name: columns[name] for name in job.written}
     return {name: out[k * job.n:(k + 1) * job.n] for k, name in enumerate(job.written)}
 
 
@@ -81,15 +85,22 @@ def _rule(keyset: Any, job_id: int, written: list[torch.Tensor], read: list[torc
         job.expanded |= any(d is None for _, d in w)
         leaves = len(job.read) * job.n
         w = [(_front(t, d, size), 0) for t, d in w]
-        r = [(_front(t, d, size) if k < leaves else t.movedim(d, 0) if d is not None else t.unsqueeze(0), 0)
-             for k, (t, d) in enumerate(r)]
-    with torch._C._ExcludeDispatchKeyGuard(_BATCHED):
-        out = torch.ops.funcreg.stacked(job_id, [t for t, _ in w], [t for t, _ in r])
+        r = [(_front(t, d, size) if k < leaves else _front(t, d, 1), 0) for k, (t, d) in enumerate(r)]
+    w, r = [t for t, _ in w], [t for t, _ in r]
+    if not any(map(_functorch.is_functorch_wrapped_tensor, itertools.chain(w, r))):
+        out = _bottom(job_id, w, r)  # the last level: no second trip through the dispatcher
+    else:
+        with torch._C._ExcludeDispatchKeyGuard(_BATCHED):
+            out = torch.ops.funcreg.stacked(job_id, w, r)
     return out if size is None else [_functorch._add_batch_dim(o, 0, level) for o in out]
 
 
 def _front(t: torch.Tensor, dim: int | None, size: int) -> torch.Tensor:
-    return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+    """``t`` with its batch dim first; not batched: a leaf expanded to ``size`` members, a
+    hyperparameter (``size`` 1) given a dim of 1 that broadcasts."""
+    if dim is None:
+        return t.expand(size, *t.shape) if size > 1 else t.unsqueeze(0)
+    return t if dim == 0 else t.movedim(dim, 0)
 
 
 def _bottom(job_id: int, written: list[torch.Tensor], read: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -106,17 +117,28 @@ def _bottom(job_id: int, written: list[torch.Tensor], read: list[torch.Tensor]) 
             hypers[name] = [_member(extra[j], x, nb) if isinstance(j, int) else j for j, x in zip(how, main)]
         else:
             hypers[name] = how
-    groups = _dispatch.groups(main, [], donate=False, elementwise=False, no_scratch=True)
-    for g in groups:
-        g.fused = False  # the fused kernels take one step count per tensor, not per member
+    if len(job.groups) == 1:  # one (device, dtype): the plan's group, its fusability per call
+        group = copy.copy(job.groups[0])
+        group.pieces = None  # cut for a donated eager call: the stacked leaves go whole
+        group.fused = group.fused and all(t.is_contiguous() for t in itertools.chain(written, read[:len(job.read) * n]))
+        groups = [group]
+    else:
+        groups = _dispatch.groups(main, [columns[name] for name in job.read], donate=False,
+                                  elementwise=False, no_scratch=True)
     if job.prepass is not None:
         from funcreg._ops import Foreach
         hypers.update(job.prepass(Foreach(batch=nb), **columns, **hypers, **job.static))
     out = _dispatch.run_fast(job.body, groups, columns, lambda g: _sub(hypers, g, n), job.static,
                              tuple(job.written), job.donate and not job.expanded, n, batch=nb)
-    result = [x for name in job.written for x in out[name]]
-    # the operator's outputs may not alias its inputs: an in-place result goes back as a view
-    return [x.view_as(x) if any(x is t for t in written) else x for x in result]
+    # results written in place are the inputs themselves (:func:`run` takes those); the
+    # operator's outputs may not alias its inputs, so a result that is an input goes as a view
+    if job.donate and not job.expanded:
+        for t, x in zip(written, (x for name in job.written for x in out[name])):
+            if x is not t:  # a body that computed out of place (an SVD): into the donated tensor
+                t.copy_(x)
+        return []
+    inputs = {id(t) for t in written} | {id(t) for t in read}
+    return [x.view_as(x) if id(x) in inputs else x for x in (x for name in job.written for x in out[name])]
 
 
 def _member(h: torch.Tensor, leaf: torch.Tensor, nb: int) -> torch.Tensor:

@@ -152,7 +152,8 @@ def _adam(
     max_exp_avg_sq: Tensors | None = None, lr: Column, beta1: Column, beta2: Column, eps: Column,
     weight_decay: Column, decay: bool, decoupled: bool, maximize: bool,
 ) -> dict[str, Tensors]:
-    if ops.fused and all(is_number(h) for h in (beta1, beta2, eps, weight_decay)):
+    if (ops.fused and all(is_number(h) for h in (beta1, beta2, eps, weight_decay))
+            and not (ops.batch and isinstance(lr, list)) and ops.counts(step) is not None):
         return _fused(ops, params=params, grads=grads, step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
                       max_exp_avg_sq=max_exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                       weight_decay=weight_decay if decay else 0.0, decoupled=decoupled, maximize=maximize)
@@ -171,7 +172,7 @@ def _adam(
         max_exp_avg_sq = ops.maximum_(max_exp_avg_sq, exp_avg_sq)
     bias_correction1, bias_correction2 = _corrections(ops, step, params, beta1, beta2)
     n = len(params)
-    step_size = [-a / b for a, b in zip(each(lr, n), bias_correction1)]
+    step_size = [b.reciprocal() * -a for a, b in zip(each(lr, n), bias_correction1)]  # -lr / bc1
     denom = ops.sqrt(exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq)
     denom = ops.div_(denom, [b.sqrt() * s for b, s in zip(bias_correction2, step_size)])
     denom = ops.add_(denom, [e / s for e, s in zip(each(eps, n), step_size)])
@@ -191,7 +192,7 @@ def _fused(
     maxima = _ops.owned_copy(max_exp_avg_sq) if max_exp_avg_sq is not None else []
     step = ops.add_(step, 1.0)
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    kernel(params, grads, exp_avg, exp_avg_sq, maxima, step, lr=fused_lr(lr), beta1=beta1, beta2=beta2,
+    kernel(params, grads, exp_avg, exp_avg_sq, maxima, ops.counts(step, check=False), lr=fused_lr(lr), beta1=beta1, beta2=beta2,
            weight_decay=weight_decay, eps=eps, amsgrad=max_exp_avg_sq is not None, maximize=maximize)
     return {"params": params, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
             **({"max_exp_avg_sq": maxima} if max_exp_avg_sq is not None else {})}

@@ -107,8 +107,8 @@ def _zero(v: Any) -> bool:
 def _sgd(ops: Ops, *, params: Tensors, grads: Tensors, step: Tensors, momentum_buffer: Tensors | None = None,
          lr: Column, momentum: Column, dampening: Column, weight_decay: Column, decay: bool,
          nesterov: bool, maximize: bool, damped: bool) -> dict[str, Tensors]:
-    if (ops.fused and not ops.dtensor and not damped
-            and is_number(momentum) and is_number(weight_decay)):
+    if (ops.fused and not ops.dtensor and not damped and is_number(momentum) and is_number(weight_decay)
+            and not (ops.batch and isinstance(lr, list))):
         # torch's fused kernel knows the first step only as one flag for all leaves; with
         # a zero buffer and no dampening every step is the same formula, so it needs none.
         return _fused(ops, params=params, grads=grads, step=step, momentum_buffer=momentum_buffer, lr=lr,
