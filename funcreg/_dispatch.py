@@ -131,7 +131,7 @@ def _blocks(idx: list[int], leaves: list[torch.Tensor], others: list[list[Any]])
     for k in idx:
         x, n = leaves[k], leaves[k].numel()
         beside = [col[k] for col in (leaves, *others) if isinstance(col[k], torch.Tensor)]
-        cuttable = all(t.ndim == 0 or (t.shape == x.shape and t.is_contiguous()) for t in beside)
+        cuttable = n > block and all(t.ndim == 0 or (t.shape == x.shape and t.is_contiguous()) for t in beside)
         for a, b in [(a, min(a + block, n)) for a in range(0, n, block)] if cuttable else [(None, None)]:
             m = n if a is None else b - a
             if blocks[-1] and size + m > block:
@@ -160,7 +160,9 @@ def run_fast(body: Callable[..., Any], groups: list[Group], columns: dict[str, l
             return _named(body(ops, **cols, **h, **static), writes)
         at = {k: j for j, k in enumerate(g.idx)}
         for piece in g.pieces or [[(k, None, None) for k in g.idx]]:
-            cols = {name: [_cut(col[k], a, b) for k, a, b in piece] for name, col in columns.items()}
+            cut = any(a is not None for _, a, _ in piece)
+            cols = {name: [_cut(col[k], a, b) for k, a, b in piece] if cut else [col[k] for k, _, _ in piece]
+                    for name, col in columns.items()}
             cols = {name: _ops.Owned(col) if owned and name in writes else col for name, col in cols.items()}
             hp = {name: [_cut(v[at[k]], a, b) for k, a, b in piece] if isinstance(v, list) else v
                   for name, v in h.items()}

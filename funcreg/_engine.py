@@ -37,7 +37,7 @@ from __future__ import annotations
 import collections
 import operator
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
@@ -87,7 +87,7 @@ class Op:
     fuses: bool = False  # the body may run torch's fused kernels: donated groups go uncut
     check: Callable[..., None] | None = None  # (flat, selected, **static): options vs leaves
     validate: Callable[[dict[str, list[Any]]], None] | None = None  # per-leaf values, every call
-    last: Any = None  # the plan of the previous call
+    recent: list[Any] = field(default_factory=list)  # the plans of the last calls, latest first
 
 
 class LeafError(Exception):
@@ -247,21 +247,23 @@ def _recall(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[
             where: _Where) -> tuple[Plan | None, list[int] | None]:
     """The plan this call can reuse, and the trees whose leaves it had not seen as they are
     (``None``: none of them seen)."""
-    plan = op.last
-    if (plan is None or plan.sig != sig or len(plan.fps) != len(quick)
-            or any(fp is not q[0] and fp != q[0] for fp, q in zip(plan.fps, quick))):
-        return _lookup(op, sig, trees, quick, where)
-    if _where_key(op, lambda: _tree.Flat(plan.flat.paths, quick[0][1], plan.flat.spec), where) != plan.wkey:
-        return _lookup(op, sig, trees, quick, where)
-    changed = []
-    for k, (_, leaves) in enumerate(quick):
-        if plan.records is None or not plan.records[k].holds(leaves):
-            if [_meta(x) for x in leaves] != plan.metas[k]:
-                return _lookup(op, sig, trees, quick, where)
-            changed.append(k)
-            if plan.records is not None:
-                plan.records[k] = _Record(leaves)
-    return plan, changed
+    for plan in op.recent:
+        if (plan.sig != sig or len(plan.fps) != len(quick)
+                or not all(fp is q[0] or fp == q[0] for fp, q in zip(plan.fps, quick))
+                or _where_key(op, lambda: _tree.Flat(plan.flat.paths, quick[0][1], plan.flat.spec),
+                              where) != plan.wkey):
+            continue
+        changed = [k for k, (_, leaves) in enumerate(quick)
+                   if plan.records is None or not plan.records[k].holds(leaves)]
+        if any([_meta(x) for x in quick[k][1]] != plan.metas[k] for k in changed):
+            continue
+        if plan.records is not None:
+            for k in changed:
+                plan.records[k] = _Record(quick[k][1])
+        if op.recent[0] is not plan:
+            op.recent = [plan, *(p for p in op.recent if p is not plan)]
+        return plan, changed
+    return _lookup(op, sig, trees, quick, where)
 
 
 def _lookup(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[Any]]],
@@ -281,10 +283,15 @@ def _lookup(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[
     return plan, None
 
 
+#: plans an op recognizes its calls by without a lookup (two optimizers in one loop, a
+#: pure and a donated call)
+RECENT = 4
+
+
 def _remember(op: Op, plan: Plan, quick: list[tuple[Any, list[Any]]]) -> None:
     if plan.key is None:
         return
-    op.last = plan
+    op.recent = [plan, *(p for p in op.recent if p is not plan)][:RECENT]
     # under a transform the leaves are wrappers made for this call: nothing to hold
     plan.records = None if plan.sig[4] else [_Record(q[1]) for q in quick]
     plan.spans = None

@@ -26,7 +26,7 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(_engine, "_plan", spy)
     _engine._PLANS.clear()
     for op in _all_ops():
-        op.last = None
+        op.recent = []
     return seen
 
 
@@ -175,7 +175,7 @@ def test_recalled_plans_give_the_pure_and_donated_values_of_fresh_ones() -> None
     for t in range(4):
         params, state = fr.adamw.step(params, grads, state, lr=0.1, donate=True)
         _engine._PLANS.clear()
-        fr.adamw._ops[False].last = None
+        fr.adamw._ops[False].recent = []
         ref_p, ref_s = fr.adamw.step(ref_p, grads, ref_s, lr=0.1)
         for k in params:
             assert torch.equal(params[k], ref_p[k]), (t, k)
