@@ -1,11 +1,10 @@
 """Which implementation a call runs on, and running a body over groups of leaves.
 
 * **fast**: ``torch._foreach_*`` (and fused) kernels, once per (device, dtype) group (as
-  torch.optim groups tensors; DTensors in groups of their own). A donated call goes in
-  pieces: an elementwise body through a CPU group in blocks of :data:`BLOCK_BYTES` (flat
-  views of its leaves, the whole computation of a block while it is in cache), any other
-  in chunks of at most :data:`CHUNK` elements (bounded scratch), except where torch's fused
-  kernels run (no scratch at all);
+  torch.optim groups tensors; DTensors in groups of their own). A donated call of a body
+  with scratch goes in pieces: an elementwise body through a CPU group in blocks of
+  :data:`BLOCK_BYTES` (flat views of its leaves, the whole computation of a block while it
+  is in cache), any other in chunks of at most :data:`CHUNK` elements;
 * **composable**: plain per-leaf ops, for ``grad``, ``jacrev``, autograd history and
   ``torch.compile`` (Inductor fuses them by itself);
 * **stacked**: under ``vmap`` alone, the fast path on the stacked ensemble tensors
@@ -87,9 +86,9 @@ class Group:
 
 
 def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool,
-           elementwise: bool, no_scratch: bool) -> list[Group]:
+           elementwise: bool) -> list[Group]:
     """Group ``leaves`` (with ``others``, the lists the body gets beside them) for the fast
-    path, and cut a donated call into pieces."""
+    path, and cut a donated call into pieces (``donate``)."""
     keyed: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
     sharded = _sharding.any_dtensor(leaves)
     for k, x in enumerate(leaves):
@@ -102,7 +101,7 @@ def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool,
         pieces = None
         if donate and elementwise and device.type == "cpu" and not dtensor:
             pieces = _blocks(idx, leaves, others)
-        elif donate and not (no_scratch and fused):
+        elif donate:
             pieces = _chunks(idx, leaves)
         out.append(Group(idx, device, dtype, dtensor, fused, pieces))
     return out

@@ -84,7 +84,8 @@ class Op:
     prepass: Callable[..., dict[str, list[Any]]] | None = None
     history: bool = True
     stacked: bool = True
-    fuses: bool = False  # the body may run torch's fused kernels: donated groups go uncut
+    pieces: bool = True  # a donated call goes in blocks or chunks (its scratch bounded): a
+    # body of one kernel per leaf (or torch's fused kernels) has no scratch to bound
     check: Callable[..., None] | None = None  # (flat, selected, **static): options vs leaves
     validate: Callable[[dict[str, list[Any]]], None] | None = None  # per-leaf values, every call
     recent: list[Any] = field(default_factory=list)  # the plans of the last calls, latest first
@@ -339,9 +340,8 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
     for _, idx in parts:
         beside = [[c[i] for i in idx] for r, c in zip(op.roles, columns[1:]) if r.pair == "like"]
         beside += [[v[i] for i in idx] for v in per_leaf.values()]
-        groups.append(_dispatch.groups([leaves[i] for i in idx], beside, donate=donate,
-                                       elementwise=op.elementwise and op.prepass is None,
-                                       no_scratch=op.fuses))
+        groups.append(_dispatch.groups([leaves[i] for i in idx], beside, donate=donate and op.pieces,
+                                       elementwise=op.elementwise and op.prepass is None))
     if torch.compiler.is_compiling():  # traced once per graph: nothing to recognize it by
         return Plan(op, sig, flat, perms, mask, active, parts, groups, hyper_at, [], [], None)
     fps = [spec, *(_tree.structure(t)[0] for t in trees[1:])]

@@ -123,8 +123,7 @@ def _bottom(job_id: int, written: list[torch.Tensor], read: list[torch.Tensor]) 
         group.fused = group.fused and all(t.is_contiguous() for t in itertools.chain(written, read[:len(job.read) * n]))
         groups = [group]
     else:
-        groups = _dispatch.groups(main, [columns[name] for name in job.read], donate=False,
-                                  elementwise=False, no_scratch=True)
+        groups = _dispatch.groups(main, [columns[name] for name in job.read], donate=False, elementwise=False)
     if job.prepass is not None:
         from funcreg._ops import Foreach
         hypers.update(job.prepass(Foreach(batch=nb), **columns, **hypers, **job.static))

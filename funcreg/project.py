@@ -183,7 +183,7 @@ _L2_BALL = Op("fr.project.l2_ball", _ball, _PARAMS, writes=("params",), hypers=(
 _L1_BALL = Op("fr.project.l1_ball", _l1_ball, _PARAMS, writes=("params",), hypers=(Param("radius", per_leaf=True),))
 _BOX = Op("fr.project.box", _box, _PARAMS, writes=("params",), elementwise=True,
           hypers=(Param("low", **_BOUND), Param("high", **_BOUND)), validate=_check_box)
-_NON_NEGATIVE = Op("fr.project.non_negative", _non_negative, _PARAMS, writes=("params",), elementwise=True)
+_NON_NEGATIVE = Op("fr.project.non_negative", _non_negative, _PARAMS, writes=("params",), pieces=False)
 
 
 def _run(op: Op, params: Any, hypers: dict[str, Any], where: Where, donate: bool, differentiable: bool,

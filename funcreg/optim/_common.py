@@ -34,7 +34,7 @@ def step_op(name: str, body: Callable[..., Any], entries: tuple[str, ...], hyper
     """The op of a step whose state holds ``step`` counters and the trees ``entries``."""
     roles = (GRADS, STEP, *(state(e) for e in entries))
     return Op(name, body, PARAMS, roles=roles, writes=("params", "step", *entries), hypers=hypers,
-              where="decay", fuses=True)
+              where="decay", pieces=False)
 
 
 def run_step(op: Op, params: Any, grads: Any, state: Any, hypers: dict[str, Any], *, where: Any,

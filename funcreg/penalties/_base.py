@@ -46,6 +46,9 @@ class Penalty:
     elementwise: bool = True
     #: operation -> why this family has none ("grad", "prox", "lambda_max")
     without: dict[str, str] = {}
+    #: operations whose fast path is one kernel per leaf: nothing to gain from cutting a
+    #: donated call into cache-sized pieces
+    one_pass: tuple[str, ...] = ()
 
     REQUIRED = object()
 
@@ -61,9 +64,11 @@ class Penalty:
                         **{**common, "prepass": None}),
             "grad": Op(f"fr.{self.name}.grad", self._grad, PARAMS, output="tree", history=False, **common),
             "add_grad": Op(f"fr.{self.name}.add_grad", self._add_grad, PARAMS, writes=("grads",),
-                           elementwise=self.elementwise, **{**common, "roles": (GRADS, *roles)}),
+                           elementwise=self.elementwise, pieces="add_grad" not in self.one_pass,
+                           **{**common, "roles": (GRADS, *roles)}),
             "prox": Op(f"fr.{self.name}.prox", self._prox, PARAMS, writes=("params",),
-                       elementwise=self.elementwise, **{**common, "hypers": (lam, step, *self.hypers)}),
+                       elementwise=self.elementwise, pieces="prox" not in self.one_pass,
+                       **{**common, "hypers": (lam, step, *self.hypers)}),
             "lambda_max": Op(f"fr.{self.name}.lambda_max", _each(self._lambda_max), Role("grads", "grads"),
                              output="max", history=False, **{**common, "hypers": self.hypers, "prepass": None}),
         }

@@ -31,6 +31,7 @@ class L2(Penalty):
     """
 
     name = "l2"
+    one_pass = ("add_grad", "prox")
     without = {"lambda_max": "its prox w / (1 + 2·λ·step) shrinks but never zeroes a weight"}
 
     def _value(self, w: torch.Tensor, *, lam: Any) -> torch.Tensor:

@@ -30,6 +30,7 @@ class L2SP(Penalty):
     """
 
     name = "l2_sp"
+    one_pass = ("prox",)
     without = {"lambda_max": "its prox moves weights toward the anchor, never to zero"}
     options = {"anchor": Penalty.REQUIRED}
     trees = ("anchor",)
