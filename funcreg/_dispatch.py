@@ -2,9 +2,10 @@
 
 * **fast**: ``torch._foreach_*`` (and fused) kernels, once per (device, dtype) group (as
   torch.optim groups tensors; DTensors in groups of their own). A donated call of a body
-  with scratch goes in pieces: an elementwise body through a CPU group in blocks of
-  :data:`BLOCK_BYTES` (flat views of its leaves, the whole computation of a block while it
-  is in cache), any other in chunks of at most :data:`CHUNK` elements;
+  with scratch goes in pieces: an elementwise body cuts a CPU leaf larger than
+  :data:`BLOCK_BYTES` into flat views of that size (the whole computation of a block while
+  it is in cache, and scratch of one block), any other body goes in chunks of at most
+  :data:`CHUNK` elements;
 * **composable**: plain per-leaf ops, for ``grad``, ``jacrev``, autograd history and
   ``torch.compile`` (Inductor fuses them by itself);
 * **stacked**: under ``vmap`` alone, the fast path on the stacked ensemble tensors
@@ -16,6 +17,7 @@ Tests force a route with :func:`forced`.
 from __future__ import annotations
 
 import contextlib
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal
 
@@ -120,25 +122,22 @@ def _chunks(idx: list[int], leaves: list[torch.Tensor]) -> list[Piece]:
     return chunks
 
 
-def _blocks(idx: list[int], leaves: list[torch.Tensor], others: list[list[Any]]) -> list[Piece]:
-    """Blocks of about :data:`BLOCK_BYTES` over the leaves ``idx``: a leaf whose every
-    tensor beside it has its shape and is contiguous (or is 0-d) may be cut into flat
-    slices; any other goes whole."""
+def _blocks(idx: list[int], leaves: list[torch.Tensor], others: list[list[Any]]) -> list[Piece] | None:
+    """Pieces of about :data:`BLOCK_BYTES`: a leaf larger than that is cut into flat slices
+    when every tensor beside it has its shape and is contiguous (or is 0-d), else it goes
+    whole; the smaller leaves go together in one piece (the per-leaf CPU ops finish each
+    while it is in cache)."""
     block = max(1, BLOCK_BYTES // leaves[idx[0]].element_size())
-    blocks: list[Piece] = [[]]
-    size = 0
+    small: Piece = []
+    blocks: list[Piece] = []
     for k in idx:
         x, n = leaves[k], leaves[k].numel()
         beside = [col[k] for col in (leaves, *others) if isinstance(col[k], torch.Tensor)]
-        cuttable = n > block and all(t.ndim == 0 or (t.shape == x.shape and t.is_contiguous()) for t in beside)
-        for a, b in [(a, min(a + block, n)) for a in range(0, n, block)] if cuttable else [(None, None)]:
-            m = n if a is None else b - a
-            if blocks[-1] and size + m > block:
-                blocks.append([])
-                size = 0
-            blocks[-1].append((k, a, b))
-            size += m
-    return blocks
+        if n <= block or not all(t.ndim == 0 or (t.shape == x.shape and t.is_contiguous()) for t in beside):
+            small.append((k, None, None))
+        else:
+            blocks += [[(k, a, min(a + block, n))] for a in range(0, n, block)]
+    return ([small] if small else []) + blocks if blocks else None
 
 
 def run_fast(body: Callable[..., Any], groups: list[Group], columns: dict[str, list[Any]],
@@ -159,20 +158,32 @@ def run_fast(body: Callable[..., Any], groups: list[Group], columns: dict[str, l
             return _named(body(ops, **cols, **h, **static), writes)
         at = {k: j for j, k in enumerate(g.idx)}
         for piece in g.pieces or [[(k, None, None) for k in g.idx]]:
-            cut = any(a is not None for _, a, _ in piece)
-            cols = {name: [_cut(col[k], a, b) for k, a, b in piece] if cut else [col[k] for k, _, _ in piece]
-                    for name, col in columns.items()}
+            ks = [k for k, _, _ in piece]
+            if all(a is None for _, a, _ in piece):  # whole leaves: no views to make
+                take, pos = _getter(ks), _getter([at[k] for k in ks])
+                cols = {name: take(col) for name, col in columns.items()}
+                hp = {name: pos(v) if isinstance(v, list) else v for name, v in h.items()}
+            else:
+                cols = {name: [_cut(col[k], a, b) for k, a, b in piece] for name, col in columns.items()}
+                hp = {name: [_cut(v[at[k]], a, b) for k, a, b in piece] if isinstance(v, list) else v
+                      for name, v in h.items()}
             cols = {name: _ops.Owned(col) if owned and name in writes else col for name, col in cols.items()}
-            hp = {name: [_cut(v[at[k]], a, b) for k, a, b in piece] if isinstance(v, list) else v
-                  for name, v in h.items()}
-            result = _named(_at([k for k, _, _ in piece], body, ops, **cols, **hp, **static), writes)
+            result = _named(_at(ks, body, ops, **cols, **hp, **static), writes)
             for name, values in result.items():
+                if values is cols.get(name):
+                    continue  # written in place: the leaves are already the results
                 for (k, a, _), view, v in zip(piece, cols.get(name, [None] * len(piece)), values):
                     if a is None:
                         out[name][k] = v
                     elif v is not view:  # a block of a leaf: its result goes into the slice
                         view.copy_(v)
     return out
+
+
+def _getter(ks: list[int]) -> Callable[[list[Any]], list[Any]]:
+    """``lambda col: [col[k] for k in ks]``, in C."""
+    get = operator.itemgetter(*ks)
+    return (lambda col: [get(col)]) if len(ks) == 1 else (lambda col: list(get(col)))
 
 
 def _at(idx: list[int], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

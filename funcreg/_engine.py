@@ -52,13 +52,13 @@ _RG = operator.attrgetter("requires_grad")
 
 class Role(NamedTuple):
     """A tree an op takes: ``name`` is the body's keyword for its leaves, ``label`` how
-    errors name it; ``pair`` is how its leaves must fit the main tree's ("like": same
-    shape, dtype and device; "counter": a 0-d floating tensor on the leaf's device);
-    ``none``: a ``None`` leaf makes that leaf inactive (a missing gradient)."""
+    errors name it; ``check(op_name, label, path, leaf, value)`` how a leaf must fit the
+    main tree's (default: a tensor of its shape, dtype and device); ``none``: a ``None``
+    leaf makes that leaf inactive (a missing gradient)."""
 
     name: str
     label: str
-    pair: str = "like"
+    check: Callable[[str, str, str, torch.Tensor, Any], None] | None = None
     none: bool = False
 
 
@@ -83,7 +83,6 @@ class Op:
     elementwise: bool = False
     prepass: Callable[..., dict[str, list[Any]]] | None = None
     history: bool = True
-    stacked: bool = True
     pieces: bool = True  # a donated call goes in blocks or chunks (its scratch bounded): a
     # body of one kernel per leaf (or torch's fused kernels) has no scratch to bound
     check: Callable[..., None] | None = None  # (flat, selected, **static): options vs leaves
@@ -150,9 +149,10 @@ class _Record:
         except RuntimeError:  # an inference tensor
             return False
 
-    def written(self) -> None:
-        """After the call wrote into these leaves: their new version counters."""
-        self.versions = _versions([x for x in (r() for r in self.refs) if x is not None])
+    def written(self, leaves: list[Any]) -> None:
+        """After the call wrote into ``leaves`` (those it holds): their new version counters."""
+        self.versions = _versions(leaves if len(leaves) == len(self.versions) else
+                                  [x for x in leaves if x is not None])
 
 
 def _versions(tensors: list[torch.Tensor]) -> list[int | None]:
@@ -180,7 +180,6 @@ class Plan:
         self.sharded = _sharding.any_dtensor(flat.leaves)  # DTensors do not take the stacked path
         # one part of every leaf, in order: the trees' own lists serve as the body's columns
         self.whole = len(parts) == 1 and parts[0][1] == list(range(len(flat.leaves)))
-        self.dense = not any(r.none for r in op.roles) or not self.whole  # no None among active leaves
         self.key: Any = None
         self.records: list[_Record] | None = None
         self.spans: _donation.Spans | None = None
@@ -209,7 +208,7 @@ def run(op: Op, trees: Sequence[Any], hypers: dict[str, Any], *, where: Where = 
         plan = _plan(op, sig, trees, kinds, where, hypers)
         if not compiling:
             _remember(op, plan, quick)
-    return _execute(plan, plan.align(quick), hypers, differentiable, changed)
+    return _execute(plan, plan.align(quick), [q[1] for q in quick], hypers, differentiable, changed)
 
 
 # ------------------------------------------------------------------------------ plans
@@ -306,7 +305,7 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
     spec, leaves = _tree.structure(trees[0])
     flat = _tree.Flat(_tree.paths_of(trees[0], spec, main.label), leaves, spec)
     for path, x in zip(flat.paths, leaves):
-        _check_tensor(main.label, path, x)
+        _tree.check_leaf(main.label, path, x)
         if op.where == "decay" and not x.is_floating_point():
             raise TypeError(f"{op.name}: {main.label} leaf {path!r} has dtype {x.dtype}; only "
                             "floating-point parameters can be optimized")
@@ -318,7 +317,8 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
     for role, tree in zip(op.roles, trees[1:]):
         values = _tree.leaves_like(flat, tree, role.label)
         for i in checked:
-            _check_pair(op, role, flat.paths[i], leaves[i], values[i])
+            if values[i] is not None or not role.none:
+                (role.check or _tree.check_pair)(op.name, role.label, flat.paths[i], leaves[i], values[i])
         columns.append(values)
         perms.append(_perm(tree, flat, role.label))
     nones = [c for r, c in zip(op.roles, columns[1:]) if r.none]
@@ -334,11 +334,9 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
             hyper_at[p.name] = _hyper.check_tree(p, k, flat, active)
             values = _tree.structure(hypers[p.name])[1]
             per_leaf[p.name] = dict(zip(active, (values[j] for j in hyper_at[p.name])))
-            _hyper.check_dtensor_values(p, list(per_leaf[p.name].values()), [leaves[i] for i in active],
-                                        [flat.paths[i] for i in active])
     groups = []
     for _, idx in parts:
-        beside = [[c[i] for i in idx] for r, c in zip(op.roles, columns[1:]) if r.pair == "like"]
+        beside = [[c[i] for i in idx] for r, c in zip(op.roles, columns[1:]) if r.check is None]
         beside += [[v[i] for i in idx] for v in per_leaf.values()]
         groups.append(_dispatch.groups([leaves[i] for i in idx], beside, donate=donate and op.pieces,
                                        elementwise=op.elementwise and op.prepass is None))
@@ -370,34 +368,11 @@ def _perm(tree: Any, flat: _tree.Flat, label: str) -> list[int] | None:
     return None if perm == list(range(len(perm))) and len(at) == len(perm) else perm
 
 
-def _check_tensor(label: str, path: str, x: Any) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{label} leaf {path!r} is a {type(x).__name__}, not a tensor")
-    if x.layout != torch.strided:
-        raise TypeError(f"{label} leaf {path!r} is a {x.layout} tensor; funcreg works on dense "
-                        "(strided) tensors: pass .to_dense() of it")
-
-
-def _check_pair(op: Op, role: Role, path: str, leaf: torch.Tensor, v: Any) -> None:
-    if v is None and role.none:
-        return
-    if role.pair != "counter":
-        _check_tensor(role.label, path, v)
-        _tree.check_pair(path, leaf, v, role.label)
-        return
-    if not isinstance(v, torch.Tensor) or v.ndim != 0:
-        raise ValueError(f"{op.name}: {role.label} leaf {path!r} must be a 0-d tensor")
-    if not v.is_floating_point():
-        raise TypeError(f"{op.name}: {role.label} leaf {path!r} has dtype {v.dtype}; step "
-                        "counts are 0-d floating-point tensors, as init makes them")
-    if v.device != leaf.device:
-        raise ValueError(f"{op.name}: {role.label} leaf {path!r} lives on {v.device} but the "
-                         f"parameter lives on {leaf.device}")
-
-
 # -------------------------------------------------------------------------- execution
-def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differentiable: bool,
-             changed: list[int] | None) -> Any:
+def _execute(plan: Plan, trees: list[list[Any]], raw: list[list[Any]], hypers: dict[str, Any],
+             differentiable: bool, changed: list[int] | None) -> Any:
+    """The call on ``trees`` (each in the main tree's order; ``raw``: in its own, as the
+    plan's records hold them)."""
     op, flat, active = plan.op, plan.flat, plan.active
     static, kinds, donate, _, transformed = plan.sig[:5]
     names = [op.main.name, *(r.name for r in op.roles)]
@@ -406,13 +381,12 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
     traced = False
     if torch.is_grad_enabled() and not transformed:
         rows = trees if plan.whole else [[t[i] for i in active] for t in trees]
-        traced = (any(any(map(_RG, row)) if plan.dense else any(_RG(v) for v in row if v is not None)
-                      for row in rows)
+        traced = (any(any(map(_RG, row)) for row in rows)  # active leaves are never None
                   or any(_RG(v) for v in values.values() if isinstance(v, torch.Tensor)))
         if traced and op.history and not differentiable:
             _refuse_history(op, plan, rows, labels)
     route = _dispatch.route(transformed=transformed, traced=traced or differentiable,
-                            stackable=op.stacked and op.output in ("trees", "tree") and not plan.sharded)
+                            stackable=op.output in ("trees", "tree") and not plan.sharded)
     writes = op.writes or (op.main.name,)
     written = [trees[names.index(n)] for n in op.writes]
     in_place = donate and bool(op.writes) and (not transformed or _donation.can_write(
@@ -442,7 +416,7 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
                     out[n][i] = v
     if in_place and plan.records is not None:
         for n in op.writes:
-            plan.records[names.index(n)].written()
+            plan.records[names.index(n)].written(raw[names.index(n)])
     return _output(plan, out, trees)
 
 

@@ -71,7 +71,7 @@ def _tensor_kind(p: Param, v: torch.Tensor, where: str = "") -> tuple[Any, ...]:
     if v.layout != torch.strided:
         raise TypeError(f"{p.name}{f' for leaf {where!r}' if where else ''} is a {v.layout} "
                         "tensor; hyperparameters are dense tensors")
-    return ("tensor", v.dtype, v.device, tuple(v.shape))
+    return ("tensor", v.dtype, v.device, tuple(v.shape), v.is_contiguous(), _sharding.is_dtensor(v))
 
 
 def kind(p: Param, value: Any) -> Any:
@@ -123,26 +123,18 @@ def check_tree(p: Param, k: Any, flat: _tree.Flat, active: list[int]) -> list[in
             if shape != tuple(leaf.shape):
                 raise ValueError(f"{p.name} for leaf {path!r} has shape {shape}; a per-element "
                                  f"value must have the leaf's shape {tuple(leaf.shape)}")
+            if _sharding.is_dtensor(leaf) and not kinds[j][5]:
+                raise ValueError(f"{p.name} for leaf {path!r} is a plain tensor but the leaf is a "
+                                 "DTensor; give a per-element value as a DTensor with the leaf's placements")
         out.append(j)
     return out
-
-
-def check_dtensor_values(p: Param, values: list[Any], leaves: list[torch.Tensor],
-                         paths: list[str]) -> None:
-    """A per-element value beside a DTensor leaf must be a DTensor with its placements."""
-    for v, leaf, path in zip(values, leaves, paths):
-        if (isinstance(v, torch.Tensor) and v.ndim and _sharding.is_dtensor(leaf)
-                and not _sharding.is_dtensor(v)):
-            raise ValueError(
-                f"{p.name} for leaf {path!r} is a plain tensor but the leaf is a DTensor; give a "
-                "per-element value as a DTensor with the leaf's placements")
 
 
 def cast(values: list[Any], leaves: list[torch.Tensor]) -> list[Any]:
     """Tensor values cast to their leaf's dtype and device, once per distinct pair (and,
     beside DTensor leaves inside a torch.func transform, as Replicate DTensors)."""
     if _sharding.any_dtensor(leaves):
-        values = _replicated(values, leaves)
+        values = _sharding.replicated(values, leaves)
     if torch.compiler.is_compiling():  # no id() caches: Dynamo would guard on identity
         return [v.to(dtype=x.dtype, device=x.device) if isinstance(v, torch.Tensor) else v
                 for v, x in zip(values, leaves)]
@@ -153,28 +145,6 @@ def cast(values: list[Any], leaves: list[torch.Tensor]) -> list[Any]:
             key = (id(v), x.dtype, x.device)
             if key not in cache:
                 cache[key] = v.to(dtype=x.dtype, device=x.device)
-            v = cache[key]
-        out.append(v)
-    return out
-
-
-def _replicated(values: list[Any], leaves: list[torch.Tensor]) -> list[Any]:
-    """Plain 0-d tensors beside DTensor leaves as Replicate DTensors on the leaves' meshes.
-
-    Eagerly DTensor's dispatch takes a plain 0-d tensor as a scalar; under ``vmap`` a
-    batched one is a plain tensor of K elements to it ("mixed torch.Tensor and DTensor"),
-    so inside a transform it becomes a Replicate DTensor first (no communication)."""
-    if torch.compiler.is_compiling():
-        return values  # no torch.func transform wraps what Dynamo traces
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    cache: dict[tuple[int, int], torch.Tensor] = {}
-    out = []
-    for v, leaf in zip(values, leaves):
-        if (isinstance(v, torch.Tensor) and v.ndim == 0 and _sharding.is_dtensor(leaf)
-                and not _sharding.is_dtensor(v) and (wrapped(v) or wrapped(leaf))):
-            key = (id(v), id(_sharding.unwrap(leaf).device_mesh))
-            if key not in cache:
-                cache[key] = _sharding.replicate_like(v, leaf)
             v = cache[key]
         out.append(v)
     return out

@@ -415,7 +415,9 @@ class Foreach:
 
 class ForeachCPU(Foreach):
     """:class:`Foreach` for a CPU group, where a ``torch._foreach_*`` op is a C++ loop of
-    the per-tensor kernel: one full pass over every leaf per op."""
+    the per-tensor kernel: one full pass over every leaf per op; a chain of them exists
+    only because foreach ops have no ``out=``, and one per-leaf kernel into a tensor the
+    call owns does the same work in one pass."""
 
     def mul_(self, xs: Tensors, h: Column) -> Tensors:
         arg = _arg(xs, h, tensor=True)
@@ -428,15 +430,25 @@ class ForeachCPU(Foreach):
         return _cow(torch._foreach_mul_, torch._foreach_mul, xs, arg)
 
     def soft_threshold_(self, xs: Tensors, t: Column) -> Tensors:
-        """With a number ``t``, one kernel per leaf: softshrink computes ``x - t``, ``x + t``
-        or 0, the very arithmetic of ``x - clamp(x, -t, t)`` (a tie may give -0.0)."""
-        if not is_number(t):
-            return Foreach.soft_threshold_(self, xs, t)
-        if owned(xs):
-            for x, v in zip(xs, each(t, len(xs))):
-                torch._C._nn.softshrink(x, v, out=x)
+        """Each leaf finished while its clamp is still in cache (one leaf of scratch)."""
+        if owned(xs) and not isinstance(t, (list, torch.Tensor)):  # the common donated case
+            for x in xs:
+                x.sub_(x.clamp(-t, t))
             return xs
-        return Owned(torch._C._nn.softshrink(x, v) for x, v in zip(xs, each(t, len(xs))))
+        negated: dict[int, torch.Tensor] = {}
+        out = xs if owned(xs) else Owned()
+        for x, v in zip(xs, each(t, len(xs))):
+            if isinstance(v, torch.Tensor):
+                if id(v) not in negated:
+                    negated[id(v)] = torch.neg(v)
+                y = torch.clamp(x, negated[id(v)], v)
+            else:
+                y = torch.clamp(x, -v, v)
+            if out is xs:
+                x.sub_(y)
+            else:
+                out.append(_keep(x, torch.sub(x, y, out=y)))
+        return out
 
 
 def _whole_base(xs: Tensors) -> torch.Tensor | None:

@@ -227,14 +227,18 @@ def leaves_like(flat: Flat, tree: Any, what: str) -> list[Any]:
     return [by_path[p] for p in flat.paths]
 
 
-def check_pair(
-    path: str, leaf: torch.Tensor, other: torch.Tensor, what: str
-) -> None:
+def check_leaf(what: str, path: str, x: Any) -> None:
+    """A leaf funcreg computes on: a dense (strided) tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} leaf {path!r} is a {type(x).__name__}, not a tensor")
+    if x.layout != torch.strided:
+        raise TypeError(f"{what} leaf {path!r} is a {x.layout} tensor; funcreg works on dense "
+                        "(strided) tensors: pass .to_dense() of it")
+
+
+def check_pair(op: str, what: str, path: str, leaf: torch.Tensor, other: Any) -> None:
     """``other`` (a gradient, a state or an anchor leaf) must fit param ``leaf``."""
-    if not isinstance(other, torch.Tensor):
-        raise TypeError(
-            f"{what} leaf {path!r} is a {type(other).__name__}, not a tensor"
-        )
+    check_leaf(what, path, other)
     if other.shape != leaf.shape:
         raise ValueError(
             f"{what} leaf {path!r} has shape {tuple(other.shape)} but the parameter has "

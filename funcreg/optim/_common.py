@@ -20,9 +20,21 @@ from funcreg._engine import Op, Role
 from funcreg._hyper import Param
 from funcreg._tree import flatten, require_tensors
 
+def _count(op: str, what: str, path: str, leaf: torch.Tensor, v: Any) -> None:
+    """A step count: a 0-d floating tensor on the leaf's device, as ``init`` makes it."""
+    if not isinstance(v, torch.Tensor) or v.ndim != 0:
+        raise ValueError(f"{op}: {what} leaf {path!r} must be a 0-d tensor")
+    if not v.is_floating_point():
+        raise TypeError(f"{op}: {what} leaf {path!r} has dtype {v.dtype}; step counts are 0-d "
+                        "floating-point tensors, as init makes them")
+    if v.device != leaf.device:
+        raise ValueError(f"{op}: {what} leaf {path!r} lives on {v.device} but the parameter lives "
+                         f"on {leaf.device}")
+
+
 PARAMS = Role("params", "params")
 GRADS = Role("grads", "grads", none=True)
-STEP = Role("step", "state['step']", pair="counter")
+STEP = Role("step", "state['step']", check=_count)
 
 
 def state(name: str) -> Role:

@@ -39,7 +39,6 @@ class L1(Penalty):
     """
 
     name = "l1"
-    one_pass = ("prox",)
 
     def _value(self, w: torch.Tensor, *, lam: Any) -> torch.Tensor:
         if isinstance(lam, torch.Tensor) and lam.ndim:
