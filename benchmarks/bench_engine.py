@@ -113,7 +113,7 @@ TREES: dict[str, Callable[[], list[tuple[str, tuple[int, ...]]]]] = {
 }
 SMALL = list(TREES)[:3]
 REPS = {"100 leaves of 4 floats": 400, "400 leaves of 64×64": 60, "50 leaves, 10 MB": 40,
-        "ResNet-18 (62 leaves)": 20, "BERT-base (199 leaves)": 6, "GPT-2 small (148 leaves)": 6}
+        "ResNet-18 (62 leaves)": 20, "BERT-base (199 leaves)": 10, "GPT-2 small (148 leaves)": 10}
 
 
 def tensors(shapes: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[str, torch.Tensor]:

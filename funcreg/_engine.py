@@ -496,6 +496,11 @@ def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Gro
         job = _stacked.Job(op.body, static, list(writes), read, len(idx), layout, in_place, op.prepass, groups)
         return _stacked.run(job, columns, tensors)
 
+    if op.prepass is not None:  # once, on every leaf of the part: a reduction across leaves is whole
+        whole = {n: _hyper.cast([v] * len(idx), leaves) if isinstance(v, torch.Tensor) else v
+                 for n, v in hyp.items()}
+        hyp.update(op.prepass(_ops.Foreach(), **columns, **whole, **static))
+
     def hypers_of(g: _dispatch.Group) -> dict[str, Any]:
         sub = [leaves[k] for k in g.idx]
         out = {}
@@ -506,9 +511,6 @@ def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Gro
                 out[n] = _hyper.cast([v] * len(sub), sub) if g.dtensor else _hyper.cast([v], sub[:1])[0]
             else:
                 out[n] = v
-        if op.prepass is not None:
-            cols = {n: [c[k] for k in g.idx] for n, c in columns.items()}
-            out.update(op.prepass(g.ops(), **cols, **out, **static))
         return out
 
     return _dispatch.run_fast(op.body, groups, columns, hypers_of, static, writes, in_place, len(idx))

@@ -179,3 +179,37 @@ def test_recalled_plans_give_the_pure_and_donated_values_of_fresh_ones() -> None
         ref_p, ref_s = fr.adamw.step(ref_p, grads, ref_s, lr=0.1)
         for k in params:
             assert torch.equal(params[k], ref_p[k]), (t, k)
+
+
+def test_a_prepass_sees_every_leaf_of_the_call_at_once() -> None:
+    """The extension point for coupled groups: a reduction across leaves (here the L1 norm
+    of the whole tree) runs once on all of them, across (device, dtype) groups, on every
+    route, before the elementwise body."""
+    from funcreg._hyper import Param
+
+    seen: list[int] = []
+
+    def prepass(ops: Any, *, params: list[torch.Tensor], **_: Any) -> dict[str, list[Any]]:
+        seen.append(len(params))
+        norms = [w.abs().sum(dim=tuple(range(ops.batch, w.ndim))).double() for w in params]
+        total = sum(norms[1:], norms[0])
+        return {"total": ops.bcast([total.to(w.dtype) for w in params], params)}
+
+    def body(ops: Any, *, params: list[torch.Tensor], lam: Any, total: list[Any]) -> list[torch.Tensor]:
+        return ops.mul(params, [t * lam for t in total])
+
+    op = _engine.Op("test.scale_by_norm", body, _engine.Role("params", "params"), writes=("params",),
+                    hypers=(Param("lam"),), prepass=prepass)
+    p = {"a": torch.randn(3, 2), "b": torch.randn(4, dtype=torch.float64), "c": torch.randn(2)}
+    total = sum(v.abs().sum().item() for v in p.values())
+    want = {k: v * total * 0.5 for k, v in p.items()}
+    for path in ("fast", "composable"):
+        with fr._dispatch.forced(path):
+            got = _engine.run(op, [p], {"lam": 0.5})["params"]
+        for k in p:
+            torch.testing.assert_close(got[k], want[k])
+    stacked = {k: torch.stack([v, 2 * v]) for k, v in p.items()}
+    got = torch.func.vmap(lambda q: _engine.run(op, [q], {"lam": 0.5})["params"])(stacked)
+    for k in p:
+        torch.testing.assert_close(got[k][1], 2 * p[k] * 2 * total * 0.5)
+    assert seen == [3, 3, 3]
