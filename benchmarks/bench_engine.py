@@ -33,7 +33,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
