@@ -180,6 +180,8 @@ class Plan:
         self.sharded = _sharding.any_dtensor(flat.leaves)  # DTensors do not take the stacked path
         # one part of every leaf, in order: the trees' own lists serve as the body's columns
         self.whole = len(parts) == 1 and parts[0][1] == list(range(len(flat.leaves)))
+        # a cached plan holds no tensor of the call that built it (weak references aside)
+        self.flat = _tree.Flat(flat.paths, [], flat.spec)
         self.key: Any = None
         self.records: list[_Record] | None = None
         self.spans: _donation.Spans | None = None

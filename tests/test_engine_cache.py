@@ -213,3 +213,19 @@ def test_a_prepass_sees_every_leaf_of_the_call_at_once() -> None:
     for k in p:
         torch.testing.assert_close(got[k][1], 2 * p[k] * 2 * total * 0.5)
     assert seen == [3, 3, 3]
+
+
+def test_a_cached_plan_keeps_no_tensor_alive() -> None:
+    """Plans outlive calls: they must not hold the trees they were built from."""
+    import gc
+    import weakref
+
+    params = _tree(5)
+    state = fr.adamw.init(params)
+    grads = {k: torch.ones_like(v) for k, v in params.items()}
+    new, state = fr.adamw.step(params, grads, state, lr=0.1)
+    fr.adamw.step(new, grads, state, lr=0.1, donate=True)
+    refs = [weakref.ref(v) for tree in (params, new, grads, state["exp_avg"]) for v in tree.values()]
+    del params, new, grads, state
+    gc.collect()
+    assert all(r() is None for r in refs)
