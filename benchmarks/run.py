@@ -37,6 +37,7 @@ BENCHMARKS = [
     ("λ-ensemble training step", ["bench_ensemble.py"]),
     ("Distributed: all-reduce and a data-parallel step on 2 gloo ranks", ["bench_distributed.py"]),
     ("Feature matrix against torch.optim, torchopt and optax", ["feature_matrix.py"]),
+    ("Engine: per-call cost against torch's own", ["bench_engine.py"]),
 ]
 SCRIPTS = [script[0].removesuffix(".py") for _, script in BENCHMARKS]
 

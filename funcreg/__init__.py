@@ -7,7 +7,7 @@ thresholds (``.lambda_max``) over parameter pytrees; ``project`` holds projectio
 constraint sets; ``penalized`` adds penalties to a loss; ``select`` chooses leaves;
 ``sgd``, ``adam`` and ``adamw`` are stateless optimizer steps; ``lambda_grid`` and
 ``sparsity`` build and read a regularization path; ``distributed.all_reduce`` averages a
-gradient tree across processes, for data-parallel ``torch.func`` training. See DESIGN.md.
+gradient tree across processes, for data-parallel ``torch.func`` training. See docs/design.md.
 
 ``Coupling`` names units that span several leaves; ``prune`` finds them in a module and
 removes the zero ones from a copy of it.

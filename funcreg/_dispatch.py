@@ -1,16 +1,25 @@
-"""Choosing between the fast (multi-tensor) path and the composable (per-leaf) path.
+"""Which implementation a call runs on, and running a body over groups of leaves.
 
-``torch._foreach_*`` kernels have no ``vmap`` batching rule and no functorch support, so
-the fast path is taken only when no input tensor (leaf, gradient, state or
-hyperparameter) is wrapped by a torch.func transform, none needs autograd, and
-``torch.compile`` is not tracing (Inductor fuses the per-leaf ops by itself). Tests can
-force either path with :func:`forced`.
+* **fast**: ``torch._foreach_*`` (and fused) kernels, once per (device, dtype) group (as
+  torch.optim groups tensors; DTensors in groups of their own). A donated call of a body
+  with scratch goes in pieces: an elementwise body cuts a CPU leaf larger than
+  :data:`BLOCK_BYTES` into flat views of that size (the whole computation of a block while
+  it is in cache, and scratch of one block), any other body goes in chunks of at most
+  :data:`CHUNK` elements;
+* **composable**: plain per-leaf ops, for ``grad``, ``jacrev``, autograd history and
+  ``torch.compile`` (Inductor fuses them by itself);
+* **stacked**: under ``vmap`` alone, the fast path on the stacked ensemble tensors
+  (:mod:`funcreg._stacked`).
+
+Tests force a route with :func:`forced`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 
@@ -19,10 +28,20 @@ from funcreg import _ops, _sharding
 Path = Literal["fast", "composable"]
 _forced: Path | None = None
 
+#: a donated non-elementwise call goes through a group in chunks of at most this many
+#: elements (or one leaf, if larger), so that its scratch stays bounded
+CHUNK = 1 << 23
+
+#: a donated elementwise call goes through a CPU group in blocks of about this many bytes
+BLOCK_BYTES = 1 << 20
+
+_functorch = torch._C._functorch
+
 
 @contextlib.contextmanager
 def forced(path: Path | None) -> Iterator[None]:
-    """Within the block, take ``path`` whatever the inputs (``None``: choose as usual)."""
+    """Within the block, take ``path`` whatever the inputs (``None``: choose as usual;
+    "composable" also keeps ``vmap`` off the stacked path)."""
     global _forced
     if path not in ("fast", "composable", None):
         raise ValueError(f"path must be 'fast', 'composable' or None, not {path!r}")
@@ -33,148 +52,154 @@ def forced(path: Path | None) -> Iterator[None]:
         _forced = previous
 
 
-def use_fast_path(*columns: Iterable[Any]) -> bool:
-    """Whether ``_foreach_*`` kernels may run on every tensor in ``columns``."""
+def route(*, transformed: bool, traced: bool, stackable: bool) -> str:
+    """"fast", "composable" or "stacked" for a call: ``transformed`` when torch.func or
+    Dynamo is active, ``traced`` when an input records autograd history."""
     if _forced is not None:
-        return _forced == "fast"
+        return _forced
     if torch.compiler.is_compiling():
-        return False
-    # A tensor is traced when a torch.func transform wraps it, or autograd records it.
-    # This runs on every call, over every leaf and hyperparameter: keep it a tight loop.
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    grad_mode = torch.is_grad_enabled()
-    tensor = torch.Tensor
-    for column in columns:
-        for x in column:
-            if isinstance(x, tensor) and (wrapped(x) or (grad_mode and x.requires_grad)):
-                return False
-    return True
+        return "composable"
+    if transformed:
+        only_vmap = all(level.key() == _functorch.TransformType.Vmap
+                        for level in _functorch.get_interpreter_stack())
+        return "stacked" if stackable and only_vmap and not traced else "composable"
+    return "composable" if traced else "fast"
 
 
-def _foreach_for(device: torch.device) -> _ops.Foreach:
-    return _ops.FOREACH_CPU if device.type == "cpu" else _ops.FOREACH
+Piece = list[tuple[int, "int | None", "int | None"]]  # (leaf, start, end): a leaf or a flat slice
 
 
-#: On the fast path of a donated call, the leaves go to ``body`` in chunks of at most this
-#: many elements (or one leaf, if larger), so that its scratch tensors, such as the
-#: ``sign(w)`` of an L1 gradient, stay bounded instead of growing with the model.
-CHUNK = 1 << 23
+@dataclass
+class Group:
+    """Leaves ``idx`` (positions in the list the body gets) of one (device, dtype); ``fused``:
+    all contiguous plain tensors on a real device, what torch's fused kernels take;
+    ``pieces``: how a donated call cuts it (``None``: whole)."""
 
-#: A donated elementwise call works through a CPU group in blocks of about this many bytes
-#: (flat views of its leaves), doing the whole computation of one block while it is in
-#: cache: no scratch tensor is larger than a block, and no pass streams a whole leaf
-#: through memory only for the next op to stream it again.
-BLOCK_BYTES = 1 << 20
+    idx: list[int]
+    device: torch.device
+    dtype: torch.dtype
+    dtensor: bool
+    fused: bool
+    pieces: list[Piece] | None
 
-
-def run(
-    body: Callable[..., Any],
-    columns: Sequence[Sequence[Any]],
-    group_by: Sequence[torch.Tensor],
-    *,
-    fast: bool,
-    chunked: bool = True,
-    elementwise: bool = False,
-) -> Any:
-    """``body(ops, *columns)`` on one implementation of :mod:`funcreg._ops`.
-
-    ``body`` returns a list of leaves, or a tuple of such lists, one entry per input
-    position. On the fast path it runs once per (device, dtype) group of ``group_by``, as
-    torch.optim groups tensors for its foreach kernels (DTensors in groups of their own),
-    and the results are put back in order. When a column is owned (donated), groups are
-    cut into chunks of at most :data:`CHUNK` elements (unless ``chunked`` is False: a
-    fused kernel needs no scratch), and each part keeps its column's ownership. With
-    ``elementwise`` (``body`` treats every element alike, and returns one list, the new
-    values of the first column) and the first column owned, plain CPU groups go in blocks
-    of :data:`BLOCK_BYTES` (flat views; a leaf that cannot be cut goes whole), the results
-    written into the first column's leaves; DTensor and CUDA groups go in chunks.
-    """
-    if not fast:
-        return body(_ops.PER_LEAF, *columns)
-    # DTensors and plain tensors never share a foreach call ("mixed torch.Tensor and
-    # DTensor"); DTensors on different meshes may.
-    groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
-    sharded = _sharding.is_dtensor if _sharding.any_dtensor(group_by) else None
-    for i, leaf in enumerate(group_by):
-        key = (leaf.device, leaf.dtype, sharded is not None and sharded(leaf))
-        groups.setdefault(key, []).append(i)
-    outputs: list[list[Any]] | None = None
-    if elementwise and _ops.owned(columns[0]):
-        outputs = [list(columns[0])]
-        for key in [k for k in groups if k[0].type == "cpu" and not k[2]]:
-            _run_blocked(body, columns, groups.pop(key), group_by)
-        if not groups:
-            return outputs[0]
-    if chunked and any(_ops.owned(col) for col in columns):
-        parts = [(key[0], chunk) for key, idx in groups.items() for chunk in _chunks(idx, group_by)]
-    else:
-        parts = [(key[0], idx) for key, idx in groups.items()]
-    if len(parts) == 1 and outputs is None:
-        return body(_foreach_for(parts[0][0]), *columns)
-    single = False
-    for device, idx in parts:
-        result = body(_foreach_for(device), *(_ops.like(col, [col[i] for i in idx]) for col in columns))
-        single = isinstance(result, list)
-        pieces = [result] if single else list(result)
-        if outputs is None:
-            outputs = [[None] * len(group_by) for _ in pieces]
-        for out, piece in zip(outputs, pieces):
-            for i, value in zip(idx, piece):
-                out[i] = value
-    assert outputs is not None
-    return outputs[0] if single else tuple(outputs)
+    def ops(self, batch: int = 0) -> _ops.Foreach:
+        cls = _ops.ForeachCPU if self.device.type == "cpu" else _ops.Foreach
+        return cls(fused=self.fused, batch=batch, dtensor=self.dtensor)
 
 
-def _run_blocked(body: Callable[..., Any], columns: Sequence[Sequence[Any]], idx: list[int],
-                 leaves: Sequence[torch.Tensor]) -> None:
-    """``body`` over blocks of the leaves ``idx`` of one CPU group, in place in the first
-    (owned) column. A tensor shaped like its leaf (a gradient, a per-element λ) is cut as
-    the leaf is; a number or a 0-d tensor goes to every block of its leaf; a leaf with a
-    strided tensor, or with a value of another shape, goes whole."""
+def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool,
+           elementwise: bool) -> list[Group]:
+    """Group ``leaves`` (with ``others``, the lists the body gets beside them) for the fast
+    path, and cut a donated call into pieces (``donate``)."""
+    keyed: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+    sharded = _sharding.any_dtensor(leaves)
+    for k, x in enumerate(leaves):
+        keyed.setdefault((x.device, x.dtype, sharded and _sharding.is_dtensor(x)), []).append(k)
+    out = []
+    for (device, dtype, dtensor), idx in keyed.items():
+        beside = [col[k] for col in (leaves, *others) for k in idx]
+        fused = device.type != "meta" and all(
+            t.is_contiguous() for t in beside if isinstance(t, torch.Tensor))
+        pieces = None
+        if donate and elementwise and device.type == "cpu" and not dtensor:
+            pieces = _blocks(idx, leaves, others)
+        elif donate:
+            pieces = _chunks(idx, leaves)
+        out.append(Group(idx, device, dtype, dtensor, fused, pieces))
+    return out
+
+
+def _chunks(idx: list[int], leaves: list[torch.Tensor]) -> list[Piece]:
+    chunks: list[Piece] = [[]]
+    size = 0
+    for k in idx:
+        n = leaves[k].numel()
+        if chunks[-1] and size + n > CHUNK:
+            chunks.append([])
+            size = 0
+        chunks[-1].append((k, None, None))
+        size += n
+    return chunks
+
+
+def _blocks(idx: list[int], leaves: list[torch.Tensor], others: list[list[Any]]) -> list[Piece] | None:
+    """Pieces of about :data:`BLOCK_BYTES`: a leaf larger than that is cut into flat slices
+    when every tensor beside it has its shape and is contiguous (or is 0-d), else it goes
+    whole; the smaller leaves go together in one piece (the per-leaf CPU ops finish each
+    while it is in cache)."""
     block = max(1, BLOCK_BYTES // leaves[idx[0]].element_size())
-    pieces: list[tuple[int, int | None, int | None]] = []
-    for i in idx:
-        n = leaves[i].numel()
-        tensors = [col[i] for col in columns if isinstance(col[i], torch.Tensor)]
-        if all(t.ndim == 0 or (t.shape == leaves[i].shape and t.is_contiguous()) for t in tensors):
-            pieces += [(i, a, min(a + block, n)) for a in range(0, n, block)]
-        else:  # a strided leaf, or a value that broadcasts, cannot be cut: it goes whole
-            pieces.append((i, None, None))
-    part: list[tuple[int, int | None, int | None]] = []
-    size = 0
-    for piece in pieces:
-        n = leaves[piece[0]].numel() if piece[1] is None else piece[2] - piece[1]  # type: ignore[operator]
-        if part and size + n > block:
-            _run_part(body, columns, leaves, part)
-            part, size = [], 0
-        part.append(piece)
-        size += n
-    if part:
-        _run_part(body, columns, leaves, part)
+    small: Piece = []
+    blocks: list[Piece] = []
+    for k in idx:
+        x, n = leaves[k], leaves[k].numel()
+        beside = [col[k] for col in (leaves, *others) if isinstance(col[k], torch.Tensor)]
+        if n <= block or not all(t.ndim == 0 or (t.shape == x.shape and t.is_contiguous()) for t in beside):
+            small.append((k, None, None))
+        else:
+            blocks += [[(k, a, min(a + block, n))] for a in range(0, n, block)]
+    return ([small] if small else []) + blocks if blocks else None
 
 
-def _run_part(body: Callable[..., Any], columns: Sequence[Sequence[Any]],
-              leaves: Sequence[torch.Tensor], part: list[tuple[int, int | None, int | None]]) -> None:
-    def cut(v: Any, i: int, a: int | None, b: int | None) -> Any:
-        if a is not None and isinstance(v, torch.Tensor) and v.shape == leaves[i].shape:
-            return v.view(-1)[a:b]
-        return v
+def run_fast(body: Callable[..., Any], groups: list[Group], columns: dict[str, list[Any]],
+             hypers: Callable[[Group], dict[str, Any]], static: dict[str, Any],
+             writes: tuple[str, ...], owned: bool, n: int, batch: int = 0) -> dict[str, list[Any]]:
+    """``body`` once per group (or piece) of the fast path. ``columns``: the per-leaf lists
+    by keyword, ``n`` long; ``hypers(group)``: the hyperparameter columns of a group;
+    ``writes``: the columns the body returns new values for (it may write into them when
+    ``owned``). Returns those new values by name, in leaf order."""
+    out: dict[str, list[Any]] = {name: list(columns[name]) if name in columns else [None] * n
+                                 for name in writes}
+    for g in groups:
+        ops = g.ops(batch)
+        h = _at(g.idx, hypers, g)
+        if len(groups) == 1 and len(g.idx) == n and g.pieces is None:  # the common case
+            cols = {name: _ops.Owned(col) if owned and name in writes else col
+                    for name, col in columns.items()}
+            return _named(body(ops, **cols, **h, **static), writes)
+        at = {k: j for j, k in enumerate(g.idx)}
+        for piece in g.pieces or [[(k, None, None) for k in g.idx]]:
+            ks = [k for k, _, _ in piece]
+            if all(a is None for _, a, _ in piece):  # whole leaves: no views to make
+                take, pos = _getter(ks), _getter([at[k] for k in ks])
+                cols = {name: take(col) for name, col in columns.items()}
+                hp = {name: pos(v) if isinstance(v, list) else v for name, v in h.items()}
+            else:
+                cols = {name: [_cut(col[k], a, b) for k, a, b in piece] for name, col in columns.items()}
+                hp = {name: [_cut(v[at[k]], a, b) for k, a, b in piece] if isinstance(v, list) else v
+                      for name, v in h.items()}
+            cols = {name: _ops.Owned(col) if owned and name in writes else col for name, col in cols.items()}
+            result = _named(_at(ks, body, ops, **cols, **hp, **static), writes)
+            for name, values in result.items():
+                if values is cols.get(name):
+                    continue  # written in place: the leaves are already the results
+                for (k, a, _), view, v in zip(piece, cols.get(name, [None] * len(piece)), values):
+                    if a is None:
+                        out[name][k] = v
+                    elif v is not view:  # a block of a leaf: its result goes into the slice
+                        view.copy_(v)
+    return out
 
-    cols = [_ops.like(col, [cut(col[i], i, a, b) for i, a, b in part]) for col in columns]
-    for view, new in zip(cols[0], body(_ops.FOREACH_CPU, *cols)):
-        if new is not view:
-            view.copy_(new)
+
+def _getter(ks: list[int]) -> Callable[[list[Any]], list[Any]]:
+    """``lambda col: [col[k] for k in ks]``, in C."""
+    get = operator.itemgetter(*ks)
+    return (lambda col: [get(col)]) if len(ks) == 1 else (lambda col: list(get(col)))
 
 
-def _chunks(idx: list[int], leaves: Sequence[torch.Tensor]) -> Iterator[list[int]]:
-    chunk: list[int] = []
-    size = 0
-    for i in idx:
-        n = leaves[i].numel()
-        if chunk and size + n > CHUNK:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(i)
-        size += n
-    if chunk:
-        yield chunk
+def _at(idx: list[int], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(...)``, its :class:`funcreg._engine.LeafError` renumbered from the leaves it
+    was given to ``idx``."""
+    from funcreg._engine import LeafError
+
+    try:
+        return fn(*args, **kwargs)
+    except LeafError as e:
+        raise LeafError(idx[e.k], str(e)) from None
+
+
+def _named(result: Any, writes: tuple[str, ...]) -> dict[str, list[Any]]:
+    return result if isinstance(result, dict) else {writes[0]: result}
+
+
+def _cut(x: Any, a: int | None, b: int | None) -> Any:
+    return x.view(-1)[a:b] if a is not None and isinstance(x, torch.Tensor) and x.ndim else x

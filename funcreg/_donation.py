@@ -1,30 +1,33 @@
-"""Donation: which donated leaves a call may write, the checks before it does, the write.
+"""Donation: when a call may write into the inputs it was given, the checks before it does,
+and the write (docs/design.md, "Ownership and donation"). Every donating operation (the
+engine's, and ``fr.distributed.all_reduce``) goes through this one protocol.
 
 A call made with ``donate=True`` may put its results into the storage of the inputs it
-donates (DESIGN.md, section 2). On the fast path the family math writes into them
-directly (:class:`funcreg._ops.Owned`); where it computes out of place (the composable
-path, and fast-path math that allocates, such as an SVD) :func:`commit` copies the
-results in, which is an in-place update wherever the caller's transforms allow one:
+donates. On the fast path the family math writes into them directly
+(:class:`funcreg._ops.Owned`); where it computes out of place :func:`commit` copies the
+results in, which is an in-place update wherever the caller's transforms allow one
+(:func:`can_write`): eagerly; under ``torch.compile`` (functionalization makes it an update
+of the input buffers); under ``vmap`` for leaves batched at the current level; never under
+``grad``, ``jacrev`` or ``jvp``, where the call returns fresh tensors with the pure values.
 
-* eagerly, and under ``torch.compile`` (functionalization turns the copy into an
-  update of the input buffers, which Inductor writes in place);
-* under ``torch.func.vmap`` when every donated leaf is batched at the current level (a
-  leaf of the vmapped inputs, not one captured from outside), and no other transform is
-  active;
-* never under ``grad``, ``jacrev`` or ``jvp``, where writing into a traced input would
-  change what is differentiated: there the call returns fresh tensors with the values
-  of the pure call.
+Before anything is written, :func:`written_spans` and :func:`check_reads` refuse a
+donation that cannot be honoured: a written leaf that requires grad in grad mode, whose
+elements overlap each other (an expanded view), or whose memory overlaps another written
+leaf or any tensor the call reads (byte ranges: interleaved views of one buffer count).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+import bisect
+from typing import Iterable, Sequence
 
 import torch
 
-from funcreg import _sharding, _tree
+from funcreg import _sharding
 
 _functorch = torch._C._functorch
+
+Label = tuple[str, "str | None"]  # (what: "params", "state['exp_avg']", "lr"...; leaf path)
 
 
 def can_write(donated: Sequence[torch.Tensor]) -> bool:
@@ -37,82 +40,73 @@ def can_write(donated: Sequence[torch.Tensor]) -> bool:
     if any(level.key() != _functorch.TransformType.Vmap for level in stack):
         return False
     current = _functorch.current_level()
-    return all(
-        _functorch.is_batchedtensor(d) and _functorch.maybe_get_level(d) == current
-        for d in donated
-    )
+    return all(_functorch.is_batchedtensor(d) and _functorch.maybe_get_level(d) == current
+               for d in donated)
 
 
-Label = tuple[str, "str | None"]  # (what: "params", "state['exp_avg']", "lr"...; leaf path)
+class Spans:
+    """The byte ranges of the written leaves, sorted and disjoint, for :func:`check_reads`."""
+
+    def __init__(self, spans: list[tuple[int, int, Label]]):
+        self.starts = [s for s, _, _ in spans]
+        self.ends = [e for _, e, _ in spans]
+        self.labels = [label for _, _, label in spans]
 
 
-def check(written: Iterable[tuple[Label, torch.Tensor]],
-          read: Iterable[tuple[Label, object]]) -> None:
-    """Refuse a donation that cannot be honoured, before anything is written.
-
-    ``written`` are the donated leaves the call will overwrite, ``read`` every other
-    tensor it reads (the rest of the donated trees included: a leaf that shares memory
-    with a written one would change too). Raises ``ValueError`` naming the leaves for a
-    written leaf that requires grad while grad mode is on, one whose elements overlap each
-    other (an expanded view), or one whose memory overlaps any other leaf read or written
-    (by byte range: interleaved strided views of one buffer count as overlapping), and for
-    any tensor read that requires grad while grad mode is on (the results would depend on
-    it through autograd).
-    """
+def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
+    """Check the leaves a donated call will overwrite; raises ``ValueError`` naming the leaf."""
     grad_on = torch.is_grad_enabled()
     compiling = torch.compiler.is_compiling()
-    spans: list[tuple[int, int, bool, Label]] = []
+    spans: list[tuple[int, int, Label]] = []
     for label, t in written:
         if grad_on and t.requires_grad:
             raise ValueError(
                 f"cannot donate {_name(label)}: it requires grad and grad mode is on, so "
                 "writing into it would corrupt autograd; donate detached tensors "
                 "({k: p.detach() for k, p in model.named_parameters()}) or call under "
-                "torch.no_grad()"
-            )
+                "torch.no_grad()")
         if compiling:
             continue  # traced tensors have no addresses to compare
-        span = _span(t)
+        if not torch.is_inference_mode_enabled() and t.is_inference():
+            raise ValueError(
+                f"cannot donate {_name(label)}: it is an inference tensor, which only code "
+                "under torch.inference_mode() may write; donate a .clone() of it or call "
+                "under torch.inference_mode()")
+        local = _local(t)  # under vmap, the stacked tensor: an unbatched output of vmap is expanded
+        span = _span(local)
         if span is None:
-            continue
-        if not t.is_contiguous() and _may_overlap_itself(_local(t)):
+            continue  # empty and meta tensors have no memory
+        if not local.is_contiguous() and _may_overlap_itself(local):
             raise ValueError(
                 f"cannot donate {_name(label)}: its elements may overlap in memory (an "
                 "expanded, stride-0 or as_strided view), so one write could land on several "
-                "of them; donate a .clone() of it"
-            )
-        spans.append((*span, True, label))
-    if not spans:
-        return
-    for label, t in read:
-        if isinstance(t, torch.Tensor):
-            if grad_on and t.requires_grad:
-                raise ValueError(
-                    f"cannot donate: {_name(label)} requires grad and grad mode is on, so "
-                    "the results would carry autograd history into the donated tensors; "
-                    "detach it, call under torch.no_grad(), or use donate=False"
-                )
-            span = _span(t)
-            if span is not None:
-                spans.append((*span, False, label))
+                "of them; donate a .clone() of it")
+        spans.append((*span, label))
     spans.sort(key=lambda s: s[0])
-    # Sweep by start address: a span overlaps an earlier one iff it starts before the
-    # furthest end seen so far (of any span, or of a written one for a read span).
-    reach_any: tuple[int, Label] | None = None
-    reach_written: tuple[int, Label] | None = None
-    for start, end, is_written, label in spans:
-        reach = reach_any if is_written else reach_written
-        if reach is not None and start < reach[0]:
-            donated, other = (label, reach[1]) if is_written else (reach[1], label)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise _shared(second, first)
+    return Spans(spans)
+
+
+def check_reads(spans: Spans, read: Iterable[tuple[Label, object]]) -> None:
+    """Refuse a donation whose written memory a tensor in ``read`` overlaps, and a read
+    tensor that requires grad in grad mode (its history would reach the donated tensors)."""
+    grad_on = torch.is_grad_enabled()
+    for label, t in read:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if grad_on and t.requires_grad:
             raise ValueError(
-                f"cannot donate {_name(donated)}: it shares memory with {_name(other)}, so "
-                "writing the result into it would change that one too; pass a .clone() of "
-                "one of them"
-            )
-        if reach_any is None or end > reach_any[0]:
-            reach_any = (end, label)
-        if is_written and (reach_written is None or end > reach_written[0]):
-            reach_written = (end, label)
+                f"cannot donate: {_name(label)} requires grad and grad mode is on, so the "
+                "results would carry autograd history into the donated tensors; detach it, "
+                "call under torch.no_grad(), or use donate=False")
+        span = _span(_local(t)) if spans.starts else None
+        if span is None:
+            continue
+        k = bisect.bisect_left(spans.starts, span[1]) - 1  # the last written span starting before its end
+        if k >= 0 and spans.ends[k] > span[0]:
+            raise _shared(spans.labels[k], label)
 
 
 def commit(donated: Sequence[torch.Tensor], results: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -123,13 +117,19 @@ def commit(donated: Sequence[torch.Tensor], results: Sequence[torch.Tensor]) -> 
     return list(donated)
 
 
+def _shared(donated: Label, other: Label) -> ValueError:
+    return ValueError(
+        f"cannot donate {_name(donated)}: it shares memory with {_name(other)}, so writing "
+        "the result into it would change that one too; pass a .clone() of one of them")
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The plain tensor whose memory ``t`` is: a DTensor's local shard, the tensor a
     torch.func wrapper holds (in any nesting of the two)."""
     if type(t) is torch.Tensor and not _functorch.is_functorch_wrapped_tensor(t):
         return t  # the common case, a plain tensor
     t = _sharding.unwrap(t)
-    while _sharding.is_dtensor(t):
+    while _sharding.loaded() and _sharding.is_dtensor(t):
         t = _sharding.unwrap(t._local_tensor)
     return t
 
@@ -151,10 +151,10 @@ def _may_overlap_itself(t: torch.Tensor) -> bool:
 
 
 def _span(t: torch.Tensor) -> tuple[int, int] | None:
-    """The byte range ``[start, end)`` that ``t``'s elements can touch; ``None`` if empty."""
-    t = _local(t)
+    """The byte range ``[start, end)`` that plain tensor ``t``'s elements can touch; ``None``
+    if it has none (empty, or on the meta device)."""
     n = t.numel()
-    if n == 0:
+    if n == 0 or t.is_meta:
         return None
     start = t.data_ptr()
     if t.is_contiguous():
@@ -166,17 +166,3 @@ def _span(t: torch.Tensor) -> tuple[int, int] | None:
 def _name(label: Label) -> str:
     what, path = label
     return what if path is None else f"{what} leaf {path!r}"
-
-
-def labelled(
-    flat: _tree.Flat, idx: list[int], cols: Sequence[Sequence[Any]], names: Sequence[str]
-) -> Iterator[tuple[Label, torch.Tensor]]:
-    """The tensors among per-leaf columns (hyperparameters, anchors), labelled for the
-    errors of :func:`check`; ``names`` name the columns in order."""
-    seen: set[int] = set()
-    for k, col in enumerate(cols):
-        name = names[k] if k < len(names) else "an option"
-        for i, v in zip(idx, col):
-            if isinstance(v, torch.Tensor) and id(v) not in seen:
-                seen.add(id(v))
-                yield (name, flat.paths[i]), v

@@ -26,15 +26,22 @@ def check_dim(what: str, dim: Any, flat: Flat, sel: list[int]) -> None:
             )
 
 
-def group_norms(w: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, int]:
+def group_norms(w: torch.Tensor, dim: int | None, batch: int = 0) -> tuple[torch.Tensor, int]:
     """The Euclidean norm of each group (keepdim, so it broadcasts over ``w``) and the
-    group size. A 0-d leaf, or ``dim=None``, is one group."""
+    group size. A 0-d leaf, or ``dim=None``, is one group. ``batch`` leading dims of ``w``
+    are ensemble members (the stacked path), each with its own groups."""
     # The clamp is a no-op on values but not on DTensors: a norm across the sharded dim
     # is a _NormPartial, which torch 2.13 sums wrong and mixes badly with plain tensors;
     # any pointwise op makes it reduce first (one all-reduce), as the math needs anyway.
-    if dim is None or w.ndim == 0:
-        return torch.linalg.vector_norm(w).clamp_min(0.0), w.numel()
-    others = [d for d in range(w.ndim) if d != dim % w.ndim]
+    member = list(range(batch, w.ndim))
+    if batch and not member:  # a 0-d leaf, per member: one group of one element
+        return w.abs(), 1
+    if dim is None or w.ndim == batch:
+        size = math.prod(w.shape[batch:])
+        if not batch:
+            return torch.linalg.vector_norm(w).clamp_min(0.0), size
+        return torch.linalg.vector_norm(w, dim=member, keepdim=True).clamp_min(0.0), size
+    others = [d for d in member if d != batch + dim % (w.ndim - batch)]
     if not others:  # a 1-d leaf grouped along its only dim: each element is a group
         return w.abs(), 1
     norms = torch.linalg.vector_norm(w, dim=others, keepdim=True).clamp_min(0.0)

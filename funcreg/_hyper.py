@@ -1,47 +1,60 @@
-"""Hyperparameters: validate Python numbers, and give each selected leaf its own value.
+"""Hyperparameters: what each one may be, its validation, and its values per leaf.
 
-A hyperparameter is a Python number, a 0-d tensor (possibly batched under ``vmap``, which
-is how an ensemble over λ is written) or, where a per-leaf value makes sense (``lam``,
-``step``), a pytree or a dict keyed by leaf path. Values are never read on the host
-(no ``.item()``, no Python comparisons on tensors): that would break ``vmap`` and force
-``torch.compile`` to recompile.
+A hyperparameter is a Python number, a 0-d tensor (possibly batched under ``vmap``: an
+ensemble over λ) or, where :class:`Param` allows it, a pytree or a dict keyed by leaf path
+giving one value per leaf (and, with ``per_element``, a tensor shaped like the leaf).
+Python numbers are range-checked on every call; a tensor's value is never read on the host
+(no ``.item()``, no comparisons), which would break ``vmap`` and recompile
+``torch.compile``. What a value *is* (its :func:`kind`) keys the engine's plan; the value
+itself never does.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any, Union
 
 import optree
 import torch
 
-from funcreg import _sharding
-from funcreg._tree import NAMESPACE, Flat, flatten
+from funcreg import _sharding, _tree
 
 Hyper = Union[float, torch.Tensor]
+NUMBER = "number"
 
 
-def number(
-    name: str,
-    value: Any,
-    *,
-    low: float = 0.0,
-    high: float = math.inf,
-    high_open: bool = False,
-    where: str = "",
-) -> Hyper:
-    """Check one scalar hyperparameter: a finite Python number in range, or a 0-d tensor.
+@dataclass(frozen=True)
+class Param:
+    """A hyperparameter's contract: its name, the range of a Python-number value, and the
+    forms it may take (``per_leaf``: a tree keyed by leaf path; ``per_element``: values in
+    it shaped like their leaf; ``optional``: ``None`` means absent). ``why`` ends the error
+    that refuses a per-element value."""
 
-    Only Python numbers are range-checked: a tensor's value is not read.
-    """
+    name: str
+    low: float = 0.0
+    high: float = math.inf
+    high_open: bool = False
+    per_leaf: bool = False
+    per_element: bool = False
+    optional: bool = False
+    why: str = ""
+
+    def number(self, value: Any, where: str = "") -> float:
+        return number(self.name, value, low=self.low, high=self.high, high_open=self.high_open,
+                      where=where)
+
+
+def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
+           high_open: bool = False, where: str = "") -> Any:
+    """A finite Python number in range, as a float; a 0-d tensor passes unread."""
     at = f" for leaf {where!r}" if where else ""
     if isinstance(value, torch.Tensor):
         if value.ndim != 0:
             raise ValueError(
                 f"{name}{at} must be a number or a 0-d tensor, got a tensor of shape "
-                f"{tuple(value.shape)}; batch it with torch.func.vmap instead"
-            )
+                f"{tuple(value.shape)}; batch it with torch.func.vmap instead")
         return value
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}{at} must be a number or a tensor, not {type(value).__name__}")
@@ -49,134 +62,89 @@ def number(
     above = value >= high if high_open else value > high
     if not math.isfinite(value) or value < low or above:
         bound = ")" if high_open else "]"
-        where = "" if (low, high) == (-math.inf, math.inf) else f" in [{low}, {high}{bound}"
-        raise ValueError(f"{name}{at} must be a finite number{where}, got {value}")
+        span = "" if (low, high) == (-math.inf, math.inf) else f" in [{low}, {high}{bound}"
+        raise ValueError(f"{name}{at} must be a finite number{span}, got {value}")
     return value
 
 
-def per_leaf(
-    name: str,
-    value: Any,
-    flat: Flat,
-    selected: list[int],
-    *,
-    elementwise: bool = False,
-    low: float = 0.0,
-    high: float = math.inf,
-    why: str = "",
-) -> list[Hyper]:
-    """One value of hyperparameter ``name`` per selected leaf of ``flat``.
+def _tensor_kind(p: Param, v: torch.Tensor, where: str = "") -> tuple[Any, ...]:
+    if v.layout != torch.strided:
+        raise TypeError(f"{p.name}{f' for leaf {where!r}' if where else ''} is a {v.layout} "
+                        "tensor; hyperparameters are dense tensors")
+    return ("tensor", v.dtype, v.device, tuple(v.shape), v.is_contiguous(), _sharding.is_dtensor(v))
 
-    ``value`` is a number or a 0-d tensor shared by all leaves, or a tree whose leaf paths
-    are params paths (a nested pytree shaped like params or a flat dict keyed by dotted
-    path; unselected leaves may be left out). With ``elementwise``, a per-leaf value may
-    also be a tensor shaped like its leaf (a per-element step, as a proximal Adam needs);
-    ``why`` is added to the error when such a value is not allowed. Tensors are cast to
-    their leaf's dtype and device.
-    """
-    if isinstance(value, (torch.Tensor, Real)) or optree.tree_is_leaf(
-        value, none_is_leaf=True, namespace=NAMESPACE
-    ):  # one value for all leaves (number() rejects a str, None, ...: TypeError)
-        shared = number(name, value, low=low, high=high)
-        if not isinstance(shared, torch.Tensor):
-            return [shared] * len(selected)
-        return _cast([shared] * len(selected), [flat.leaves[i] for i in selected])
 
-    given = flatten(value, name)
-    by_path = dict(zip(given.paths, given.leaves))
-    known = set(flat.paths)
-    for path in given.paths:
-        if path not in known:
-            raise ValueError(f"{name} names leaf {path!r}, which params do not have")
-    out: list[Hyper] = []
-    for i in selected:
-        path, leaf = flat.paths[i], flat.leaves[i]
-        if path not in by_path:
-            raise ValueError(f"{name} gives no value for selected leaf {path!r}")
-        v = by_path[path]
-        if isinstance(v, torch.Tensor) and v.ndim != 0:
-            if not elementwise:
-                raise ValueError(
-                    f"{name} for leaf {path!r} must be a number or a 0-d tensor, got shape "
-                    f"{tuple(v.shape)}{why}"
-                )
-            if v.shape != leaf.shape:
-                raise ValueError(
-                    f"{name} for leaf {path!r} has shape {tuple(v.shape)}; a per-element "
-                    f"value must have the leaf's shape {tuple(leaf.shape)}"
-                )
-            if _sharding.is_dtensor(leaf) and not _sharding.is_dtensor(v):
-                raise ValueError(
-                    f"{name} for leaf {path!r} is a plain tensor but the leaf is a DTensor; "
-                    "give a per-element value as a DTensor with the leaf's placements"
-                )
-            out.append(v)
+def kind(p: Param, value: Any) -> Any:
+    """What ``value`` is, for the plan's key (``None``, :data:`NUMBER`, a tensor's dtype,
+    device and shape, or a per-leaf tree's structure and its leaves' kinds); Python numbers
+    are range-checked here, on every call. Raises ``TypeError``/``ValueError`` for a value
+    that ``p`` does not allow."""
+    if value is None and p.optional:
+        return None
+    if isinstance(value, torch.Tensor):
+        p.number(value)  # a 0-d tensor, or the error that says to vmap instead
+        return _tensor_kind(p, value)
+    if isinstance(value, Real) or not p.per_leaf or optree.tree_is_leaf(
+            value, none_is_leaf=True, namespace=_tree.NAMESPACE):
+        p.number(value)  # the range, or a TypeError for a str, None, a list of one ...
+        return NUMBER
+    fp, leaves = _tree.structure(value)
+    paths = _tree.paths_of(value, fp, p.name)
+    kinds = []
+    for path, v in zip(paths, leaves):
+        if isinstance(v, torch.Tensor):
+            kinds.append(_tensor_kind(p, v, path))
         else:
-            out.append(number(name, v, low=low, high=high, where=path))
-    return _cast(out, [flat.leaves[i] for i in selected])
+            p.number(v, where=path)
+            kinds.append(NUMBER)
+    return ("tree", fp, paths, tuple(kinds))
 
 
-def _cast(values: list[Hyper], leaves: list[torch.Tensor]) -> list[Hyper]:
-    """Cast tensor values to their leaf's dtype and device, once per distinct pair (and,
-    for DTensor leaves inside a torch.func transform, to Replicate DTensors)."""
+def check_tree(p: Param, k: Any, flat: _tree.Flat, active: list[int]) -> list[int]:
+    """Validate a per-leaf tree of kind ``k`` against params ``flat``; returns, for each
+    active leaf, the position of its value among the tree's leaves."""
+    _, _, paths, kinds = k
+    known = set(flat.paths)
+    for path in paths:
+        if path not in known:
+            raise ValueError(f"{p.name} names leaf {path!r}, which params do not have")
+    at = {path: j for j, path in enumerate(paths)}
+    out = []
+    for i in active:
+        path, leaf = flat.paths[i], flat.leaves[i]
+        if path not in at:
+            raise ValueError(f"{p.name} gives no value for selected leaf {path!r}")
+        j = at[path]
+        if kinds[j] != NUMBER and kinds[j][3] != ():
+            shape = kinds[j][3]
+            if not p.per_element:
+                raise ValueError(f"{p.name} for leaf {path!r} must be a number or a 0-d tensor, "
+                                 f"got shape {shape}{p.why}")
+            if shape != tuple(leaf.shape):
+                raise ValueError(f"{p.name} for leaf {path!r} has shape {shape}; a per-element "
+                                 f"value must have the leaf's shape {tuple(leaf.shape)}")
+            if _sharding.is_dtensor(leaf) and not kinds[j][5]:
+                raise ValueError(f"{p.name} for leaf {path!r} is a plain tensor but the leaf is a "
+                                 "DTensor; give a per-element value as a DTensor with the leaf's placements")
+        out.append(j)
+    return out
+
+
+def cast(values: list[Any], leaves: list[torch.Tensor]) -> list[Any]:
+    """Tensor values cast to their leaf's dtype and device, once per distinct pair (and,
+    beside DTensor leaves inside a torch.func transform, as Replicate DTensors)."""
     if _sharding.any_dtensor(leaves):
-        values = _replicated(values, leaves)
-    if torch.compiler.is_compiling():
-        # No id()-keyed cache while tracing: id() of a tensor makes Dynamo guard on that
-        # object's identity, so every new λ tensor would recompile. Inductor dedups anyway.
-        return [
-            v.to(dtype=leaf.dtype, device=leaf.device) if isinstance(v, torch.Tensor) else v
-            for v, leaf in zip(values, leaves)
-        ]
+        values = _sharding.replicated(values, leaves)
+    if torch.compiler.is_compiling():  # no id() caches: Dynamo would guard on identity
+        return [v.to(dtype=x.dtype, device=x.device) if isinstance(v, torch.Tensor) else v
+                for v, x in zip(values, leaves)]
     cache: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
-    out: list[Hyper] = []
-    for v, leaf in zip(values, leaves):
-        if isinstance(v, torch.Tensor) and (v.dtype != leaf.dtype or v.device != leaf.device):
-            key = (id(v), leaf.dtype, leaf.device)
+    out = []
+    for v, x in zip(values, leaves):
+        if isinstance(v, torch.Tensor) and (v.dtype != x.dtype or v.device != x.device):
+            key = (id(v), x.dtype, x.device)
             if key not in cache:
-                cache[key] = v.to(dtype=leaf.dtype, device=leaf.device)
+                cache[key] = v.to(dtype=x.dtype, device=x.device)
             v = cache[key]
         out.append(v)
-    return out
-
-
-def _replicated(values: list[Hyper], leaves: list[torch.Tensor]) -> list[Hyper]:
-    """Plain 0-d tensors beside DTensor leaves as Replicate DTensors on the leaves' meshes.
-
-    Eagerly DTensor's dispatch takes a plain 0-d tensor as a scalar; under ``vmap`` a
-    batched one is a plain tensor of K elements to it ("mixed torch.Tensor and DTensor"),
-    so inside a transform it becomes a Replicate DTensor first (no communication)."""
-    if torch.compiler.is_compiling():
-        return values  # no torch.func transform wraps what Dynamo traces (and see _cast)
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    cache: dict[tuple[int, int], torch.Tensor] = {}
-    out: list[Hyper] = []
-    for v, leaf in zip(values, leaves):
-        if (isinstance(v, torch.Tensor) and v.ndim == 0 and _sharding.is_dtensor(leaf)
-                and not _sharding.is_dtensor(v) and (wrapped(v) or wrapped(leaf))):
-            key = (id(v), id(_sharding.unwrap(leaf).device_mesh))
-            if key not in cache:
-                cache[key] = _sharding.replicate_like(v, leaf)
-            v = cache[key]
-        out.append(v)
-    return out
-
-
-def combine(fn: Any, *columns: list[Hyper]) -> list[Hyper]:
-    """``[fn(a, b, ...) for each leaf]``, computing once for values shared between leaves.
-
-    Derived hyperparameters (``lam * step``, ``1 / (1 + 2 lam step)``) are per-leaf
-    scalars; when one tensor λ serves every leaf, this keeps it to one tiny kernel instead
-    of one per leaf.
-    """
-    if torch.compiler.is_compiling():
-        # See _cast: id() on a traced tensor would guard on its identity (recompiles).
-        return [fn(*args) for args in zip(*columns)]
-    cache: dict[tuple[int, ...], Hyper] = {}
-    out: list[Hyper] = []
-    for args in zip(*columns):
-        key = tuple(id(a) for a in args)
-        if key not in cache:
-            cache[key] = fn(*args)
-        out.append(cache[key])
     return out

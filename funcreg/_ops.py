@@ -1,37 +1,29 @@
-"""Leaf-list arithmetic, written once per family and run on one of two implementations.
+"""The vocabulary every family, step and projection is written in, and its implementations.
 
-Every penalty, step and projection in funcreg is a short function of lists of leaves
-(``ws``, ``gs``, ``ms``...) and hyperparameter columns, written against the vocabulary
-below and run by :mod:`funcreg._dispatch` on one of
+A body (see :mod:`funcreg._engine`) is a short function of lists of leaves (``params``,
+``grads``, ``exp_avg``...) and hyperparameter columns, written against the ops below
+and run on one of
 
-* :data:`FOREACH` (and :data:`FOREACH_CPU` for CPU groups): ``torch._foreach_*``
-  kernels over leaves of one (device, dtype) group, the fast path;
+* :class:`Foreach` (:class:`ForeachCPU` for CPU groups): ``torch._foreach_*`` kernels over
+  the leaves of one (device, dtype) group, the fast path; also the stacked path under
+  ``vmap``, where ``batch`` leading dims of every leaf are ensemble members;
 * :data:`PER_LEAF`: plain out-of-place tensor ops, one leaf at a time, which ``vmap``,
-  ``grad``, ``jacrev`` and ``torch.compile`` can trace, the composable path.
+  ``grad``, ``jacrev`` and ``torch.compile`` trace, the composable path.
 
-**Ownership.** A list of leaves is *borrowed* (a plain ``list``: the caller's tensors,
-never written) or *owned* (:class:`Owned`: tensors the running call may overwrite,
-because it allocated them or because the caller donated them). The ops whose name ends
-in ``_`` work like torch's in-place ops on their first argument when it is owned (they
-write into it and return it), and like the out-of-place op when it is borrowed (the result
-goes into fresh tensors, which the call then owns). So one line of family math, ::
+**Ownership** (docs/design.md, "Ownership and donation"). A list of leaves is borrowed (a
+plain ``list``: the caller's tensors) or owned (:class:`Owned`: tensors the call may
+overwrite, because it allocated them or because they were donated). An op whose name ends
+in ``_`` writes into its *first* argument when that is owned and returns it, and otherwise
+computes the same values into fresh tensors, which the call then owns; it never writes into
+any other argument. So ``exp_avg = ops.lerp_(exp_avg, grads, 1 - beta1)`` is torch.optim's
+``_foreach_lerp_`` on donated state and ``_foreach_lerp`` into a fresh tree otherwise. Ops
+without ``_`` always allocate. :data:`PER_LEAF` never writes in place.
 
-    ms = ops.lerp_(ms, gs, 1 - beta1)
-
-is torch.optim's ``torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)`` when the state was
-donated, and ``torch._foreach_lerp(...)`` into a fresh tree otherwise; the ops that follow
-on ``ms`` then run in place either way. The ops without ``_`` always allocate, and on
-the fast path return a :class:`Temp`, an intermediate that two ops may recycle: on CPU
-``add_(xs, ys)`` writes ``x + y`` into a ``Temp`` ``ys`` when ``xs`` is borrowed (``g + Δ``
-into the buffer of ``Δ``), and ``addcdiv_`` may scale a ``Temp`` divisor in place; so do
-not read a ``Temp`` after passing it there. :data:`PER_LEAF` never writes in place: it returns plain lists,
-and a donated call copies its results into the donated storage afterwards
-(:mod:`funcreg._donation`).
-
-A hyperparameter column ``h`` holds one value per leaf: a Python float, a 0-d tensor, or
-a tensor that broadcasts against the leaf (a per-element λ, a group lasso's per-row
-scales). Where an op takes ``h``, a single Python float stands for the same value on
-every leaf.
+**Columns.** A hyperparameter column is a Python number (one value for every leaf), a
+tensor (one 0-d value for every leaf, cast to the group's dtype and device), or a list with
+one number or tensor per leaf (a per-leaf tree, a per-element λ, Adam's bias corrections).
+:func:`derive` computes a derived column (``1 - beta1``, ``lam * step``) once per distinct
+value; :func:`each` spells a column out per leaf.
 """
 
 from __future__ import annotations
@@ -41,168 +33,69 @@ from typing import Any, Callable, Sequence, Union
 import torch
 
 from funcreg import _sharding
-from funcreg._hyper import Hyper
 
 Tensors = list[torch.Tensor]
-Column = Union[float, Sequence[Hyper]]
+Hyper = Union[float, torch.Tensor]
+Column = Union[float, torch.Tensor, Sequence[Hyper]]
 
 
 class Owned(list):
     """Leaves the running call may overwrite: tensors it allocated, or donated inputs."""
 
 
-class Temp(Owned):
-    """An intermediate result: owned, and free for the op it is passed to to recycle."""
-
-
 def owned(xs: Sequence[torch.Tensor]) -> bool:
     return isinstance(xs, Owned)
 
 
-def like(xs: Sequence[torch.Tensor], items: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``items`` with the ownership of ``xs`` (for a subset or a reordering of ``xs``)."""
-    return type(xs)(items) if isinstance(xs, Owned) else items
+def subset(xs: Tensors, idx: Sequence[int]) -> Tensors:
+    """The leaves ``idx`` of ``xs``, owned if ``xs`` is."""
+    items = [xs[k] for k in idx]
+    return Owned(items) if owned(xs) else items
 
 
-def _col(h: Column, n: int) -> Sequence[Hyper]:
-    return [h] * n if isinstance(h, (float, int)) else h
+def owned_copy(xs: Tensors) -> Tensors:
+    """``xs`` if owned, else fresh copies of it: what a fused in-place kernel may run on."""
+    return xs if owned(xs) else Owned([x.clone() for x in xs])
+
+
+def each(h: Column, n: int) -> list[Hyper]:
+    """Column ``h`` as one value per leaf."""
+    return list(h) if isinstance(h, (list, tuple)) else [h] * n  # type: ignore[list-item]
+
+
+def is_number(h: Column) -> bool:
+    """Whether every value of ``h`` is a Python number (known on the host)."""
+    if isinstance(h, (list, tuple)):
+        return not any(isinstance(v, torch.Tensor) for v in h)
+    return not isinstance(h, torch.Tensor)
+
+
+def derive(fn: Callable[..., Any], *cols: Column) -> Column:
+    """The column ``fn(a, b, ...)``, leaf by leaf where a column is a list and once
+    otherwise; values shared between leaves (one λ tensor for all) are computed once."""
+    if not any(isinstance(c, (list, tuple)) for c in cols):
+        return fn(*cols)
+    n = max(len(c) for c in cols if isinstance(c, (list, tuple)))  # type: ignore[arg-type]
+    rows = zip(*(each(c, n) for c in cols))
+    if torch.compiler.is_compiling():  # id() would make Dynamo guard on tensor identity
+        return [fn(*args) for args in rows]
+    cache: dict[tuple[int, ...], Any] = {}
+    out = []
+    for args in rows:
+        key = tuple(map(id, args))
+        if key not in cache:
+            cache[key] = fn(*args)
+        out.append(cache[key])
+    return out
 
 
 def _as_tensor(v: Hyper, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(v, torch.Tensor):
-        return v
-    return torch.full((), v, dtype=like.dtype, device=like.device)
-
-
-def _scalar(h: Column, n: int) -> float | None:
-    """The one Python float every leaf of ``h`` holds, or ``None``."""
-    if isinstance(h, (float, int)):
-        return float(h)
-    first = h[0] if n else 0.0
-    if isinstance(first, torch.Tensor) or any(isinstance(v, torch.Tensor) or v != first for v in h):
-        return None
-    return float(first)
-
-
-def _arg(xs: Tensors, h: Column) -> float | list[float] | Tensors:
-    """``h`` as a foreach argument: one float, a ScalarList, or a list of tensors."""
-    if isinstance(h, (float, int)):
-        return float(h)
-    if all(not isinstance(v, torch.Tensor) for v in h):
-        return list(h)  # type: ignore[arg-type]
-    return [_as_tensor(v, x) for x, v in zip(xs, h)]
-
-
-class PerLeaf:
-    """Composable implementation: per-leaf out-of-place tensor ops; ownership is ignored."""
-
-    # ------------------------------------------------------------- allocating ops
-    @staticmethod
-    def sign(xs: Tensors) -> Tensors:
-        return [torch.sign(x) for x in xs]
-
-    @staticmethod
-    def neg(xs: Tensors) -> Tensors:
-        return [-x for x in xs]
-
-    @staticmethod
-    def sqrt(xs: Tensors) -> Tensors:
-        return [torch.sqrt(x) for x in xs]
-
-    @staticmethod
-    def sub(xs: Tensors, ys: Tensors) -> Tensors:
-        return [x - y for x, y in zip(xs, ys)]
-
-    @staticmethod
-    def mul(xs: Tensors, h: Column) -> Tensors:
-        return [x * v for x, v in zip(xs, _col(h, len(xs)))]
-
-    @staticmethod
-    def temp(xs: Tensors) -> Tensors:
-        """Tensors the family just allocated itself (per-leaf math), as a :class:`Temp`."""
-        return xs
-
-    @staticmethod
-    def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
-        """``1 - b ** e`` for each 0-d exponent (Adam's bias corrections)."""
-        return [1 - b**e for b, e in zip(_col(base, len(exponents)), exponents)]
-
-    # ------------------------------------------- what torch's in-place ops compute
-    # Each keeps its first argument's dtype, as the in-place op would: a 0-d bfloat16 leaf
-    # times a 0-d float32 scalar (Adam's bias corrections) would otherwise promote.
-    @staticmethod
-    def add_(xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
-        """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
-        ys = _col(ys, len(xs))
-        if alpha is None:
-            return [_keep(x, x + y) for x, y in zip(xs, ys)]
-        return [_keep(x, x + a * y) for x, y, a in zip(xs, ys, _col(alpha, len(xs)))]
-
-    @staticmethod
-    def mul_(xs: Tensors, h: Column) -> Tensors:
-        return [_keep(x, x * v) for x, v in zip(xs, _col(h, len(xs)))]
-
-    @staticmethod
-    def div_(xs: Tensors, h: Column) -> Tensors:
-        return [_keep(x, x / v) for x, v in zip(xs, _col(h, len(xs)))]
-
-    @staticmethod
-    def lerp_(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
-        return [torch.lerp(x, y, _as_tensor(v, x)) for x, y, v in zip(xs, ys, _col(h, len(xs)))]
-
-    @staticmethod
-    def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
-        """``x + h * y * z``."""
-        return [_keep(x, x + v * y * z) for x, y, z, v in zip(xs, ys, zs, _col(h, len(xs)))]
-
-    @staticmethod
-    def addcdiv_(xs: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
-        """``x + h * y / z``."""
-        return [_keep(x, x + v * y / z) for x, y, z, v in zip(xs, ys, zs, _col(h, len(xs)))]
-
-    @staticmethod
-    def maximum_(xs: Tensors, ys: Tensors) -> Tensors:
-        return [torch.maximum(x, y) for x, y in zip(xs, ys)]
-
-    @staticmethod
-    def reciprocal_(xs: Tensors) -> Tensors:
-        return [torch.reciprocal(x) for x in xs]
-
-    @staticmethod
-    def clamp_(xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
-        """``clamp(x, low, high)``; a bound of ``None`` is no bound."""
-        n = len(xs)
-        lows = _col(low, n) if low is not None else [None] * n
-        highs = _col(high, n) if high is not None else [None] * n
-        return [_keep(x, _clamp(x, a, b)) for x, a, b in zip(xs, lows, highs)]
-
-    @staticmethod
-    def soft_threshold_(xs: Tensors, t: Column) -> Tensors:
-        """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
-        return [_keep(x, x - _clamp(x, -v, v)) for x, v in zip(xs, _col(t, len(xs)))]
-
-    @staticmethod
-    def hard_threshold_(xs: Tensors, t: Column) -> Tensors:
-        """``x`` where ``|x| > t``, exact zeros elsewhere (ties zeroed; a NaN stays NaN, as
-        through the soft threshold)."""
-        return [torch.where(x.abs() <= v, torch.zeros((), dtype=x.dtype, device=x.device), x)
-                for x, v in zip(xs, _col(t, len(xs)))]
-
-    @staticmethod
-    def firm_threshold_(xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
-        """Firm thresholding: 0 where ``|x| <= low``, ``c·soft(x, low)`` up to ``high``, ``x``
-        beyond (continuous when ``c = high / (high - low)``), computed as
-        ``(x - clamp(x, ±high)) + c·(clamp(x, ±high) - clamp(x, ±low))``: both terms are
-        exactly 0 where ``|x| <= low``, and the first is exactly 0 up to ``high``."""
-        n = len(xs)
-        out = []
-        for x, a, b, k in zip(xs, _col(low, n), _col(high, n), _col(c, n)):
-            outer = _clamp(x, -b, b)
-            out.append(_keep(x, (x - outer) + k * (outer - _clamp(x, -a, a))))
-        return out
+    return v if isinstance(v, torch.Tensor) else torch.full((), v, dtype=like.dtype, device=like.device)
 
 
 def _keep(x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """``result`` in ``x``'s dtype, as the in-place op would leave it: a 0-d bfloat16 leaf
+    times a float32 tensor (Adam's bias corrections) would otherwise promote."""
     return result if result.dtype == x.dtype else result.to(x.dtype)
 
 
@@ -214,232 +107,341 @@ def _clamp(x: torch.Tensor, low: Hyper | None, high: Hyper | None) -> torch.Tens
     return x.clamp(low, high)
 
 
+def _nan_of(t: Hyper, x: torch.Tensor) -> torch.Tensor | None:
+    """0 where threshold ``t`` is a number, NaN where it is NaN (``None`` for a Python
+    number, validated finite): added to a hard threshold's result, it makes a NaN threshold
+    show, where ``|x| <= NaN`` alone would keep ``x``."""
+    return torch.where(torch.isnan(t), t, 0.0).to(x.dtype) if isinstance(t, torch.Tensor) else None
+
+
+class PerLeaf:
+    """Composable implementation: per-leaf out-of-place tensor ops; ownership is ignored."""
+
+    fused = False  # torch's fused optimizer kernels are never traced
+    batch = 0  # leading ensemble dims of every leaf (vmap hides them here)
+    dtensor = False
+
+    def bcast(self, xs: list[Any], like: Tensors) -> list[Any]:
+        """A member's 0-d values (a step count, a bias correction) shaped to broadcast
+        against its leaf: as they are here."""
+        return xs
+
+    def scalar(self, h: Hyper, like: torch.Tensor) -> Hyper:
+        """A member's scalar hyperparameter shaped to broadcast against ``like``, a tensor
+        computed from a leaf (singular values, a Gram matrix): as it is here."""
+        return h
+
+    def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None:
+        """Each leaf's step count as one 0-d value: as they are here."""
+        return xs
+
+    # ------------------------------------------------------------- allocating ops
+    def sign(self, xs: Tensors) -> Tensors:
+        return [torch.sign(x) for x in xs]
+
+    def neg(self, xs: Tensors) -> Tensors:
+        return [-x for x in xs]
+
+    def sqrt(self, xs: Tensors) -> Tensors:
+        return [torch.sqrt(x) for x in xs]
+
+    def sub(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return [x - y for x, y in zip(xs, ys)]
+
+    def mul(self, xs: Tensors, h: Column) -> Tensors:
+        return [_keep(x, x * v) for x, v in zip(xs, each(h, len(xs)))]
+
+    def one_minus_pow(self, base: Column, exponents: Tensors) -> Tensors:
+        """``1 - b ** e`` for each 0-d exponent (Adam's bias corrections)."""
+        return [1 - b**e for b, e in zip(each(base, len(exponents)), exponents)]
+
+    # ----------------------------------------- what torch's in-place ops compute
+    def add_(self, xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
+        """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
+        ys = each(ys, len(xs))  # type: ignore[arg-type]
+        if alpha is None:
+            return [_keep(x, x + y) for x, y in zip(xs, ys)]
+        return [_keep(x, x + a * y) for x, y, a in zip(xs, ys, each(alpha, len(xs)))]
+
+    def mul_(self, xs: Tensors, h: Column) -> Tensors:
+        return [_keep(x, x * v) for x, v in zip(xs, each(h, len(xs)))]
+
+    def div_(self, xs: Tensors, h: Column) -> Tensors:
+        return [_keep(x, x / v) for x, v in zip(xs, each(h, len(xs)))]
+
+    def lerp_(self, xs: Tensors, ys: Tensors, h: Column) -> Tensors:
+        return [torch.lerp(x, y, _as_tensor(v, x)) for x, y, v in zip(xs, ys, each(h, len(xs)))]
+
+    def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, h: Column = 1.0) -> Tensors:
+        """``x + h * y * z``."""
+        return [_keep(x, x + v * y * z) for x, y, z, v in zip(xs, ys, zs, each(h, len(xs)))]
+
+    def addcdiv_(self, xs: Tensors, ys: Tensors, zs: Tensors, h: Column = 1.0) -> Tensors:
+        """``x + h * y / z``."""
+        return [_keep(x, x + v * y / z) for x, y, z, v in zip(xs, ys, zs, each(h, len(xs)))]
+
+    def maximum_(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return [torch.maximum(x, y) for x, y in zip(xs, ys)]
+
+    def reciprocal_(self, xs: Tensors) -> Tensors:
+        return [torch.reciprocal(x) for x in xs]
+
+    def clamp_(self, xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
+        """``clamp(x, low, high)``; a bound of ``None`` is no bound."""
+        n = len(xs)
+        lows = each(low, n) if low is not None else [None] * n
+        highs = each(high, n) if high is not None else [None] * n
+        return [_keep(x, _clamp(x, a, b)) for x, a, b in zip(xs, lows, highs)]  # type: ignore[arg-type]
+
+    def soft_threshold_(self, xs: Tensors, t: Column) -> Tensors:
+        """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
+        return [_keep(x, x - _clamp(x, -v, v)) for x, v in zip(xs, each(t, len(xs)))]
+
+    def hard_threshold_(self, xs: Tensors, t: Column) -> Tensors:
+        """``x`` where ``|x| > t``, exact zeros elsewhere (ties zeroed); a NaN ``x`` or
+        ``t`` gives NaN, as through the soft threshold."""
+        out = []
+        for x, v in zip(xs, each(t, len(xs))):
+            y = torch.where(x.abs() <= v, torch.zeros((), dtype=x.dtype, device=x.device), x)
+            nan = _nan_of(v, x)
+            out.append(y if nan is None else y + nan)
+        return out
+
+    def firm_threshold_(self, xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
+        """Firm thresholding: 0 where ``|x| <= low``, ``c·soft(x, low)`` up to ``high``, ``x``
+        beyond (continuous when ``c = high / (high - low)``), computed as
+        ``(x - clamp(x, ±high)) + c·(clamp(x, ±high) - clamp(x, ±low))``: both terms are
+        exactly 0 where ``|x| <= low``, and the first is exactly 0 up to ``high``."""
+        n = len(xs)
+        out = []
+        for x, a, b, k in zip(xs, each(low, n), each(high, n), each(c, n)):
+            outer = _clamp(x, -b, b)
+            out.append(_keep(x, (x - outer) + k * (outer - _clamp(x, -a, a))))
+        return out
+
+
 def _cow(in_place: Callable[..., Any], out_of_place: Callable[..., Any], xs: Tensors,
          *args: Any, **kwargs: Any) -> Tensors:
     """A foreach op on ``xs``: in place when ``xs`` is owned, into fresh tensors otherwise."""
     if owned(xs):
         in_place(xs, *args, **kwargs)
         return xs
-    # keep each leaf's dtype, as the in-place op does (see PerLeaf)
     return Owned(_keep(x, r) for x, r in zip(xs, out_of_place(xs, *args, **kwargs)))
 
 
+def _arg(xs: Tensors, h: Column, *, tensor: bool = False) -> Any:
+    """Column ``h`` as a foreach argument: a number, a ScalarList, a tensor (``tensor``:
+    the op has a ``.Tensor`` overload) or a list of tensors."""
+    if isinstance(h, torch.Tensor):
+        return h if tensor else [h] * len(xs)
+    if not isinstance(h, (list, tuple)):
+        return float(h)
+    if is_number(h):
+        return [float(v) for v in h]
+    return [_as_tensor(v, x) for x, v in zip(xs, h)]
+
+
+def _tensors(arg: Any) -> bool:
+    return isinstance(arg, torch.Tensor) or (isinstance(arg, list) and bool(arg)
+                                             and isinstance(arg[0], torch.Tensor))
+
+
 class Foreach:
-    """Fast implementation: ``torch._foreach_*`` over one (device, dtype) group."""
+    """Fast implementation: ``torch._foreach_*`` over one (device, dtype) group.
+
+    ``fused``: the group may run torch's fused optimizer kernels (contiguous leaves on a
+    real device, not traced); ``batch``: leading ensemble dims of every leaf (the stacked
+    path); ``dtensor``: the group's leaves are DTensors."""
+
+    def __init__(self, *, fused: bool = False, batch: int = 0, dtensor: bool = False):
+        self.fused = fused
+        self.batch = batch
+        self.dtensor = dtensor
+
+    def bcast(self, xs: list[Any], like: Tensors) -> list[Any]:
+        """A member's 0-d values shaped to broadcast against its leaf (the stacked path
+        gives both ``batch`` leading dims)."""
+        if not self.batch:
+            return xs
+        return [x.reshape(*x.shape, *[1] * (w.ndim - x.ndim)) if isinstance(x, torch.Tensor) else x
+                for x, w in zip(xs, like)]
+
+    def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None:
+        """Each leaf's step count as one 0-d value, what torch's fused kernels take: on the
+        stacked path a view of the first member's, when every member's count is the same
+        (read on the host, on CPU only, as torch.optim's CPU step reads its counts; not
+        read again with ``check=False``), else ``None``."""
+        if not self.batch:
+            return xs
+        if check:
+            if xs[0].device.type != "cpu":
+                return None
+            flat = torch.stack([x.reshape(-1) for x in xs])
+            if not bool((flat == flat[:, :1]).all()):
+                return None
+        return [x.reshape(-1)[0] for x in xs]
+
+    def scalar(self, h: Hyper, like: torch.Tensor) -> Hyper:
+        """A member's scalar hyperparameter (``batch`` leading dims, then ones) shaped to
+        broadcast against ``like``, a tensor with the same leading dims."""
+        if not self.batch or not isinstance(h, torch.Tensor) or h.ndim <= self.batch:
+            return h
+        return h.reshape(*h.shape[:self.batch], *[1] * (like.ndim - self.batch))
 
     # ------------------------------------------------------------- allocating ops
-    @staticmethod
-    def sign(xs: Tensors) -> Tensors:
-        return Temp(torch._foreach_sign(xs))
+    def sign(self, xs: Tensors) -> Tensors:
+        return Owned(torch._foreach_sign(xs))
 
-    @staticmethod
-    def neg(xs: Tensors) -> Tensors:
-        return Temp(torch._foreach_neg(xs))
+    def neg(self, xs: Tensors) -> Tensors:
+        return Owned(torch._foreach_neg(xs))
 
-    @staticmethod
-    def sqrt(xs: Tensors) -> Tensors:
-        return Temp(torch._foreach_sqrt(xs))
+    def sqrt(self, xs: Tensors) -> Tensors:
+        return Owned(torch._foreach_sqrt(xs))
 
-    @staticmethod
-    def sub(xs: Tensors, ys: Tensors) -> Tensors:
-        return Temp(torch._foreach_sub(xs, ys))
+    def sub(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return Owned(torch._foreach_sub(xs, ys))
 
-    @staticmethod
-    def mul(xs: Tensors, h: Column) -> Tensors:
-        return Temp(torch._foreach_mul(xs, _arg(xs, h)))
+    def mul(self, xs: Tensors, h: Column) -> Tensors:
+        return Owned(_keep(x, r) for x, r in zip(xs, torch._foreach_mul(xs, _arg(xs, h, tensor=True))))
 
-    @staticmethod
-    def temp(xs: Tensors) -> Tensors:
-        return Temp(xs)
-
-    @staticmethod
-    def one_minus_pow(base: Column, exponents: Tensors) -> Tensors:
-        b = _scalar(base, len(exponents))
-        if b is None:
-            return PerLeaf.one_minus_pow(base, exponents)
-        out = torch._foreach_pow(b, exponents)
+    def one_minus_pow(self, base: Column, exponents: Tensors) -> Tensors:
+        if isinstance(base, (list, tuple, torch.Tensor)):
+            return PER_LEAF.one_minus_pow(base, exponents)
+        out = torch._foreach_pow(float(base), exponents)
         torch._foreach_neg_(out)
         torch._foreach_add_(out, 1.0)
-        return Temp(out)
+        return out
 
     # --------------------------------------------------- in place on owned leaves
-    @staticmethod
-    def add_(xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
+    def add_(self, xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
         """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
-        if _is_column(ys):
-            return _cow(torch._foreach_add_, torch._foreach_add, xs, _arg(xs, ys))  # type: ignore[arg-type]
-        a = 1.0 if alpha is None else _scalar(alpha, len(xs))
-        if a is not None:
-            return _cow(torch._foreach_add_, torch._foreach_add, xs, ys, alpha=a)
-        scale = [_as_tensor(v, x) for x, v in zip(xs, _col(alpha, len(xs)))]  # type: ignore[arg-type]
-        return _cow(torch._foreach_addcmul_, torch._foreach_addcmul, xs, ys, scale)
+        if not isinstance(ys, (list, tuple)) or not all(isinstance(y, torch.Tensor) for y in ys):
+            base = _whole_base(xs) if owned(xs) and not isinstance(ys, (list, tuple, torch.Tensor)) else None
+            if base is not None:  # step counters made by init: one kernel, not one per leaf
+                base.add_(float(ys))
+                return xs
+            return _cow(torch._foreach_add_, torch._foreach_add, xs, _arg(xs, ys, tensor=True))
+        if alpha is None or not isinstance(alpha, (list, tuple, torch.Tensor)):
+            return _cow(torch._foreach_add_, torch._foreach_add, xs, ys,
+                        alpha=1.0 if alpha is None else float(alpha))
+        # a tensor alpha: x + y * alpha, foreach's addcmul with the alphas as third operand
+        scale = [_as_tensor(v, x) for x, v in zip(xs, each(alpha, len(xs)))]
+        return _cow(torch._foreach_addcmul_, torch._foreach_addcmul, _in_place_only(xs), ys, scale)
 
-    @staticmethod
-    def mul_(xs: Tensors, h: Column) -> Tensors:
-        return _cow(torch._foreach_mul_, torch._foreach_mul, xs, _arg(xs, h))
+    def mul_(self, xs: Tensors, h: Column) -> Tensors:
+        return _cow(torch._foreach_mul_, torch._foreach_mul, xs, _arg(xs, h, tensor=True))
 
-    @staticmethod
-    def div_(xs: Tensors, h: Column) -> Tensors:
-        return _cow(torch._foreach_div_, torch._foreach_div, xs, _arg(xs, h))
+    def div_(self, xs: Tensors, h: Column) -> Tensors:
+        return _cow(torch._foreach_div_, torch._foreach_div, xs, _arg(xs, h, tensor=True))
 
-    @staticmethod
-    def lerp_(xs: Tensors, ys: Tensors, h: Column) -> Tensors:
+    def lerp_(self, xs: Tensors, ys: Tensors, h: Column) -> Tensors:
         return _cow(torch._foreach_lerp_, torch._foreach_lerp, xs, ys, _arg(xs, h))
 
-    @staticmethod
-    def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
-        """``x + h * y * z``."""
+    def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, h: Column = 1.0) -> Tensors:
+        """``x + h * y * z``; a tensor ``h`` scales a fresh copy of ``ys`` first (the op
+        takes tensor scalars only as one 1-d CPU tensor)."""
         arg = _arg(xs, h)
-        if isinstance(arg, list) and isinstance(arg[0], torch.Tensor):
-            # the op takes tensor scalars only as one 1-d CPU tensor
+        if _tensors(arg):
             ys, arg = torch._foreach_mul(ys, arg), 1.0
-        xs = _in_place_only(xs)
-        return _cow(torch._foreach_addcmul_, torch._foreach_addcmul, xs, ys, zs, arg)
+        return _cow(torch._foreach_addcmul_, torch._foreach_addcmul, _in_place_only(xs), ys, zs, arg)
 
-    @staticmethod
-    def addcdiv_(xs: Tensors, ys: Tensors, zs: Tensors, h: Column) -> Tensors:
-        """``x + h * y / z``; a tensor ``h`` is folded into ``zs`` when it is a :class:`Temp`
-        (as torch.optim's capturable Adam folds its step size into the denominator)."""
+    def addcdiv_(self, xs: Tensors, ys: Tensors, zs: Tensors, h: Column = 1.0) -> Tensors:
+        """``x + h * y / z``; a tensor ``h`` scales a fresh copy of ``ys`` first."""
         arg = _arg(xs, h)
-        if isinstance(arg, list) and isinstance(arg[0], torch.Tensor):
-            if isinstance(zs, Temp):
-                torch._foreach_div_(zs, arg)
-            else:
-                ys = torch._foreach_mul(ys, arg)
-            arg = 1.0
-        xs = _in_place_only(xs)
-        return _cow(torch._foreach_addcdiv_, torch._foreach_addcdiv, xs, ys, zs, arg)
+        if _tensors(arg):
+            ys, arg = torch._foreach_mul(ys, arg), 1.0
+        return _cow(torch._foreach_addcdiv_, torch._foreach_addcdiv, _in_place_only(xs), ys, zs, arg)
 
-    @staticmethod
-    def maximum_(xs: Tensors, ys: Tensors) -> Tensors:
+    def maximum_(self, xs: Tensors, ys: Tensors) -> Tensors:
         return _cow(torch._foreach_maximum_, torch._foreach_maximum, xs, ys)
 
-    @staticmethod
-    def reciprocal_(xs: Tensors) -> Tensors:
+    def reciprocal_(self, xs: Tensors) -> Tensors:
         return _cow(torch._foreach_reciprocal_, torch._foreach_reciprocal, xs)
 
-    @staticmethod
-    def clamp_(xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
+    def clamp_(self, xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
         """``clamp(x, low, high)``; a bound of ``None`` is no bound."""
         # numbers go to clamp_min/clamp_max, tensors to maximum/minimum
-        ops = ((low, (torch._foreach_clamp_min_, torch._foreach_clamp_min),
-                (torch._foreach_maximum_, torch._foreach_maximum)),
-               (high, (torch._foreach_clamp_max_, torch._foreach_clamp_max),
-                (torch._foreach_minimum_, torch._foreach_minimum)))
-        for bound, scalar, tensor in ops:
+        for bound, numbers, tensors in (
+                (low, (torch._foreach_clamp_min_, torch._foreach_clamp_min),
+                 (torch._foreach_maximum_, torch._foreach_maximum)),
+                (high, (torch._foreach_clamp_max_, torch._foreach_clamp_max),
+                 (torch._foreach_minimum_, torch._foreach_minimum))):
             if bound is not None:
                 arg = _arg(xs, bound)
-                in_place, out_of_place = tensor if isinstance(arg, list) and isinstance(arg[0], torch.Tensor) else scalar
-                xs = _cow(in_place, out_of_place, xs, arg)
+                xs = _cow(*(tensors if _tensors(arg) else numbers), xs, arg)
         return xs
 
-    @staticmethod
-    def hard_threshold_(xs: Tensors, t: Column) -> Tensors:
-        """``x`` where ``|x| > t``, exact zeros elsewhere (ties zeroed). One masked fill per
-        leaf: there is no foreach form, and a multiply by the mask would turn inf into nan."""
-        dropped = [x.abs() <= v for x, v in zip(xs, _col(t, len(xs)))]
-        if owned(xs):
-            for x, d in zip(xs, dropped):
-                x.masked_fill_(d, 0)
-            return xs
-        return Owned(x.masked_fill(d, 0) for x, d in zip(xs, dropped))
+    def soft_threshold_(self, xs: Tensors, t: Column) -> Tensors:
+        """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
+        arg = _arg(xs, t)
+        if _tensors(arg):
+            clamped = torch._foreach_maximum(xs, torch._foreach_neg(arg))
+            torch._foreach_minimum_(clamped, arg)
+        else:
+            low = -arg if isinstance(arg, float) else [-v for v in arg]
+            clamped = torch._foreach_clamp_min(xs, low)
+            torch._foreach_clamp_max_(clamped, arg)
+        return _cow(torch._foreach_sub_, torch._foreach_sub, xs, clamped)
 
-    @staticmethod
-    def firm_threshold_(xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
+    def hard_threshold_(self, xs: Tensors, t: Column) -> Tensors:
+        """As :meth:`PerLeaf.hard_threshold_`, one masked fill per leaf: there is no foreach
+        form, and a multiply by the mask would turn inf into nan."""
+        out = xs if owned(xs) else Owned()
+        for x, v in zip(xs, each(t, len(xs))):
+            dropped = x.abs() <= v
+            y = x.masked_fill_(dropped, 0) if out is xs else x.masked_fill(dropped, 0)
+            nan = _nan_of(v, x)
+            if nan is not None:
+                y.add_(nan)
+            if out is not xs:
+                out.append(y)
+        return out
+
+    def firm_threshold_(self, xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
         """As :meth:`PerLeaf.firm_threshold_`, a leaf at a time (five kernels, the two clamps'
         scratch one leaf each): no foreach form has the clamps' tensor bounds and the
         final multiply-add together."""
         n = len(xs)
         out = xs if owned(xs) else Owned()
-        for x, a, b, k in zip(xs, _col(low, n), _col(high, n), _col(c, n)):
+        for x, a, b, k in zip(xs, each(low, n), each(high, n), each(c, n)):
             outer = _clamp(x, -b, b)
             inner = _clamp(x, -a, a)
-            torch.sub(outer, inner, out=inner)  # clamp(±high) - clamp(±low)
-            if out is xs:
-                x.sub_(outer)
-                _add_scaled(x, inner, k)
+            torch.sub(outer, inner, out=inner)  # clamp(±high) - clamp(±low), into scratch
+            y = x.sub_(outer) if out is xs else torch.sub(x, outer, out=outer)
+            if isinstance(k, torch.Tensor):
+                y.addcmul_(inner, k)
             else:
-                torch.sub(x, outer, out=outer)
-                _add_scaled(outer, inner, k)
-                out.append(outer)
+                y.add_(inner, alpha=k)
+            if out is not xs:
+                out.append(y)
         return out
-
-    @staticmethod
-    def soft_threshold_(xs: Tensors, t: Column) -> Tensors:
-        """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
-        arg = _arg(xs, t)
-        if isinstance(arg, list) and isinstance(arg[0], torch.Tensor):
-            clamped = torch._foreach_maximum(xs, torch._foreach_neg(arg))
-            torch._foreach_minimum_(clamped, arg)
-        else:
-            low = -arg if isinstance(arg, float) else [-v for v in arg]  # type: ignore[union-attr]
-            clamped = torch._foreach_clamp_min(xs, low)
-            torch._foreach_clamp_max_(clamped, arg)
-        return _cow(torch._foreach_sub_, torch._foreach_sub, xs, clamped)
-
-
-def _in_place_only(xs: Tensors) -> Tensors:
-    """Owned copies of borrowed DTensor leaves, for the ops whose out-of-place foreach form
-    has no sharding strategy in torch 2.13 (``addcmul`` and ``addcdiv`` with scalars)."""
-    return owned_copy(xs) if not owned(xs) and xs and _sharding.is_dtensor(xs[0]) else xs
-
-
-def owned_copy(xs: Tensors) -> Tensors:
-    """``xs`` if owned, else fresh copies of it: what a fused in-place kernel may run on."""
-    return xs if owned(xs) else Owned([x.clone() for x in xs])
-
-
-def _is_column(ys: Tensors | Column) -> bool:
-    """Whether ``add_``'s operand is a column of numbers rather than a list of tensors (a
-    list of 0-d tensors is both, and either reading gives the same sums)."""
-    return isinstance(ys, (float, int)) or not all(isinstance(y, torch.Tensor) for y in ys)
 
 
 class ForeachCPU(Foreach):
-    """:class:`Foreach` for a CPU group.
+    """:class:`Foreach` for a CPU group, where a ``torch._foreach_*`` op is a C++ loop of
+    the per-tensor kernel: one full pass over every leaf per op; a chain of them exists
+    only because foreach ops have no ``out=``, and one per-leaf kernel into a tensor the
+    call owns does the same work in one pass."""
 
-    On CPU a ``torch._foreach_*`` op is a C++ loop of the per-tensor kernel over the
-    leaves: one full pass over every leaf per op. Where a chain of them exists only
-    because foreach ops have no ``out=`` (``g + λ·Δ`` into the fresh ``Δ``, a clamp as
-    ``clamp_min`` then ``clamp_max_``, the subtraction of a soft threshold into yet
-    another new tensor), one per-leaf kernel does the work in one pass, writing into a
-    tensor the call owns, and the soft threshold finishes each leaf while its clamp is
-    still in cache (and frees it at once, so a donated call needs one leaf of scratch).
-    Like every fast-path op, these pass Python-float hyperparameters to ``alpha=`` or a
-    clamp bound, and tensor ones as tensors: nothing here is ever traced.
-    """
-
-    @staticmethod
-    def add_(xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
-        """As :meth:`Foreach.add_`, but into a :class:`Temp` ``ys`` in one pass per leaf
-        when ``xs`` is borrowed (``g + λ·sign(w)`` into the fresh ``sign(w)``)."""
-        if owned(xs) or not isinstance(ys, Temp):
-            return Foreach.add_(xs, ys, alpha)
-        alphas = _col(1.0 if alpha is None else alpha, len(xs))
-        for x, y, a in zip(xs, ys, alphas):
-            if isinstance(a, torch.Tensor):
-                torch.addcmul(x, y, a, out=y)
-            else:
-                torch.add(x, y, alpha=a, out=y)
-        return ys
-
-    @staticmethod
-    def mul_(xs: Tensors, h: Column) -> Tensors:
-        arg = _arg(xs, h)
-        if owned(xs) and xs and xs[0].dtype in (torch.bfloat16, torch.float16) \
-                and not (isinstance(arg, list) and isinstance(arg[0], torch.Tensor)):
+    def mul_(self, xs: Tensors, h: Column) -> Tensors:
+        arg = _arg(xs, h, tensor=True)
+        if owned(xs) and xs and xs[0].dtype in (torch.bfloat16, torch.float16) and not _tensors(arg):
             # In place on a CPU half-precision group, _foreach_mul_ rounds a Python scalar
             # to the leaves' dtype first (0.9 becomes 0.8984375 in bfloat16), unlike the
-            # out-of-place op and every other in-place foreach op: a float32 tensor keeps
-            # the scalar exact, so donated and pure calls agree to the bit.
-            arg = [torch.tensor(v, dtype=torch.float32) for v in _col(arg, len(xs))]  # type: ignore[arg-type]
+            # out-of-place op: a float32 tensor keeps the scalar exact, so donated and pure
+            # calls agree to the bit.
+            arg = [torch.tensor(v, dtype=torch.float32) for v in each(arg, len(xs))]
         return _cow(torch._foreach_mul_, torch._foreach_mul, xs, arg)
 
-    @staticmethod
-    def soft_threshold_(xs: Tensors, t: Column) -> Tensors:
+    def soft_threshold_(self, xs: Tensors, t: Column) -> Tensors:
+        """Each leaf finished while its clamp is still in cache (one leaf of scratch)."""
+        if owned(xs) and not isinstance(t, (list, torch.Tensor)):  # the common donated case
+            for x in xs:
+                x.sub_(x.clamp(-t, t))
+            return xs
         negated: dict[int, torch.Tensor] = {}
         out = xs if owned(xs) else Owned()
-        for x, v in zip(xs, _col(t, len(xs))):
+        for x, v in zip(xs, each(t, len(xs))):
             if isinstance(v, torch.Tensor):
                 if id(v) not in negated:
                     negated[id(v)] = torch.neg(v)
@@ -453,15 +455,23 @@ class ForeachCPU(Foreach):
         return out
 
 
-def _add_scaled(y: torch.Tensor, z: torch.Tensor, k: Hyper) -> None:
-    """``y += k·z`` in place; a tensor ``k`` through ``addcmul_`` (no ``alpha=`` for it)."""
-    if isinstance(k, torch.Tensor):
-        y.addcmul_(z, k)
-    else:
-        y.add_(z, alpha=k)
+def _whole_base(xs: Tensors) -> torch.Tensor | None:
+    """The 1-d tensor whose elements ``xs`` are, each once and in order (the step counters
+    ``init`` makes), or ``None``."""
+    base = xs[0]._base if xs and xs[0].ndim == 0 else None
+    if base is None or base.ndim != 1 or base.numel() != len(xs) or not base.is_contiguous():
+        return None
+    start = base.storage_offset()
+    if any(x._base is not base for x in xs) or [x.storage_offset() for x in xs] != list(range(start, start + len(xs))):
+        return None
+    return base
+
+
+def _in_place_only(xs: Tensors) -> Tensors:
+    """Owned copies of borrowed DTensor leaves, for the ops whose out-of-place foreach form
+    has no sharding strategy in torch 2.13 (``addcmul`` and ``addcdiv``)."""
+    return owned_copy(xs) if not owned(xs) and xs and _sharding.is_dtensor(xs[0]) else xs
 
 
 PER_LEAF = PerLeaf()
-FOREACH = Foreach()
-FOREACH_CPU = ForeachCPU()
 Ops = Union[PerLeaf, Foreach]

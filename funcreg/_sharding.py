@@ -34,6 +34,11 @@ def _dtensor_type() -> type | None:
     return getattr(module, "DTensor", None)
 
 
+def loaded() -> bool:
+    """Whether DTensors can exist in this process (``torch.distributed.tensor`` imported)."""
+    return _dtensor_type() is not None
+
+
 def unwrap(x: Any) -> Any:
     """The tensor inside any torch.func wrappers of ``x`` (``x`` itself when there are none)."""
     while isinstance(x, torch.Tensor) and _functorch.is_functorch_wrapped_tensor(x):
@@ -150,3 +155,25 @@ def replicate_like(h: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
     mesh of DTensor ``leaf``; no communication."""
     with _implicit_replication():
         return h * leaf.new_ones(())
+
+
+def replicated(values: list[Any], leaves: list[torch.Tensor]) -> list[Any]:
+    """Plain 0-d tensors beside DTensor leaves as Replicate DTensors on the leaves' meshes.
+
+    Eagerly DTensor's dispatch takes a plain 0-d tensor as a scalar; under ``vmap`` a
+    batched one is a plain tensor of K elements to it ("mixed torch.Tensor and DTensor"),
+    so inside a transform it becomes a Replicate DTensor first (no communication)."""
+    if torch.compiler.is_compiling():
+        return values  # no torch.func transform wraps what Dynamo traces
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+    out = []
+    for v, leaf in zip(values, leaves):
+        if (isinstance(v, torch.Tensor) and v.ndim == 0 and is_dtensor(leaf)
+                and not is_dtensor(v) and (wrapped(v) or wrapped(leaf))):
+            key = (id(v), id(unwrap(leaf).device_mesh))
+            if key not in cache:
+                cache[key] = replicate_like(v, leaf)
+            v = cache[key]
+        out.append(v)
+    return out

@@ -30,14 +30,51 @@ NAMESPACE = "torch"
 
 @dataclass(frozen=True)
 class Flat:
-    """A flattened tree: its leaves in order, their dotted paths and the structure."""
+    """A flattened tree: its leaves in order, their dotted paths and its structure (see
+    :func:`structure`)."""
 
     paths: tuple[str, ...]
     leaves: list[Any]
-    spec: optree.PyTreeSpec
+    spec: Any
 
     def unflatten(self, leaves: list[Any]) -> Any:
-        return optree.tree_unflatten(self.spec, leaves)
+        return unflatten(self.spec, leaves)
+
+
+#: the types of the values of a dict that is a flat tree (optree takes them as leaves)
+_LEAF_TYPES = frozenset({torch.Tensor, torch.nn.Parameter, type(None), int, float, bool})
+
+
+def structure(tree: Any) -> tuple[Any, list[Any]]:
+    """``(fingerprint, leaves)`` of ``tree``: for a flat dict of tensors or numbers (the
+    usual ``named_parameters()`` tree) the tuple of its keys, cheap to build and to compare
+    on every call; otherwise optree's ``PyTreeSpec``."""
+    if type(tree) is dict:
+        leaves = list(tree.values())
+        if _LEAF_TYPES.issuperset(map(type, leaves)):
+            return tuple(tree), leaves
+    leaves, spec = optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
+    return spec, leaves
+
+
+def unflatten(spec: Any, leaves: list[Any]) -> Any:
+    if isinstance(spec, tuple):
+        return dict(zip(spec, leaves))
+    return optree.tree_unflatten(spec, leaves)
+
+
+def paths_of(tree: Any, spec: Any, what: str) -> tuple[str, ...]:
+    """The dotted paths of a tree of structure ``spec``; two leaves whose paths print the
+    same are an error."""
+    if isinstance(spec, tuple):
+        found = _with_duplicate(tuple(k if isinstance(k, str) else str(k) for k in spec))
+    else:
+        find = _paths.__wrapped__ if torch.compiler.is_compiling() else _paths
+        found = find(spec) or _torch_keyed_paths(tree, spec, what)
+    paths, duplicate = found
+    if duplicate is not None:
+        raise ValueError(f"{what}: two leaves share the path {duplicate!r}; rename one of them")
+    return paths
 
 
 @functools.lru_cache(maxsize=256)
@@ -147,14 +184,8 @@ def _key_name(key: Any) -> Any:
 
 def flatten(tree: Any, what: str = "params") -> Flat:
     """Flatten ``tree``; two leaves whose paths print the same are an error."""
-    leaves, spec = optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
-    # Dynamo traces through a cache (and warns); a compiled graph runs none of this anyway.
-    find = _paths.__wrapped__ if torch.compiler.is_compiling() else _paths
-    found = find(spec)
-    paths, duplicate = found if found is not None else _torch_keyed_paths(tree, spec, what)
-    if duplicate is not None:
-        raise ValueError(f"{what}: two leaves share the path {duplicate!r}; rename one of them")
-    return Flat(paths, leaves, spec)
+    spec, leaves = structure(tree)
+    return Flat(paths_of(tree, spec, what), leaves, spec)
 
 
 def require_tensors(flat: Flat, what: str = "params") -> None:
@@ -174,8 +205,8 @@ def leaves_like(flat: Flat, tree: Any, what: str) -> list[Any]:
     params; a missing or an extra leaf is an error that names it.
     """
     # The common case, the very structure of params, needs no path strings: an equal
-    # spec (dict key order included) means equal paths.
-    leaves, spec = optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
+    # structure (dict key order included) means equal paths.
+    spec, leaves = structure(tree)
     if spec == flat.spec:
         return leaves
     other = flatten(tree, what)
@@ -196,14 +227,18 @@ def leaves_like(flat: Flat, tree: Any, what: str) -> list[Any]:
     return [by_path[p] for p in flat.paths]
 
 
-def check_pair(
-    path: str, leaf: torch.Tensor, other: torch.Tensor, what: str
-) -> None:
+def check_leaf(what: str, path: str, x: Any) -> None:
+    """A leaf funcreg computes on: a dense (strided) tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} leaf {path!r} is a {type(x).__name__}, not a tensor")
+    if x.layout != torch.strided:
+        raise TypeError(f"{what} leaf {path!r} is a {x.layout} tensor; funcreg works on dense "
+                        "(strided) tensors: pass .to_dense() of it")
+
+
+def check_pair(op: str, what: str, path: str, leaf: torch.Tensor, other: Any) -> None:
     """``other`` (a gradient, a state or an anchor leaf) must fit param ``leaf``."""
-    if not isinstance(other, torch.Tensor):
-        raise TypeError(
-            f"{what} leaf {path!r} is a {type(other).__name__}, not a tensor"
-        )
+    check_leaf(what, path, other)
     if other.shape != leaf.shape:
         raise ValueError(
             f"{what} leaf {path!r} has shape {tuple(other.shape)} but the parameter has "

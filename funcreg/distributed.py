@@ -125,8 +125,8 @@ def all_reduce(
     try:
         shards, dtensor = _shards(flat, op, group, dist)
         if donate:
-            _donation.check([(("tree", p), x) for p, x in zip(flat.paths, leaves)
-                             if isinstance(x, torch.Tensor)], ())
+            _donation.written_spans((("tree", p), x) for p, x in zip(flat.paths, leaves)
+                                    if isinstance(x, torch.Tensor))
         refused: Exception | None = None
     except (TypeError, ValueError, RuntimeError) as error:
         shards, dtensor, refused = [], None, error

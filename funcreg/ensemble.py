@@ -70,6 +70,7 @@ def update_where(active: Any, new: Any, old: Any) -> Any:
             continue
         if not isinstance(n, torch.Tensor):
             raise TypeError(f"new leaf {path!r} is a {type(n).__name__}, but old holds a tensor")
+        _same_shape(path, o, n)
         if active.ndim == 1:
             if o.ndim == 0 or o.shape[0] != active.shape[0]:
                 raise ValueError(
@@ -95,6 +96,10 @@ def converged(old: Any, new: Any, *, rtol: float = 1e-6, atol: float = 0.0) -> t
     flat = flatten(old, "old")
     require_tensors(flat, "old")
     news = leaves_like(flat, new, "new")
+    for path, o, n in zip(flat.paths, flat.leaves, news):
+        if not isinstance(n, torch.Tensor):
+            raise TypeError(f"new leaf {path!r} is a {type(n).__name__}, but old holds a tensor")
+        _same_shape(path, o, n)
     pairs = [(o, n) for o, n in zip(flat.leaves, news) if o.numel()]
     if not pairs:
         raise ValueError("converged needs at least one non-empty leaf")
@@ -102,3 +107,10 @@ def converged(old: Any, new: Any, *, rtol: float = 1e-6, atol: float = 0.0) -> t
     change = torch.stack([(n - o).abs().amax().float() for o, n in pairs]).amax()
     scale = torch.stack([o.abs().amax().float() for o, _ in pairs]).amax()
     return change <= atol + rtol * scale
+
+
+def _same_shape(path: str, old: torch.Tensor, new: torch.Tensor) -> None:
+    """``new`` must have ``old``'s shape: a broadcast between them would be a silent error."""
+    if new.shape != old.shape:
+        raise ValueError(f"new leaf {path!r} has shape {tuple(new.shape)} but old has shape "
+                         f"{tuple(old.shape)}")

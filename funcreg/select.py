@@ -34,6 +34,11 @@ __all__ = ["Selector", "weights", "only", "exclude", "describe"]
 class Selector:
     """A named predicate ``(path, leaf) -> bool`` over floating-point leaves."""
 
+    #: for funcreg's own selectors, which read only a leaf's path and metadata, a value that
+    #: identifies the predicate: the engine then caches its answer with the plan. ``None``
+    #: for a predicate of the user's, which is called on every call.
+    _key: Any = None
+
     def __init__(self, predicate: Callable[[str, torch.Tensor], bool], name: str):
         self._predicate = predicate
         self._name = name
@@ -42,19 +47,29 @@ class Selector:
         return leaf.is_floating_point() and bool(self._predicate(path, leaf))
 
     def __and__(self, other: Selector) -> Selector:
-        return Selector(lambda p, x: self(p, x) and other(p, x), f"({self} & {other})")
+        return _keyed(Selector(lambda p, x: self(p, x) and other(p, x), f"({self} & {other})"),
+                      "and", self, other)
 
     def __or__(self, other: Selector) -> Selector:
-        return Selector(lambda p, x: self(p, x) or other(p, x), f"({self} | {other})")
+        return _keyed(Selector(lambda p, x: self(p, x) or other(p, x), f"({self} | {other})"),
+                      "or", self, other)
 
     def __invert__(self) -> Selector:
-        return Selector(lambda p, x: not self(p, x), f"~{self}")
+        return _keyed(Selector(lambda p, x: not self(p, x), f"~{self}"), "not", self)
 
     def __repr__(self) -> str:
         return self._name
 
 
-weights = Selector(lambda path, leaf: leaf.ndim >= 2, "fr.select.weights")
+def _keyed(selector: Selector, op: str, *parts: Any) -> Selector:
+    """``selector`` with a cache key, when every part of it has one."""
+    keys = [p._key if isinstance(p, Selector) else p for p in parts]
+    if all(k is not None for k in keys):
+        selector._key = (op, *keys)
+    return selector
+
+
+weights = _keyed(Selector(lambda path, leaf: leaf.ndim >= 2, "fr.select.weights"), "weights")
 weights.__doc__ = "Leaves with ``ndim >= 2``: weight matrices and filters, not biases or norms."
 
 
@@ -70,19 +85,19 @@ def _compile(patterns: tuple[str, ...]) -> list[re.Pattern[str]]:
 def only(*patterns: str) -> Selector:
     """Leaves whose dotted path matches (``re.search``) any of ``patterns``."""
     regexes = _compile(patterns)
-    return Selector(
+    return _keyed(Selector(
         lambda path, leaf: any(r.search(path) for r in regexes),
         f"fr.select.only{patterns!r}",
-    )
+    ), "only", patterns)
 
 
 def exclude(*patterns: str) -> Selector:
     """Leaves whose dotted path matches none of ``patterns``, e.g. ``exclude("bias", "norm")``."""
     regexes = _compile(patterns)
-    return Selector(
+    return _keyed(Selector(
         lambda path, leaf: not any(r.search(path) for r in regexes),
         f"fr.select.exclude{patterns!r}",
-    )
+    ), "exclude", patterns)
 
 
 def describe(params: Any, where: Where = None) -> str:

@@ -211,13 +211,14 @@ class RouteSpy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.fast: list[bool] = []
         self.fused: list[str] = []
-        real_run = _dispatch.run
+        real_route = _dispatch.route
 
-        def run(body: Any, columns: Any, group_by: Any, *, fast: bool, chunked: bool = True) -> Any:
-            self.fast.append(fast)
-            return real_run(body, columns, group_by, fast=fast, chunked=chunked)
+        def route(**kw: Any) -> str:
+            chosen = real_route(**kw)
+            self.fast.append(chosen == "fast")
+            return chosen
 
-        monkeypatch.setattr(_dispatch, "run", run)
+        monkeypatch.setattr(_dispatch, "route", route)
         for name in ("_fused_sgd_", "_fused_adam_", "_fused_adamw_"):
             real = getattr(torch, name)
 

@@ -4,7 +4,7 @@ lasso, nuclear norm, MCP, SCAD, L0, orthogonal), the projections and ``lambda_ma
 Nothing here calls funcreg. Two kinds of truth:
 
 * per-element formulas in Python arithmetic (``math``), written straight from the
-  definitions in DESIGN.md, and numpy's SVD for the matrix families;
+  definitions of funcreg/penalties (their docstrings), and numpy's SVD for the matrix families;
 * branch-free torch closed forms for the proxes (a tensor λ, γ or step broadcasts, so one
   call covers a whole grid of cases), derived and checked against dense-grid brute force
   in the project's research notes (notes/regs.md), and :func:`grid_argmin`, the brute

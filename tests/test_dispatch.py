@@ -92,18 +92,18 @@ def test_paths_agree_on_mixed_dtype_model(fam: Family, lam_form: str) -> None:
 
 
 class _Spy:
-    """Records what ``use_fast_path`` decided."""
+    """Records whether ``route`` chose the fast path."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[bool] = []
-        real = _dispatch.use_fast_path
+        real = _dispatch.route
 
-        def spy(*columns):
-            out = real(*columns)
-            self.calls.append(out)
+        def spy(**kw):
+            out = real(**kw)
+            self.calls.append(out == "fast")
             return out
 
-        monkeypatch.setattr(_dispatch, "use_fast_path", spy)
+        monkeypatch.setattr(_dispatch, "route", spy)
 
 
 def test_plain_tensors_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,11 +129,14 @@ def test_transforms_and_autograd_take_the_composable_path(monkeypatch: pytest.Mo
     monkeypatch.setattr(torch, "_foreach_sign", lambda xs: foreach_calls.append(len(xs)) or real_sign(xs))
     spy = _Spy(monkeypatch)
     p = {"w": torch.randn(3, 2), "b": torch.randn(3)}
-    # vmap over λ: the hyperparameter is a batched (functorch-wrapped) tensor
+    # vmap over λ: the hyperparameter is a batched (functorch-wrapped) tensor; vmap alone
+    # takes the stacked path: the multi-tensor kernels on the unwrapped stacked tensors
     out = torch.func.vmap(lambda lam: fr.l1.grad(p, lam))(torch.tensor([0.1, 0.2]))
     torch.testing.assert_close(out["w"][1], 0.2 * torch.sign(p["w"]))
     # vmap over params
     torch.func.vmap(lambda q: fr.l1.grad(q, 0.1))({k: v.expand(2, *v.shape) for k, v in p.items()})
+    assert foreach_calls == [2, 2] and not any(spy.calls)
+    foreach_calls.clear()
     # torch.func.grad through .add_grad: params are wrapped
     torch.func.grad(lambda q: fr.l2.add_grad(q, q, 0.1)["w"].sum())(p)
     # params that require grad, with grad mode on
@@ -154,8 +157,9 @@ def test_forced_rejects_unknown_path_and_restores() -> None:
     with pytest.raises(ValueError):
         with forced("fastest"):  # type: ignore[arg-type]
             pass
+    plain = dict(transformed=False, traced=False, stackable=True)
     with forced("composable"):
         with forced("fast"):
-            assert _dispatch.use_fast_path([torch.ones(1)])
-        assert not _dispatch.use_fast_path([torch.ones(1)])
-    assert _dispatch.use_fast_path([torch.ones(1)])
+            assert _dispatch.route(**plain) == "fast"
+        assert _dispatch.route(**plain) == "composable"
+    assert _dispatch.route(**plain) == "fast"

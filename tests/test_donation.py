@@ -115,14 +115,14 @@ def test_large_donated_tree_is_processed_in_bounded_chunks(monkeypatch: pytest.M
     pure = fr.group_lasso.add_grad(grads, params, 0.01)
     monkeypatch.setattr(fr._dispatch, "CHUNK", 4000)  # two leaves per chunk
     seen: list[int] = []
-    cls = type(fr.group_lasso)
-    real = cls._add_grad
+    op = fr.group_lasso._ops["add_grad"]
+    real = op.body
 
-    def spy(self: Any, ops: Any, gs: Any, ws: Any, *rest: Any) -> Any:
-        seen.append(len(gs))
-        return real(self, ops, gs, ws, *rest)
+    def spy(ops: Any, **kw: Any) -> Any:
+        seen.append(len(kw["grads"]))
+        return real(ops, **kw)
 
-    monkeypatch.setattr(cls, "_add_grad", spy)
+    monkeypatch.setattr(op, "body", spy)
     donated = clone_tree(grads)
     out = fr.group_lasso.add_grad(donated, params, 0.01, donate=True)
     assert seen == [2, 2, 2]

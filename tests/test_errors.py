@@ -1,4 +1,4 @@
-"""Bad input raises a clear error that names the leaf path (DESIGN.md section 4)."""
+"""Bad input raises a clear error that names the leaf path (docs/design.md, "Conventions")."""
 
 from __future__ import annotations
 

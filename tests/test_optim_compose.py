@@ -180,9 +180,10 @@ def test_hypergradient_through_unrolled_steps_matches_finite_differences(opt: An
     fd = (run(_t(lr + h)) - run(_t(lr - h))) / (2 * h)
     assert hyper.abs() > 1e-3
     torch.testing.assert_close(hyper, fd, rtol=1e-6, atol=1e-9)
-    # plain autograd on a requires_grad lr agrees
+    # plain autograd on a requires_grad lr agrees: from the second step on the params
+    # carry its history, which a step records only when asked (differentiable=True)
     lr_t = _t(lr).requires_grad_()
-    (auto,) = torch.autograd.grad(run(lr_t), lr_t)
+    (auto,) = torch.autograd.grad(_unrolled(opt, init, {**kw, "differentiable": True})(lr_t), lr_t)
     torch.testing.assert_close(auto, hyper, rtol=1e-12, atol=1e-15)
 
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from funcreg import _dispatch, _hyper, _ops
-from funcreg._ops import Column, Ops, Tensors
+from funcreg import _engine, _ops
+from funcreg._engine import Op, Role
+from funcreg._hyper import Param
+from funcreg._ops import Column, Ops, Tensors, derive, each, is_number
 from funcreg._selection import Where
-from funcreg._tree import flatten, leaves_like, require_tensors
-from funcreg.optim._common import fused_lr, prepare, zero_state
+from funcreg.optim._common import STEP, fused_lr, run_step, step_op, zero_state
 
 
 class Adam:
@@ -52,6 +53,15 @@ class Adam:
         self.name = name
         self._decoupled = decoupled
         self._weight_decay = weight_decay
+        beta = dict(high=1.0, high_open=True)
+        hypers = (Param("lr"), Param("beta1", **beta), Param("beta2", **beta), Param("eps"),
+                  Param("weight_decay"))
+        entries = ("exp_avg", "exp_avg_sq")
+        self._ops = {ams: step_op(name, _adam, entries + (("max_exp_avg_sq",) if ams else ()), hypers)
+                     for ams in (False, True)}
+        self._step_size = {key: Op(f"{name}.step_size", _step_size, Role("v", f"state[{key!r}]"), roles=(STEP,),
+                                   hypers=hypers[:4], output="tree", where="none", history=False)
+                           for key in ("exp_avg_sq", "max_exp_avg_sq")}
 
     def init(self, params: Any, *, amsgrad: bool = False) -> dict[str, Any]:
         """Zero moments and step counts; ``amsgrad=True`` adds the running max of ``v``."""
@@ -73,6 +83,7 @@ class Adam:
         maximize: bool = False,
         where: Where = None,
         donate: bool = False,
+        differentiable: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
         """One Adam step: returns ``(new_params, new_state)``.
 
@@ -81,31 +92,17 @@ class Adam:
         unless ``donate=True``: then params and state are donated, the step writes into
         their storage (on the fast path with Python-number hyperparameters it is
         torch.optim's fused step, run on them in place) and returns trees holding those
-        same tensors.
+        same tensors. Params that require grad, in grad mode, are refused unless
+        ``differentiable=True``, which records the step's autograd history (for
+        hypergradients, as torch.optim's ``differentiable``).
         """
-        decoupled = self._decoupled if decoupled is None else decoupled
         weight_decay = self._weight_decay if weight_decay is None else weight_decay
-        lr = _hyper.number("lr", lr)
         beta1, beta2 = _betas(betas)
-        eps = _hyper.number("eps", eps)
-        weight_decay = _hyper.number("weight_decay", weight_decay)
-        keys = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
-        batch = prepare(self.name, params, grads, state, keys, where)
-        use_decay = not (isinstance(weight_decay, float) and weight_decay == 0)
-
-        return batch.update(
-            state,
-            {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay},
-            use_decay=use_decay,
-            # torch's fused kernel takes a float or tensor lr, and floats for the rest
-            fused_ok=not any(isinstance(v, torch.Tensor) for v in (beta1, beta2, eps, weight_decay)),
-            fused=_fused,
-            generic=_adam,
-            donate=donate,
-            decoupled=decoupled,
-            amsgrad=amsgrad,
-            maximize=maximize,
-        )
+        hypers = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
+        decay = not (not isinstance(weight_decay, torch.Tensor) and weight_decay == 0)
+        return run_step(self._ops[amsgrad], params, grads, state, hypers, where=where, donate=donate,
+                        differentiable=differentiable, decay=decay, maximize=maximize,
+                        decoupled=self._decoupled if decoupled is None else decoupled)
 
     def step_size(
         self, state: dict[str, Any], *, lr: Any, betas: tuple[Any, Any] = (0.9, 0.999),
@@ -125,95 +122,90 @@ class Adam:
 
         Pass the same ``lr``, ``betas``, ``eps`` and ``amsgrad`` as to the step.
         """
-        lr = _hyper.number("lr", lr)
         beta1, beta2 = _betas(betas)
-        eps = _hyper.number("eps", eps)
         key = "max_exp_avg_sq" if amsgrad else "exp_avg_sq"
         if not isinstance(state, dict) or key not in state or "step" not in state:
             raise ValueError(
                 f"{self.name}.step_size needs a state from {self.name}.init"
                 + ("(params, amsgrad=True)" if amsgrad else "")
             )
-        flat = flatten(state[key], f"state[{key!r}]")
-        require_tensors(flat, f"state[{key!r}]")
-        steps = leaves_like(flat, state["step"], "state['step']")
-        every = list(range(len(flat.leaves)))
-        hyper = [_hyper.per_leaf(n, v, flat, every) for n, v in
-                 (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps))]
-        fast = _dispatch.use_fast_path(flat.leaves, steps, *hyper)
-        out = _dispatch.run(_step_size, [flat.leaves, steps, *hyper], flat.leaves, fast=fast)
-        return flat.unflatten(out)
+        hypers = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps}
+        return _engine.run(self._step_size[key], [state[key], state["step"]], hypers)
 
 
-def _betas(betas: Any) -> tuple[_hyper.Hyper, _hyper.Hyper]:
+def _betas(betas: Any) -> tuple[Any, Any]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError("betas must be a pair (beta1, beta2)")
-    return tuple(  # type: ignore[return-value]
-        _hyper.number(f"beta{k + 1}", b, high=1.0, high_open=True) for k, b in enumerate(betas)
-    )
+    return betas[0], betas[1]
 
 
-def _corrections(
-    ops: Ops, steps: Tensors, like: Tensors, beta1: Column, beta2: Column
-) -> tuple[Tensors, Tensors]:
-    """``1 - beta ** t`` per leaf, in float64 for float64 leaves and float32 otherwise
-    (torch.optim computes them in double on the host)."""
-    t = [s.to(torch.float64 if x.dtype == torch.float64 else torch.float32) for s, x in zip(steps, like)]
+def _corrections(ops: Ops, step: Tensors, like: Tensors, beta1: Column, beta2: Column) -> tuple[Tensors, Tensors]:
+    """``1 - beta ** t`` per leaf (shaped to broadcast against it), in float64 for float64
+    leaves and float32 otherwise (torch.optim computes them in double on the host)."""
+    t = [s.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+         for s, x in zip(ops.bcast(step, like), like)]
     return ops.one_minus_pow(beta1, t), ops.one_minus_pow(beta2, t)
 
 
 def _adam(
-    ops: Ops, ps: Tensors, gs: Tensors, steps: Tensors, ms: Tensors, vs: Tensors, *rest: Any,
-    decay: bool, decoupled: bool, amsgrad: bool, maximize: bool,
-) -> tuple[Tensors, ...]:
-    vmaxs = rest[0] if amsgrad else None
-    lr, beta1, beta2, eps, wd = rest[1:] if amsgrad else rest
-    steps = ops.add_(steps, 1.0)
+    ops: Ops, *, params: Tensors, grads: Tensors, step: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors,
+    max_exp_avg_sq: Tensors | None = None, lr: Column, beta1: Column, beta2: Column, eps: Column,
+    weight_decay: Column, decay: bool, decoupled: bool, maximize: bool,
+) -> dict[str, Tensors]:
+    if (ops.fused and all(is_number(h) for h in (beta1, beta2, eps, weight_decay))
+            and not (ops.batch and isinstance(lr, list)) and ops.counts(step) is not None):
+        return _fused(ops, params=params, grads=grads, step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
+                      max_exp_avg_sq=max_exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                      weight_decay=weight_decay if decay else 0.0, decoupled=decoupled, maximize=maximize)
+    # torch.optim's foreach Adam, in its capturable form: the bias corrections are tensors
+    # (each leaf's own step count), never read on the host
+    step = ops.add_(step, 1.0)
     if maximize:
-        gs = ops.neg(gs)
-    if decay and not decoupled:
-        gs = ops.add_(gs, ps, wd)
+        grads = ops.neg(grads)
     if decay and decoupled:
-        ps = ops.mul_(ps, _hyper.combine(lambda a, w: 1 - a * w, lr, wd))
-    ms = ops.lerp_(ms, gs, _hyper.combine(lambda b: 1 - b, beta1))
-    vs = ops.addcmul_(ops.mul_(vs, beta2), gs, gs, _hyper.combine(lambda b: 1 - b, beta2))
-    if amsgrad:
-        vmaxs = ops.maximum_(vmaxs, vs)
-    bc1, bc2 = _corrections(ops, steps, ps, beta1, beta2)
-    denom = ops.add_(ops.div_(ops.sqrt(vmaxs if amsgrad else vs), [b.sqrt() for b in bc2]), eps)
-    ps = ops.addcdiv_(ps, ms, denom, [-a / b for a, b in zip(lr, bc1)])
-    return (ps, steps, ms, vs) + ((vmaxs,) if amsgrad else ())
+        params = ops.mul_(params, derive(lambda a, w: 1 - a * w, lr, weight_decay))
+    elif decay:
+        grads = ops.add_(grads, params, weight_decay)
+    exp_avg = ops.lerp_(exp_avg, grads, derive(lambda b: 1 - b, beta1))
+    exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, beta2), grads, grads, derive(lambda b: 1 - b, beta2))
+    if max_exp_avg_sq is not None:
+        max_exp_avg_sq = ops.maximum_(max_exp_avg_sq, exp_avg_sq)
+    bias_correction1, bias_correction2 = _corrections(ops, step, params, beta1, beta2)
+    n = len(params)
+    step_size = [b.reciprocal() * -a for a, b in zip(each(lr, n), bias_correction1)]  # -lr / bc1
+    denom = ops.sqrt(exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq)
+    denom = ops.div_(denom, [b.sqrt() * s for b, s in zip(bias_correction2, step_size)])
+    denom = ops.add_(denom, [e / s for e, s in zip(each(eps, n), step_size)])
+    params = ops.addcdiv_(params, exp_avg, denom)  # p - lr/bc1 · m / (sqrt(v)/sqrt(bc2) + eps)
+    return {"params": params, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+            **({"max_exp_avg_sq": max_exp_avg_sq} if max_exp_avg_sq is not None else {})}
 
 
 def _fused(
-    ops: Ops, ps: Tensors, gs: Tensors, steps: Tensors, ms: Tensors, vs: Tensors, *rest: Any,
-    decay: bool, decoupled: bool, amsgrad: bool, maximize: bool,
-) -> tuple[Tensors, ...]:
-    """torch's fused Adam(W) kernel: in place on donated params and state, as
-    torch.optim's fused step is, and otherwise on fresh copies (inputs stay untouched)."""
-    vmaxs = _ops.owned_copy(rest[0]) if amsgrad else []
-    lr, beta1, beta2, eps, wd = rest[1:] if amsgrad else rest
-    ps, ms, vs = _ops.owned_copy(ps), _ops.owned_copy(ms), _ops.owned_copy(vs)
-    steps = ops.add_(steps, 1.0)
+    ops: Ops, *, params: Tensors, grads: Tensors, step: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors,
+    max_exp_avg_sq: Tensors | None, lr: Any, beta1: float, beta2: float, eps: float, weight_decay: float,
+    decoupled: bool, maximize: bool,
+) -> dict[str, Tensors]:
+    """torch's fused Adam(W) kernel: in place on donated params and state, as torch.optim's
+    fused step is, and otherwise on fresh copies (inputs stay untouched)."""
+    params, exp_avg, exp_avg_sq = map(_ops.owned_copy, (params, exp_avg, exp_avg_sq))
+    maxima = _ops.owned_copy(max_exp_avg_sq) if max_exp_avg_sq is not None else []
+    step = ops.add_(step, 1.0)
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    kernel(
-        ps, gs, ms, vs, vmaxs, steps,
-        lr=fused_lr(lr[0]), beta1=beta1[0], beta2=beta2[0],
-        weight_decay=wd[0] if decay else 0.0, eps=eps[0],
-        amsgrad=amsgrad, maximize=maximize,
-    )
-    return (ps, steps, ms, vs) + ((vmaxs,) if amsgrad else ())
+    kernel(params, grads, exp_avg, exp_avg_sq, maxima, ops.counts(step, check=False), lr=fused_lr(lr), beta1=beta1, beta2=beta2,
+           weight_decay=weight_decay, eps=eps, amsgrad=max_exp_avg_sq is not None, maximize=maximize)
+    return {"params": params, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+            **({"max_exp_avg_sq": maxima} if max_exp_avg_sq is not None else {})}
 
 
-def _step_size(
-    ops: Ops, vs: Tensors, steps: Tensors, lr: Column, beta1: Column, beta2: Column, eps: Column
-) -> Tensors:
+def _step_size(ops: Ops, *, v: Tensors, step: Tensors, lr: Column, beta1: Column, beta2: Column,
+               eps: Column) -> Tensors:
     # A leaf never stepped has t = 0: its step size is 0, not lr / 0.
-    taken = [(s > 0).to(torch.float64 if v.dtype == torch.float64 else torch.float32)
-             for s, v in zip(steps, vs)]
-    bc1, bc2 = _corrections(ops, [s.clamp_min(1) for s in steps], vs, beta1, beta2)
-    denom = ops.add_(ops.div_(ops.sqrt(vs), [b.sqrt() for b in bc2]), eps)
-    return ops.mul_(ops.reciprocal_(denom), [a * k / b for a, k, b in zip(lr, taken, bc1)])
+    taken = [(s > 0).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+             for s, x in zip(ops.bcast(step, v), v)]
+    bias_correction1, bias_correction2 = _corrections(ops, [s.clamp_min(1) for s in step], v, beta1, beta2)
+    denom = ops.add_(ops.div_(ops.sqrt(v), [b.sqrt() for b in bias_correction2]), eps)
+    return ops.mul_(ops.reciprocal_(denom), [a * k / b for a, k, b in zip(each(lr, len(v)), taken, bias_correction1)])
 
 
 adam = Adam("fr.adam", decoupled=False, weight_decay=0.0)

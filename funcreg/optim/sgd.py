@@ -6,10 +6,11 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper, _ops, _sharding
-from funcreg._ops import Ops, Tensors
+from funcreg import _ops
+from funcreg._hyper import Param
+from funcreg._ops import Column, Ops, Tensors, derive, each, is_number
 from funcreg._selection import Where
-from funcreg.optim._common import fused_lr, prepare, zero_state
+from funcreg.optim._common import fused_lr, run_step, step_op, zero_state
 
 
 class SGD:
@@ -52,6 +53,11 @@ class SGD:
 
     name = "fr.sgd"
 
+    def __init__(self) -> None:
+        hypers = (Param("lr"), Param("momentum"), Param("dampening", high=1.0), Param("weight_decay"))
+        self._plain = step_op(self.name, _sgd, (), hypers)
+        self._momentum = step_op(self.name, _sgd, ("momentum_buffer",), hypers)
+
     def init(self, params: Any, *, momentum: bool = True) -> dict[str, Any]:
         """Zero step counts, and zero momentum buffers unless ``momentum=False``."""
         return zero_state(params, ("momentum_buffer",) if momentum else ())
@@ -70,96 +76,77 @@ class SGD:
         maximize: bool = False,
         where: Where = None,
         donate: bool = False,
+        differentiable: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
         """One SGD step: returns ``(new_params, new_state)``.
 
         The inputs are not modified, unless ``donate=True``: then params and state are
         donated, the step writes into their storage (on the fast path, torch's fused SGD
         kernel runs on them in place, as torch.optim's fused step does) and returns trees
-        holding those same tensors.
+        holding those same tensors. Params that require grad, in grad mode, are refused
+        unless ``differentiable=True``, which records the step's autograd history (for
+        hypergradients, as torch.optim's ``differentiable``).
         """
-        lr = _hyper.number("lr", lr)
-        momentum = _hyper.number("momentum", momentum)
-        dampening = _hyper.number("dampening", dampening, high=1.0)
-        weight_decay = _hyper.number("weight_decay", weight_decay)
-        if nesterov and (
-            (isinstance(momentum, float) and momentum == 0)
-            or (isinstance(dampening, float) and dampening != 0)
-        ):
+        hypers = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
+        for p in self._plain.hypers:
+            p.number(hypers[p.name])
+        if nesterov and (_zero(momentum) or not (isinstance(dampening, torch.Tensor) or _zero(dampening))):
             raise ValueError("nesterov needs a momentum and zero dampening")
         # A Python-number 0 is known to be 0: no buffer, no decay, as in torch.optim.
-        use_momentum = not (isinstance(momentum, float) and momentum == 0)
-        use_decay = not (isinstance(weight_decay, float) and weight_decay == 0)
-        keys = ("step", "momentum_buffer") if use_momentum else ("step",)
-        batch = prepare(self.name, params, grads, state, keys, where)
-        damped = not (isinstance(dampening, float) and dampening == 0)
-        return batch.update(
-            state,
-            {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay},
-            use_decay=use_decay,
-            # torch's fused kernel knows the first step only as one flag for all leaves; with
-            # a zero buffer and no dampening every step is the same formula, so it needs none.
-            fused_ok=not damped and not any(
-                isinstance(v, torch.Tensor) for v in (momentum, dampening, weight_decay))
-            # torch registers no sharding strategy for _fused_sgd_: DTensors take foreach
-            and not _sharding.any_dtensor(batch.flat.leaves),
-            fused=_fused,
-            generic=_sgd,
-            donate=donate,
-            use_momentum=use_momentum,
-            damped=damped,
-            nesterov=nesterov,
-            maximize=maximize,
-        )
+        op = self._plain if _zero(momentum) else self._momentum
+        return run_step(op, params, grads, state, hypers, where=where, donate=donate,
+                        differentiable=differentiable, decay=not _zero(weight_decay),
+                        nesterov=nesterov, maximize=maximize, damped=not _zero(dampening))
 
 
-def _sgd(
-    ops: Ops, ps: Tensors, gs: Tensors, steps: Tensors, *rest: Any, decay: bool,
-    use_momentum: bool, damped: bool, nesterov: bool, maximize: bool,
-) -> tuple[Tensors, ...]:
-    bufs = rest[0] if use_momentum else None
-    lr, momentum, dampening, wd = rest[1:] if use_momentum else rest
+def _zero(v: Any) -> bool:
+    """A Python-number 0 (a tensor's value is not read)."""
+    return not isinstance(v, torch.Tensor) and v == 0
+
+
+def _sgd(ops: Ops, *, params: Tensors, grads: Tensors, step: Tensors, momentum_buffer: Tensors | None = None,
+         lr: Column, momentum: Column, dampening: Column, weight_decay: Column, decay: bool,
+         nesterov: bool, maximize: bool, damped: bool) -> dict[str, Tensors]:
+    if (ops.fused and not ops.dtensor and not damped and is_number(momentum) and is_number(weight_decay)
+            and not (ops.batch and isinstance(lr, list))):
+        # torch's fused kernel knows the first step only as one flag for all leaves; with
+        # a zero buffer and no dampening every step is the same formula, so it needs none.
+        return _fused(ops, params=params, grads=grads, step=step, momentum_buffer=momentum_buffer, lr=lr,
+                      momentum=momentum, weight_decay=weight_decay if decay else 0.0,
+                      nesterov=nesterov, maximize=maximize)
     if maximize:
-        gs = ops.neg(gs)
+        grads = ops.neg(grads)
     if decay:
-        gs = ops.add_(gs, ps, wd)
-    if use_momentum:
+        grads = ops.add_(grads, params, weight_decay)
+    if momentum_buffer is not None:
+        kept = None
         if damped:
             # The buffer starts at zero: the first step must take all of g, later ones
             # (1 - τ). torch.optim ignores dampening without momentum; a tensor momentum
             # may be 0.
+            n = len(params)
             first = [((s == 0) | (m == 0) if isinstance(m, torch.Tensor) else s == 0).to(p.dtype)
-                     for s, m, p in zip(steps, momentum, ps)]
-            kept: Any = [1 - d * (1 - f) for d, f in zip(dampening, first)]
-        else:
-            kept = None
-        bufs = ops.add_(ops.mul_(bufs, momentum), gs, kept)
-        gs = ops.add_(gs, bufs, momentum) if nesterov else bufs
-    ps = ops.add_(ps, gs, _hyper.combine(lambda a: -a, lr))
-    steps = ops.add_(steps, 1.0)
-    return (ps, steps) + ((bufs,) if use_momentum else ())
+                     for s, m, p in zip(ops.bcast(step, params), each(momentum, n), params)]
+            kept = [1 - d * (1 - f) for d, f in zip(each(dampening, n), first)]
+        momentum_buffer = ops.add_(ops.mul_(momentum_buffer, momentum), grads, kept)
+        grads = ops.add_(grads, momentum_buffer, momentum) if nesterov else momentum_buffer
+    params = ops.add_(params, grads, derive(lambda a: -a, lr))
+    step = ops.add_(step, 1.0)
+    return {"params": params, "step": step, **({"momentum_buffer": momentum_buffer}
+                                               if momentum_buffer is not None else {})}
 
 
-def _fused(
-    ops: Ops, ps: Tensors, gs: Tensors, steps: Tensors, *rest: Any, decay: bool,
-    use_momentum: bool, damped: bool, nesterov: bool, maximize: bool,
-) -> tuple[Tensors, ...]:
+def _fused(ops: Ops, *, params: Tensors, grads: Tensors, step: Tensors, momentum_buffer: Tensors | None,
+           lr: Any, momentum: float, weight_decay: float, nesterov: bool, maximize: bool) -> dict[str, Tensors]:
     """torch's fused SGD kernel: in place on donated params and buffers, as torch.optim's
     fused step is, and otherwise on fresh copies (inputs stay untouched)."""
-    bufs = _ops.owned_copy(rest[0]) if use_momentum else []
-    lr, momentum, dampening, wd = rest[1:] if use_momentum else rest
-    ps = _ops.owned_copy(ps)
-    torch._fused_sgd_(
-        ps, gs, bufs,
-        weight_decay=wd[0] if decay else 0.0,
-        momentum=momentum[0] if use_momentum else 0.0,
-        lr=fused_lr(lr[0]),
-        dampening=0.0,
-        nesterov=nesterov,
-        maximize=maximize,
-        is_first_step=False,
-    )
-    return (ps, ops.add_(steps, 1.0)) + ((bufs,) if use_momentum else ())
+    bufs = _ops.owned_copy(momentum_buffer) if momentum_buffer is not None else []
+    params = _ops.owned_copy(params)
+    torch._fused_sgd_(params, grads, bufs, weight_decay=weight_decay,
+                      momentum=momentum if momentum_buffer is not None else 0.0, lr=fused_lr(lr),
+                      dampening=0.0, nesterov=nesterov, maximize=maximize, is_first_step=False)
+    return {"params": params, "step": ops.add_(step, 1.0),
+            **({"momentum_buffer": bufs} if momentum_buffer is not None else {})}
 
 
 sgd = SGD()

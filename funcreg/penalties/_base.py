@@ -1,22 +1,27 @@
-"""What every penalty family shares: selection, hyperparameters, pairing, dispatch.
+"""What every penalty family shares: its four operations, described to the engine.
 
-A family (one module each: :mod:`~funcreg.penalties.l1`, ...) supplies only its math, per
-leaf for the value and as leaf-list code for the gradient and the prox (see
-:mod:`funcreg._ops`); :class:`Penalty` turns that into the four public operations.
+A family (one module each: :mod:`~funcreg.penalties.l1`, ...) supplies only its math, with
+every hyperparameter by keyword (``lam``, ``step``, ``gamma``...): the value of one leaf
+(:meth:`Penalty._value`), and the gradient and prox as leaf-list code in the vocabulary of
+:mod:`funcreg._ops`. :class:`Penalty` hands each operation to :func:`funcreg._engine.run`,
+which flattens, selects, validates, checks donation, dispatches and writes back.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
 
-from funcreg import _dispatch, _donation, _hyper, _sharding
+from funcreg import _engine, _ops, _sharding
+from funcreg._engine import Op, Role
+from funcreg._hyper import Param
 from funcreg._ops import Column, Ops, Tensors
-from funcreg._rewrite import apply, rewrite
-from funcreg._selection import Where, selection
-from funcreg._tree import Flat, check_pair, flatten, leaves_like, require_tensors
+from funcreg._selection import Where
+from funcreg._tree import Flat
+
+PARAMS = Role("params", "params")
+GRADS = Role("grads", "grads", none=True)
 
 
 class Penalty:
@@ -26,111 +31,105 @@ class Penalty:
     stationary, where the prox can zero a leaf or a group.
     """
 
-    # A family sets ``name``, ``options`` (extra keyword arguments and their defaults,
-    # REQUIRED for none) and implements _value, _grad, _prox and, where it has one,
-    # _lambda_max; _columns turns options into per-selected-leaf columns. An operation
-    # that means nothing for a family is named in ``without`` with the reason.
+    # A family sets ``name`` and ``options`` (its keyword arguments and their defaults,
+    # REQUIRED for none), says which options are hyperparameters (``hypers``: validated
+    # numbers or tensors, batched under vmap) and which are trees (``trees``: read like
+    # params), and implements _value, _grad (or _add_grad), _prox and, where it has one,
+    # _lambda_max; the rest of ``options`` reach the math as they are (a ``dim``), checked
+    # by _check. An operation that means nothing for a family is named in ``without``.
     name: str = ""
     options: dict[str, Any] = {}
+    hypers: tuple[Param, ...] = ()
+    trees: tuple[str, ...] = ()
     #: whether the family is separable: its math treats every element alike, so ``lam``
-    #: and ``step`` may be given per element
+    #: and ``step`` may be given per element, and a donated call may run in blocks
     elementwise: bool = True
     #: operation -> why this family has none ("grad", "prox", "lambda_max")
     without: dict[str, str] = {}
+    #: operations whose fast path is one kernel per leaf: nothing to gain from cutting a
+    #: donated call into cache-sized pieces
+    one_pass: tuple[str, ...] = ()
 
     REQUIRED = object()
 
+    def __init__(self) -> None:
+        why = "" if self.elementwise else (
+            f"; {self.name} acts on whole groups, so it takes one value per leaf, not one per element")
+        lam = Param("lam", per_leaf=True, per_element=self.elementwise, why=why)
+        step = Param("step", per_leaf=True, per_element=self.elementwise, why=why)
+        roles = tuple(Role(t, t) for t in self.trees)
+        common = dict(hypers=(lam, *self.hypers), roles=roles, check=self._check, prepass=self._prepass)
+        self._ops = {
+            "value": Op(f"fr.{self.name}", _each(self._value), PARAMS, output="sum", history=False,
+                        **{**common, "prepass": None}),
+            "grad": Op(f"fr.{self.name}.grad", self._grad, PARAMS, output="tree", history=False, **common),
+            "add_grad": Op(f"fr.{self.name}.add_grad", self._add_grad, PARAMS, writes=("grads",),
+                           elementwise=self.elementwise, pieces="add_grad" not in self.one_pass,
+                           **{**common, "roles": (GRADS, *roles)}),
+            "prox": Op(f"fr.{self.name}.prox", self._prox, PARAMS, writes=("params",),
+                       elementwise=self.elementwise, pieces="prox" not in self.one_pass,
+                       **{**common, "hypers": (lam, step, *self.hypers)}),
+            "lambda_max": Op(f"fr.{self.name}.lambda_max", _each(self._lambda_max), Role("grads", "grads"),
+                             output="max", history=False, **{**common, "hypers": self.hypers, "prepass": None}),
+        }
+
     # ----------------------------------------------------------------- the family's math
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, *extra: Any) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any, **options: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column, *extra: Column) -> Tensors:
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column, **options: Any) -> Tensors:
         raise NotImplementedError
 
-    def _prox(
-        self, ops: Ops, ws: Tensors, lam: Column, step: Column, *extra: Column
-    ) -> Tensors:
+    def _add_grad(self, ops: Ops, *, grads: Tensors, params: Tensors, lam: Column, **options: Any) -> Tensors:
+        return ops.add_(grads, self._grad(ops, params=params, lam=lam, **options))
+
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, **options: Any) -> Tensors:
         raise NotImplementedError
 
-    def _lambda_max(self, g: torch.Tensor, *extra: Any) -> torch.Tensor:
+    def _lambda_max(self, g: torch.Tensor, **options: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def _columns(
-        self, flat: Flat, sel: list[int], options: dict[str, Any]
-    ) -> tuple[list[Any], ...]:
-        """Per-selected-leaf columns for the options (none by default)."""
-        return ()
+    def _check(self, flat: Flat, selected: list[int], **options: Any) -> None:
+        """Validate the options against the selected leaves (once per plan)."""
+
+    #: ``_prepass(ops, **leaves_and_options) -> {name: per-leaf list}``, run on all active
+    #: leaves before the gradient and the prox (see :mod:`funcreg._engine`)
+    _prepass: Any = None
+
+    def _check_numbers(self, options: dict[str, Any]) -> None:
+        """Validate the options on every call (Python numbers)."""
 
     # --------------------------------------------------------------- the public operations
     def __call__(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> torch.Tensor:
         """The penalty's value over the leaves ``where`` selects: a 0-d tensor (batched under
         ``vmap``) that autograd and torch.func can differentiate."""
-        flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
-        terms = [
-            self._value(flat.leaves[i], lam_col[k], *(c[k] for c in extra))
-            for k, i in enumerate(sel)
-        ]
-        if _sharding.any_dtensor(terms):
-            # the DTensor leaves' terms are partial sums: add them up, then reduce once
-            sharded = [t for t in terms if _sharding.is_dtensor(t)]
-            plain = [t for t in terms if not _sharding.is_dtensor(t)]
-            terms = [_sharding.to_plain(sum(sharded[1:], sharded[0])), *plain]
-        return sum(terms[1:], terms[0])
+        return self._run("value", [params], {"lam": lam}, where, options)
 
     def grad(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> Any:
         """The penalty's gradient, computed in closed form (no autograd): a tree like
         params, zero on the leaves ``where`` does not select."""
         self._require("grad")
-        flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
-        ws = [flat.leaves[i] for i in sel]
-        fast = _dispatch.use_fast_path(ws, lam_col, *extra)
-        new = dict(zip(sel, _dispatch.run(self._grad, [ws, lam_col, *extra], ws, fast=fast)))
-        return flat.unflatten([new[i] if i in new else torch.zeros_like(x)
-                               for i, x in enumerate(flat.leaves)])
+        return self._run("grad", [params], {"lam": lam}, where, options)
 
     def add_grad(
         self, grads: Any, params: Any, lam: Any, *, where: Where = None, donate: bool = False,
-        **options: Any,
+        differentiable: bool = False, **options: Any,
     ) -> Any:
         """``grads`` plus the penalty's gradient on the selected leaves, as a new tree.
 
         Unselected leaves pass through as they are, and a ``None`` gradient stays ``None``.
         ``donate=True`` donates ``grads``: the sums are written into its selected leaves,
         and the returned tree holds those same tensors (see :mod:`funcreg._donation` for
-        what that means under torch.func transforms).
+        what that means under torch.func transforms). Inputs that require grad, in grad
+        mode, are refused unless ``differentiable=True``, which records their history.
         """
         self._require("grad")
-        flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
-        gs_all = leaves_like(flat, grads, "grads")
-        for i in sel:
-            if gs_all[i] is not None:
-                check_pair(flat.paths[i], flat.leaves[i], gs_all[i], "grads")
-        # A None gradient means "no gradient": it stays None, as in torch.optim.
-        keep = [k for k, i in enumerate(sel) if gs_all[i] is not None]
-        if not keep:
-            return grads
-        idx = [sel[k] for k in keep]
-        ws = [flat.leaves[i] for i in idx]
-        gs = [gs_all[i] for i in idx]
-        cols = [[c[k] for k in keep] for c in (lam_col, *extra)]
-        chosen = set(idx)
-        new = apply(
-            self._add_grad, gs, [ws, *cols], donate=donate, elementwise=self.elementwise,
-            written=lambda: ((("grads", flat.paths[i]), gs_all[i]) for i in idx),
-            read=lambda: itertools.chain(
-                ((("params", p), w) for p, w in zip(flat.paths, flat.leaves)),
-                ((("grads", p), g) for i, (p, g) in enumerate(zip(flat.paths, gs_all))
-                 if i not in chosen),
-                _donation.labelled(flat, idx, cols, ("lam", *self.options))),
-        )
-        out = list(gs_all)
-        for i, g in zip(idx, new):
-            out[i] = g
-        return flat.unflatten(out)
+        return self._run("add_grad", [params, grads], {"lam": lam}, where, options,
+                         donate=donate, differentiable=differentiable)["grads"]
 
     def prox(
         self, params: Any, lam: Any, step: Any, *, where: Where = None, donate: bool = False,
-        **options: Any,
+        differentiable: bool = False, **options: Any,
     ) -> Any:
         r"""The proximal operator
         :math:`\operatorname{argmin}_u \tfrac12\lVert u - w\rVert^2 + \mathrm{step}\cdot P(u)`
@@ -139,15 +138,11 @@ class Penalty:
         (the per-element step of a proximal Adam). ``donate=True`` donates ``params``:
         the results are written into its selected leaves (which may be a live module's
         parameters, ``{k: p.detach() for k, p in model.named_parameters()}``), and the
-        returned tree holds those same tensors."""
+        returned tree holds those same tensors. Params that require grad, in grad mode,
+        are refused unless ``differentiable=True``, which records their history."""
         self._require("prox")
-        flat, sel, lam_col, extra = self._prepare(params, lam, where, options)
-        step_col = _hyper.per_leaf(
-            "step", step, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
-        )
-        names = ("lam", "step", *self.options)
-        return rewrite(flat, sel, self._prox, [lam_col, step_col, *extra], names, donate=donate,
-                       elementwise=self.elementwise)
+        return self._run("prox", [params], {"lam": lam, "step": step}, where, options,
+                         donate=donate, differentiable=differentiable)["params"]
 
     def lambda_max(self, grads: Any, *, where: Where = None, **options: Any) -> torch.Tensor:
         """The smallest λ for which zero weights are stationary: ``grads`` is the task loss's
@@ -157,16 +152,20 @@ class Penalty:
         ``fr.lambda_grid(fr.l1.lambda_max(grads))``, as scikit-learn starts at its
         ``alpha_max``."""
         self._require("lambda_max")
-        full = self._options(options)
-        flat = flatten(grads, "grads")
-        require_tensors(flat, "grads")
-        sel = [i for i, m in enumerate(selection(flat, where)) if m]
-        extra = self._columns(flat, sel, full)
-        per_leaf = [self._lambda_max(flat.leaves[i], *(c[k] for c in extra)) for k, i in enumerate(sel)]
-        device = per_leaf[0].device
-        return torch.stack([_sharding.to_plain(v).to(device, torch.float64) for v in per_leaf]).amax()
+        return self._run("lambda_max", [grads], {}, where, options)
 
     # ------------------------------------------------------------------------ plumbing
+    def _run(self, what: str, trees: list[Any], hypers: dict[str, Any], where: Where,
+             options: dict[str, Any], **flags: Any) -> Any:
+        full = self._options(options)
+        self._check_numbers(full)
+        hyper_names = {p.name for p in self.hypers}
+        static = tuple((k, v) for k, v in full.items() if k not in hyper_names and k not in self.trees)
+        op = self._ops[what]
+        hypers = {**hypers, **{p.name: full[p.name] for p in op.hypers if p.name in hyper_names}}
+        return _engine.run(op, [*trees, *(full[t] for t in self.trees)], hypers, where=where,
+                           static=static, **flags)
+
     def _require(self, operation: str) -> None:
         if operation in self.without:
             raise TypeError(f"fr.{self.name} has no {operation}: {self.without[operation]}")
@@ -177,37 +176,34 @@ class Penalty:
         unknown = set(options) - set(self.options)
         if unknown:
             raise TypeError(f"{self.name}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
-        full = dict(self.options)
-        full.update(options)
+        full = {**self.options, **options}
         for key, value in full.items():
             if value is self.REQUIRED:
                 raise TypeError(f"{self.name}() missing required keyword argument {key!r}")
         return full
 
-    def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column, *extra: Column) -> Tensors:
-        return ops.add_(gs, self._grad(ops, ws, lam, *extra))
-
-    def _why_not_elementwise(self) -> str:
-        return "" if self.elementwise else (
-            f"; {self.name} acts on whole groups, so it takes one value per leaf, not one "
-            "per element"
-        )
-
-    def _prepare(
-        self, params: Any, lam: Any, where: Where, options: dict[str, Any]
-    ) -> tuple[Flat, list[int], list[_hyper.Hyper], tuple[list[Any], ...]]:
-        full = self._options(options)
-        flat = flatten(params)
-        require_tensors(flat)
-        mask = selection(flat, where)
-        sel = [i for i, m in enumerate(mask) if m]
-        lam_col = _hyper.per_leaf(
-            "lam", lam, flat, sel, elementwise=self.elementwise, why=self._why_not_elementwise()
-        )
-        return flat, sel, lam_col, self._columns(flat, sel, full)
-
     def __repr__(self) -> str:
         return f"fr.{self.name}"
+
+
+def _each(per_leaf: Any) -> Any:
+    """A body from a function of one leaf and its values (``_value``, ``_lambda_max``)."""
+
+    def body(ops: Ops, **columns: Any) -> list[Any]:
+        leaves = columns.pop("params", None)
+        if leaves is None:
+            leaves = columns.pop("grads")
+        n = len(leaves)
+        rows = {k: _ops.each(v, n) if isinstance(v, list) else [v] * n for k, v in columns.items()}
+        out = []
+        for j, x in enumerate(leaves):
+            try:
+                out.append(per_leaf(x, **{k: v[j] for k, v in rows.items()}))
+            except torch.linalg.LinAlgError as e:  # NaN in a matrix leaf: name the leaf
+                raise _engine.LeafError(j, str(e).split("\n")[0]) from None
+        return out
+
+    return body
 
 
 def amax(x: torch.Tensor) -> torch.Tensor:
@@ -215,3 +211,4 @@ def amax(x: torch.Tensor) -> torch.Tensor:
     if not x.numel():
         return x.new_zeros(())
     return _sharding.amax(x) if _sharding.is_dtensor(x) else x.amax()
+

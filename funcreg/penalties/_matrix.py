@@ -11,9 +11,9 @@ from funcreg import _sharding
 from funcreg._tree import Flat
 
 
-def check_matrices(name: str, flat: Flat, sel: list[int]) -> None:
+def check_matrices(name: str, flat: Flat, selected: list[int]) -> None:
     """Every selected leaf must have at least 2 dims: a 0-d or 1-d leaf is no matrix."""
-    for i in sel:
+    for i in selected:
         if flat.leaves[i].ndim < 2:
             raise ValueError(
                 f"{name} acts on matrices, but leaf {flat.paths[i]!r} has shape "
@@ -22,10 +22,11 @@ def check_matrices(name: str, flat: Flat, sel: list[int]) -> None:
             )
 
 
-def as_matrix(w: torch.Tensor) -> torch.Tensor:
+def as_matrix(w: torch.Tensor, batch: int = 0) -> torch.Tensor:
     """A weight as the matrix the penalty sees: one row per output unit or filter (the
-    column count spelled out: ``-1`` is ambiguous for a leaf with no rows)."""
-    return w.reshape(w.shape[0], math.prod(w.shape[1:]))
+    column count spelled out: ``-1`` is ambiguous for a leaf with no rows), after
+    ``batch`` leading ensemble dims."""
+    return w.reshape(*w.shape[:batch + 1], math.prod(w.shape[batch + 1:]))
 
 
 def identity_like(gram: torch.Tensor) -> torch.Tensor:

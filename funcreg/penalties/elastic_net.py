@@ -6,9 +6,8 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
-from funcreg._ops import Column, Ops, Tensors
-from funcreg._tree import Flat
+from funcreg._hyper import Param
+from funcreg._ops import Column, Ops, Tensors, derive
 from funcreg.penalties._base import Penalty, amax
 
 
@@ -38,31 +37,29 @@ class ElasticNet(Penalty):
 
     name = "elastic_net"
     options = {"l1_ratio": 0.5}
+    hypers = (Param("l1_ratio", high=1.0),)
 
-    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        rho = _hyper.number("l1_ratio", options["l1_ratio"], low=0.0, high=1.0)
-        return (_hyper.per_leaf("l1_ratio", rho, flat, sel, high=1.0),)
-
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, rho: _hyper.Hyper) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any, l1_ratio: Any) -> torch.Tensor:
+        rho = l1_ratio
         per_element = isinstance(lam, torch.Tensor) and lam.ndim
         l1 = (lam * w.abs()).sum() if per_element else lam * w.abs().sum()
         l2 = (lam * w.square()).sum() if per_element else lam * w.square().sum()
         return rho * l1 + (1 - rho) / 2 * l2
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column, rho: Column) -> Tensors:
-        a = _hyper.combine(lambda l, r: l * r, lam, rho)
-        b = _hyper.combine(lambda l, r: l * (1 - r), lam, rho)
-        return ops.add_(ops.mul_(ops.sign(ws), a), ws, b)
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column, l1_ratio: Column) -> Tensors:
+        a = derive(lambda l, r: l * r, lam, l1_ratio)
+        b = derive(lambda l, r: l * (1 - r), lam, l1_ratio)
+        return ops.add_(ops.mul_(ops.sign(params), a), params, b)
 
-    def _lambda_max(self, g: torch.Tensor, rho: _hyper.Hyper) -> torch.Tensor:
-        top = amax(g.abs())
+    def _lambda_max(self, g: torch.Tensor, *, l1_ratio: Any) -> torch.Tensor:
+        top, rho = amax(g.abs()), l1_ratio
         # ρ = 0 is ridge: no λ zeroes the weights, also where the gradient is 0 (not 0/0)
         return torch.where(torch.as_tensor(rho, device=top.device) > 0, top / rho, torch.inf)
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, rho: Column) -> Tensors:
-        t = _hyper.combine(lambda l, s, r: s * l * r, lam, step, rho)
-        shrink = _hyper.combine(lambda l, s, r: 1 / (1 + s * l * (1 - r)), lam, step, rho)
-        return ops.mul_(ops.soft_threshold_(ws, t), shrink)
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, l1_ratio: Column) -> Tensors:
+        t = derive(lambda l, s, r: s * l * r, lam, step, l1_ratio)
+        shrink = derive(lambda l, s, r: 1 / (1 + s * l * (1 - r)), lam, step, l1_ratio)
+        return ops.mul_(ops.soft_threshold_(params, t), shrink)
 
 
 elastic_net = ElasticNet()

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
 from funcreg._groups import block_shrink, check_dim, group_norms, inverse_norms
-from funcreg._ops import Column, Ops, Tensors
+from funcreg._ops import Column, Ops, Tensors, each
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty, amax
 
@@ -49,32 +48,30 @@ class GroupLasso(Penalty):
     options = {"dim": 0}
     elementwise = False
 
-    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        dim = options["dim"]
-        check_dim(self.name, dim, flat, sel)
-        return ([dim] * len(sel),)
+    def _check(self, flat: Flat, selected: list[int], *, dim: Any) -> None:
+        check_dim(self.name, dim, flat, selected)
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, dim: int | None) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any, dim: int | None) -> torch.Tensor:
         norms, size = group_norms(w, dim)
         return lam * math.sqrt(size) * norms.sum()
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column, dims: Column) -> Tensors:
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column, dim: int | None) -> Tensors:
         scales = []
-        for w, a, dim in zip(ws, lam, dims):
-            norms, size = group_norms(w, dim)
+        for w, a in zip(params, each(lam, len(params))):
+            norms, size = group_norms(w, dim, ops.batch)
             scales.append(inverse_norms(norms) * (a * math.sqrt(size)))
-        return ops.mul(ws, scales)
+        return ops.mul(params, scales)
 
-    def _lambda_max(self, g: torch.Tensor, dim: int | None) -> torch.Tensor:
+    def _lambda_max(self, g: torch.Tensor, *, dim: int | None) -> torch.Tensor:
         norms, size = group_norms(g, dim)
         return amax(norms) / math.sqrt(size) if size else g.new_zeros(())
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, dims: Column) -> Tensors:
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, dim: int | None) -> Tensors:
         scales = []
-        for w, a, s, dim in zip(ws, lam, step, dims):
-            norms, size = group_norms(w, dim)
+        for w, a, s in zip(params, each(lam, len(params)), each(step, len(params))):
+            norms, size = group_norms(w, dim, ops.batch)
             scales.append(block_shrink(norms, a * s * math.sqrt(size)))
-        return ops.mul_(ws, scales)
+        return ops.mul_(params, scales)
 
 
 group_lasso = GroupLasso()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from funcreg import _hyper
-from funcreg._ops import Column, Ops, Tensors
+from funcreg._ops import Column, Ops, Tensors, derive
 from funcreg.penalties._base import Penalty
 
 
@@ -36,14 +37,14 @@ class L0(Penalty):
         "lambda_max": "its threshold sqrt(2·λ·step) depends on the step",
     }
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any) -> torch.Tensor:
         nonzero = (w != 0).to(w.dtype)
         if isinstance(lam, torch.Tensor) and lam.ndim:
             return (lam * nonzero).sum()
         return lam * nonzero.sum()
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
-        return ops.hard_threshold_(ws, _hyper.combine(lambda a, s: (2 * a * s) ** 0.5, lam, step))
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column) -> Tensors:
+        return ops.hard_threshold_(params, derive(lambda a, s: (2 * a * s) ** 0.5, lam, step))
 
 
 l0 = L0()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from funcreg import _hyper
-from funcreg._ops import Column, Ops, Tensors
+from funcreg._ops import Column, Ops, Tensors, derive
 from funcreg.penalties._base import Penalty, amax
 
 
@@ -39,19 +40,19 @@ class L1(Penalty):
 
     name = "l1"
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any) -> torch.Tensor:
         if isinstance(lam, torch.Tensor) and lam.ndim:
             return (lam * w.abs()).sum()
         return lam * w.abs().sum()
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column) -> Tensors:
-        return ops.mul_(ops.sign(ws), lam)
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column) -> Tensors:
+        return ops.mul_(ops.sign(params), lam)
 
-    def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column) -> Tensors:
-        return ops.add_(gs, ops.sign(ws), lam)
+    def _add_grad(self, ops: Ops, *, grads: Tensors, params: Tensors, lam: Column) -> Tensors:
+        return ops.add_(grads, ops.sign(params), lam)
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
-        return ops.soft_threshold_(ws, _hyper.combine(lambda a, s: a * s, lam, step))
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column) -> Tensors:
+        return ops.soft_threshold_(params, derive(lambda a, s: a * s, lam, step))
 
     def _lambda_max(self, g: torch.Tensor) -> torch.Tensor:
         return amax(g.abs())

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from funcreg import _hyper
-from funcreg._ops import Column, Ops, Tensors
+from funcreg._ops import Column, Ops, Tensors, derive
 from funcreg.penalties._base import Penalty
 
 
@@ -30,21 +31,22 @@ class L2(Penalty):
     """
 
     name = "l2"
+    one_pass = ("add_grad", "prox")
     without = {"lambda_max": "its prox w / (1 + 2·λ·step) shrinks but never zeroes a weight"}
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any) -> torch.Tensor:
         if isinstance(lam, torch.Tensor) and lam.ndim:
             return (lam * w.square()).sum()
         return lam * w.square().sum()
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column) -> Tensors:
-        return ops.mul(ws, _hyper.combine(lambda a: 2 * a, lam))
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column) -> Tensors:
+        return ops.mul(params, derive(lambda a: 2 * a, lam))
 
-    def _add_grad(self, ops: Ops, gs: Tensors, ws: Tensors, lam: Column) -> Tensors:
-        return ops.add_(gs, ws, _hyper.combine(lambda a: 2 * a, lam))
+    def _add_grad(self, ops: Ops, *, grads: Tensors, params: Tensors, lam: Column) -> Tensors:
+        return ops.add_(grads, params, derive(lambda a: 2 * a, lam))
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
-        return ops.mul_(ws, _hyper.combine(lambda a, s: 1 / (1 + 2 * a * s), lam, step))
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column) -> Tensors:
+        return ops.mul_(params, derive(lambda a, s: 1 / (1 + 2 * a * s), lam, step))
 
 
 l2 = L2()

@@ -6,9 +6,7 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
-from funcreg._ops import Column, Ops, Tensors
-from funcreg._tree import Flat, check_pair, leaves_like
+from funcreg._ops import Column, Ops, Tensors, derive
 from funcreg.penalties._base import Penalty
 
 
@@ -32,26 +30,21 @@ class L2SP(Penalty):
     """
 
     name = "l2_sp"
+    one_pass = ("prox",)
     without = {"lambda_max": "its prox moves weights toward the anchor, never to zero"}
     options = {"anchor": Penalty.REQUIRED}
+    trees = ("anchor",)
 
-    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        anchors = leaves_like(flat, options["anchor"], "anchor")
-        for i in sel:
-            check_pair(flat.paths[i], flat.leaves[i], anchors[i], "anchor")
-        return ([anchors[i] for i in sel],)
-
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, w0: torch.Tensor) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any, anchor: torch.Tensor) -> torch.Tensor:
         if isinstance(lam, torch.Tensor) and lam.ndim:
-            return (lam * (w - w0).square()).sum()
-        return lam * (w - w0).square().sum()
+            return (lam * (w - anchor).square()).sum()
+        return lam * (w - anchor).square().sum()
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column, w0: Column) -> Tensors:
-        return ops.mul_(ops.sub(ws, w0), _hyper.combine(lambda a: 2 * a, lam))
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column, anchor: Tensors) -> Tensors:
+        return ops.mul_(ops.sub(params, anchor), derive(lambda a: 2 * a, lam))
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, w0: Column) -> Tensors:
-        c = _hyper.combine(lambda a, s: 2 * a * s / (1 + 2 * a * s), lam, step)
-        return ops.lerp_(ws, w0, c)
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, anchor: Tensors) -> Tensors:
+        return ops.lerp_(params, anchor, derive(lambda a, s: 2 * a * s / (1 + 2 * a * s), lam, step))
 
 
 l2_sp = L2SP()

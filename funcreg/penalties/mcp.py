@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
-from funcreg._ops import Column, Ops, Tensors, like
-from funcreg._tree import Flat
+from funcreg._hyper import Param
+from funcreg._ops import Column, Ops, Tensors, derive, each, is_number
 from funcreg.penalties._base import Penalty, amax
 
 
@@ -46,62 +45,49 @@ class MCP(Penalty):
 
     name = "mcp"
     options = {"gamma": 3.0}
+    hypers = (Param("gamma", low=-math.inf),)
 
-    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        gamma = _hyper.number("gamma", options["gamma"], low=-math.inf)
-        if isinstance(gamma, float) and gamma <= 0:
+    def _check_numbers(self, options: dict[str, Any]) -> None:
+        gamma = options["gamma"]
+        if isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and gamma <= 0:
             raise ValueError(f"mcp gamma must be > 0 (the penalty is flat beyond gamma·lam), got {gamma}")
-        return (_hyper.per_leaf("gamma", gamma, flat, sel),)
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, gamma: _hyper.Hyper) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any, gamma: Any) -> torch.Tensor:
         m = torch.minimum(w.abs(), torch.as_tensor(gamma * lam, dtype=w.dtype, device=w.device))
         return (lam * m - m.square() / (2 * gamma)).sum()
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column, gamma: Column) -> Tensors:
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column, gamma: Column) -> Tensors:
         # (γλ·sign(w) - clamp(w, ±γλ)) / γ: exactly 0 beyond γλ, where the two terms match
-        edge = _hyper.combine(lambda a, g: g * a, lam, gamma)
-        num = ops.add_(ops.mul_(ops.sign(ws), edge), ops.clamp_(ws, [-e for e in edge], edge), -1.0)
-        return ops.div_(num, gamma)
+        edge = derive(lambda a, g: g * a, lam, gamma)
+        inside = ops.clamp_(params, derive(lambda e: -e, edge), edge)
+        return ops.div_(ops.add_(ops.mul_(ops.sign(params), edge), inside, -1.0), gamma)
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, gamma: Column) -> Tensors:
-        firm, hard, mixed = [], [], []
-        for k, (s, g) in enumerate(zip(step, gamma)):
-            if isinstance(s, torch.Tensor) or isinstance(g, torch.Tensor):
-                mixed.append(k)
-            else:
-                (firm if s < g else hard).append(k)
-        out: list[Any] = [None] * len(ws)
-        if firm:
-            a, s, g = ([col[k] for k in firm] for col in (lam, step, gamma))
-            result = ops.firm_threshold_(like(ws, [ws[k] for k in firm]), [x * y for x, y in zip(s, a)],
-                                         [x * y for x, y in zip(g, a)], [y / (y - x) for x, y in zip(s, g)])
-            for k, r in zip(firm, result):
-                out[k] = r
-        if hard:
-            a, s, g = ([col[k] for k in hard] for col in (lam, step, gamma))
-            result = ops.hard_threshold_(like(ws, [ws[k] for k in hard]),
-                                         [y * (x * z) ** 0.5 for x, y, z in zip(s, a, g)])
-            for k, r in zip(hard, result):
-                out[k] = r
-        for k in mixed:  # tensor step or gamma: both regimes, chosen per element
-            out[k] = _prox_either(ws[k], lam[k], step[k], gamma[k])
-        return out
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, gamma: Column) -> Tensors:
+        n = len(params)
+        firm = derive(lambda s, g: s < g, step, gamma)  # the objective is convex: firm thresholding
+        if is_number(firm) and all(each(firm, n)):
+            return ops.firm_threshold_(params, derive(lambda a, s: s * a, lam, step),
+                                       derive(lambda a, g: g * a, lam, gamma),
+                                       derive(lambda s, g: g / (g - s), step, gamma))
+        if is_number(firm) and not any(each(firm, n)):
+            return ops.hard_threshold_(params, derive(lambda a, s, g: a * (s * g) ** 0.5, lam, step, gamma))
+        return [_prox_either(w, a, s, g) for w, a, s, g in zip(params, each(lam, n), each(step, n), each(gamma, n))]
 
-    def _lambda_max(self, g: torch.Tensor, _gamma: _hyper.Hyper) -> torch.Tensor:
+    def _lambda_max(self, g: torch.Tensor, *, gamma: Any) -> torch.Tensor:
         return amax(g.abs())
 
 
-def _prox_either(w: torch.Tensor, lam: _hyper.Hyper, s: _hyper.Hyper, g: _hyper.Hyper) -> torch.Tensor:
-    convex = torch.as_tensor(s < g, device=w.device)
-    low = s * lam
-    high = g * lam
-    scale = g / torch.where(convex, g - s, 1.0)  # the unused branch must not divide by 0
-    t_hard = lam * torch.sqrt(torch.as_tensor(s * g, dtype=w.dtype, device=w.device))
-    soft = w - torch.clamp(w, -torch.as_tensor(low, dtype=w.dtype, device=w.device),
-                           torch.as_tensor(low, dtype=w.dtype, device=w.device))
-    firm = torch.where(w.abs() > high, w, scale * soft)
-    hard = torch.where(w.abs() <= t_hard, 0.0, w)  # NaN stays NaN, as on the other paths
-    return torch.where(convex, firm, hard).to(w.dtype)
+def _prox_either(w: torch.Tensor, lam: Any, s: Any, g: Any) -> torch.Tensor:
+    """Both regimes, chosen per element (tensor ``step`` or ``gamma``); a NaN in any
+    hyperparameter gives NaN, as through the soft threshold."""
+    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731
+    lam, s, g = t(lam), t(s), t(g)
+    convex = s < g
+    soft = w - torch.clamp(w, -s * lam, s * lam)
+    firm = torch.where(w.abs() > g * lam, w, g / torch.where(convex, g - s, 1.0) * soft)  # no 0/0 unused
+    hard = torch.where(w.abs() <= lam * torch.sqrt(s * g), 0.0, w)
+    nan = torch.where(torch.isnan(lam) | torch.isnan(s) | torch.isnan(g), torch.nan, 0.0)
+    return (torch.where(convex, firm, hard) + nan).to(w.dtype)
 
 
 mcp = MCP()

@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper, _sharding
-from funcreg._ops import Column, Ops, PerLeaf, Tensors
+from funcreg import _ops, _sharding
+from funcreg._engine import LeafError
+from funcreg._ops import Column, Ops, PerLeaf, Tensors, each
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty
 from funcreg.penalties._matrix import as_matrix, by_shape, check_matrices
@@ -46,30 +47,33 @@ class NuclearNorm(Penalty):
     name = "nuclear_norm"
     elementwise = False
 
-    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        check_matrices(self.name, flat, sel)
-        return ()
+    def _check(self, flat: Flat, selected: list[int]) -> None:
+        check_matrices(self.name, flat, selected)
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any) -> torch.Tensor:
         return (lam * torch.linalg.svdvals(_for_svd(w)).sum()).to(w.dtype)
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column) -> Tensors:
-        out = []
-        for w, (u, s, vh), a in zip(ws, _svds(ops, ws), lam):
+    def _prepass(self, ops: Ops, *, params: Tensors, **_: Any) -> dict[str, list[Any]]:
+        return {"svd": _svds(ops, params)}
+
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column, svd: list[Any]) -> Tensors:
+        out = _ops.Owned()
+        for w, (u, s, vh), a in zip(params, svd, each(lam, len(params))):
             # singular vectors of (numerically) zero singular values are arbitrary: leave
             # them out, at torch.linalg.matrix_rank's default tolerance. The SVD sorts them
             # in descending order, so the largest is the first (and an empty matrix has none:
             # amax would raise there)
             tol = s[..., :1] * max(u.shape[-2], vh.shape[-1]) * torch.finfo(s.dtype).eps
             kept = (s > tol).to(s.dtype)
-            g = (a * (u * kept.unsqueeze(-2)) @ vh).reshape(w.shape).to(w.dtype)
+            g = (a * ((u * kept.unsqueeze(-2)) @ vh).reshape(w.shape)).to(w.dtype)
             out.append(_sharding.place_like(g, w))
-        return ops.temp(out)
+        return out
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column) -> Tensors:
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, svd: list[Any]) -> Tensors:
         out = []
-        for w, (u, s, vh), a, st in zip(ws, _svds(ops, ws), lam, step):
-            shrunk = (s - a * st).clamp_min(0.0)
+        n = len(params)
+        for w, (u, s, vh), a, st in zip(params, svd, each(lam, n), each(step, n)):
+            shrunk = (s - ops.scalar(a * st, s)).clamp_min(0.0)
             new = ((u * shrunk.unsqueeze(-2)) @ vh).reshape(w.shape).to(w.dtype)
             out.append(_sharding.place_like(new, w))
         return out
@@ -80,21 +84,36 @@ class NuclearNorm(Penalty):
 
 def _svds(ops: Ops, ws: Tensors) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The thin SVD of every leaf as a matrix: per leaf on the composable path (vmap
-    batches each call), one batched call per shape of leaf on the fast path."""
+    batches each call), one batched call per shape of leaf on the fast path. A leaf whose
+    SVD fails (NaN or inf in it) is named in the error."""
     if isinstance(ops, PerLeaf):
-        return [torch.linalg.svd(_for_svd(w), full_matrices=False) for w in ws]
+        return [_svd(k, _for_svd(w)) for k, w in enumerate(ws)]
     out: list[Any] = [None] * len(ws)
     for idx in by_shape(ws).values():
-        u, s, vh = torch.linalg.svd(torch.stack([_for_svd(ws[k]) for k in idx]), full_matrices=False)
+        try:
+            u, s, vh = torch.linalg.svd(torch.stack([_for_svd(ws[k], ops.batch) for k in idx]),
+                                        full_matrices=False)
+        except torch.linalg.LinAlgError:
+            for k in idx:  # which leaf: its own SVD fails too
+                _svd(k, _for_svd(ws[k], ops.batch))
+            raise
         for j, k in enumerate(idx):
             out[k] = (u[j], s[j], vh[j])
     return out
 
 
-def _for_svd(w: torch.Tensor) -> torch.Tensor:
+def _svd(k: int, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    try:
+        return torch.linalg.svd(m, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        raise LeafError(k, "its singular value decomposition failed to converge; does it "
+                           "hold NaN or inf?") from None
+
+
+def _for_svd(w: torch.Tensor, batch: int = 0) -> torch.Tensor:
     """The leaf as a matrix, in float32 for a half-precision leaf: torch has no bfloat16
     or float16 SVD on CPU, and their precision would not resolve the singular values."""
-    m = as_matrix(w)
+    m = as_matrix(w, batch)
     return m.float() if m.dtype in (torch.bfloat16, torch.float16) else m
 
 

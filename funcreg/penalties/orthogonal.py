@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper, _sharding
-from funcreg._ops import Column, Ops, Tensors
+from funcreg import _ops, _sharding
+from funcreg._ops import Column, Ops, Tensors, each
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty
 from funcreg.penalties._matrix import as_matrix, check_matrices, identity_like
@@ -44,27 +44,26 @@ class Orthogonal(Penalty):
         "lambda_max": "it drives weights toward orthonormal ones, not toward zero",
     }
 
-    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        check_matrices(self.name, flat, sel)
-        return ()
+    def _check(self, flat: Flat, selected: list[int]) -> None:
+        check_matrices(self.name, flat, selected)
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any) -> torch.Tensor:
         gram, eye = _gram(as_matrix(w))
         return lam * (gram - eye).square().sum()
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column) -> Tensors:
-        out = []
-        for w, a in zip(ws, lam):
-            m = as_matrix(w)
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column) -> Tensors:
+        out = _ops.Owned()
+        for w, a in zip(params, each(lam, len(params))):
+            m = as_matrix(w, ops.batch)
             gram, eye = _gram(m)
-            g = (gram - eye) @ m if m.shape[0] <= m.shape[1] else m @ (gram - eye)
-            out.append(_sharding.place_like((4 * a * g).reshape(w.shape), w))
-        return ops.temp(out)
+            g = (gram - eye) @ m if m.shape[-2] <= m.shape[-1] else m @ (gram - eye)
+            out.append(_sharding.place_like(4 * a * g.reshape(w.shape), w))
+        return out
 
 
 def _gram(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The smaller Gram matrix of ``m`` and the identity of its size."""
-    gram = m @ m.mT if m.shape[0] <= m.shape[1] else m.mT @ m
+    gram = m @ m.mT if m.shape[-2] <= m.shape[-1] else m.mT @ m
     return gram, identity_like(gram)
 
 

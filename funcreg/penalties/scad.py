@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
-from funcreg._ops import Column, Ops, Tensors
-from funcreg._tree import Flat
+from funcreg._hyper import Param
+from funcreg._ops import Column, Ops, Owned, Tensors, each
 from funcreg.penalties._base import Penalty, amax
 
 
@@ -46,31 +45,32 @@ class SCAD(Penalty):
 
     name = "scad"
     options = {"gamma": 3.7}
+    hypers = (Param("gamma", low=-math.inf),)
 
-    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        gamma = _hyper.number("gamma", options["gamma"], low=-math.inf)
-        if isinstance(gamma, float) and gamma <= 1:
+    def _check_numbers(self, options: dict[str, Any]) -> None:
+        gamma = options["gamma"]
+        if isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and gamma <= 1:
             raise ValueError(f"scad gamma must be > 1 (its middle piece divides by gamma - 1), got {gamma}")
-        return (_hyper.per_leaf("gamma", gamma, flat, sel),)
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, gamma: _hyper.Hyper) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any, gamma: Any) -> torch.Tensor:
         return _scad(w.abs(), lam, gamma).sum()
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column, gamma: Column) -> Tensors:
-        out = []
-        for w, a, g in zip(ws, lam, gamma):
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column, gamma: Column) -> Tensors:
+        out = Owned()
+        for w, a, g in zip(params, each(lam, len(params)), each(gamma, len(params))):
             slope = ((g * a - w.abs()) / (g - 1)).clamp_min(0.0)
             out.append(torch.sign(w) * torch.minimum(slope, torch.as_tensor(a, dtype=w.dtype, device=w.device)))
-        return ops.temp(out)
+        return out
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, gamma: Column) -> Tensors:
-        return [_prox(w, a, s, g) for w, a, s, g in zip(ws, lam, step, gamma)]
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, gamma: Column) -> Tensors:
+        n = len(params)
+        return [_prox(w, a, s, g) for w, a, s, g in zip(params, each(lam, n), each(step, n), each(gamma, n))]
 
-    def _lambda_max(self, g: torch.Tensor, _gamma: _hyper.Hyper) -> torch.Tensor:
+    def _lambda_max(self, g: torch.Tensor, *, gamma: Any) -> torch.Tensor:
         return amax(g.abs())
 
 
-def _scad(m: torch.Tensor, lam: _hyper.Hyper, gamma: _hyper.Hyper) -> torch.Tensor:
+def _scad(m: torch.Tensor, lam: Any, gamma: Any) -> torch.Tensor:
     """SCAD of ``m = |w|``, the integral of its slope from 0: λ·min(m, λ), plus the
     quadratic blend over ``[λ, q]`` with ``q = clamp(m, λ, γλ)``."""
     lam_t = torch.as_tensor(lam, dtype=m.dtype, device=m.device)
@@ -78,7 +78,7 @@ def _scad(m: torch.Tensor, lam: _hyper.Hyper, gamma: _hyper.Hyper) -> torch.Tens
     return lam_t * torch.minimum(m, lam_t) + (gamma * lam_t * (q - lam_t) - (q.square() - lam_t.square()) / 2) / (gamma - 1)
 
 
-def _prox(w: torch.Tensor, lam: _hyper.Hyper, s: _hyper.Hyper, gamma: _hyper.Hyper) -> torch.Tensor:
+def _prox(w: torch.Tensor, lam: Any, s: Any, gamma: Any) -> torch.Tensor:
     """The global minimizer of ½(u - w)² + s·SCAD(u), elementwise, for every s ≥ 0.
 
     With m = |w| and u of w's sign: while the objective is convex (s < γ - 1), the
@@ -98,7 +98,9 @@ def _prox(w: torch.Tensor, lam: _hyper.Hyper, s: _hyper.Hyper, gamma: _hyper.Hyp
                        lam_t * torch.sqrt(torch.maximum(s_t, g_t + 1) * (g_t + 1)))
     keep = torch.where(convex, g_t * lam_t, jump)  # beyond it, u = w
     inside = torch.where(convex & (m > (1 + s_t) * lam_t), middle, soft)
-    return torch.sign(w) * torch.where(m > keep, m, inside)
+    # a comparison with NaN picks a branch: a NaN hyperparameter must show instead
+    nan = torch.where(torch.isnan(lam_t) | torch.isnan(s_t) | torch.isnan(g_t), torch.nan, 0.0)
+    return (torch.sign(w) * torch.where(m > keep, m, inside) + nan).to(w.dtype)
 
 
 scad = SCAD()

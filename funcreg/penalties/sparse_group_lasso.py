@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from funcreg import _hyper
 from funcreg._groups import block_shrink, check_dim, group_norms, inverse_norms
-from funcreg._ops import Column, Ops, Tensors
+from funcreg._hyper import Param
+from funcreg._ops import Column, Ops, Tensors, derive, each
 from funcreg._tree import Flat
 from funcreg.penalties._base import Penalty, amax
 
@@ -45,34 +45,36 @@ class SparseGroupLasso(Penalty):
 
     name = "sparse_group_lasso"
     options = {"l1_ratio": 0.5, "dim": 0}
+    hypers = (Param("l1_ratio", high=1.0),)
     elementwise = False
 
-    def _columns(self, flat: Flat, sel: list[int], options: dict[str, Any]) -> tuple[list[Any], ...]:
-        rho = _hyper.number("l1_ratio", options["l1_ratio"], low=0.0, high=1.0)
-        check_dim(self.name, options["dim"], flat, sel)
-        return (_hyper.per_leaf("l1_ratio", rho, flat, sel, high=1.0), [options["dim"]] * len(sel))
+    def _check(self, flat: Flat, selected: list[int], *, dim: Any) -> None:
+        check_dim(self.name, dim, flat, selected)
 
-    def _value(self, w: torch.Tensor, lam: _hyper.Hyper, rho: _hyper.Hyper, dim: int | None) -> torch.Tensor:
+    def _value(self, w: torch.Tensor, *, lam: Any, l1_ratio: Any, dim: int | None) -> torch.Tensor:
         norms, size = group_norms(w, dim)
-        return lam * (rho * w.abs().sum() + (1 - rho) * math.sqrt(size) * norms.sum())
+        return lam * (l1_ratio * w.abs().sum() + (1 - l1_ratio) * math.sqrt(size) * norms.sum())
 
-    def _grad(self, ops: Ops, ws: Tensors, lam: Column, rho: Column, dims: Column) -> Tensors:
+    def _grad(self, ops: Ops, *, params: Tensors, lam: Column, l1_ratio: Column, dim: int | None) -> Tensors:
+        n = len(params)
         block = []
-        for w, a, r, dim in zip(ws, lam, rho, dims):
-            norms, size = group_norms(w, dim)
+        for w, a, r in zip(params, each(lam, n), each(l1_ratio, n)):
+            norms, size = group_norms(w, dim, ops.batch)
             block.append(inverse_norms(norms) * (a * (1 - r) * math.sqrt(size)))
-        l1 = _hyper.combine(lambda a, r: a * r, lam, rho)
-        return ops.add_(ops.mul_(ops.sign(ws), l1), ws, block)
+        return ops.add_(ops.mul_(ops.sign(params), derive(lambda a, r: a * r, lam, l1_ratio)), params, block)
 
-    def _prox(self, ops: Ops, ws: Tensors, lam: Column, step: Column, rho: Column, dims: Column) -> Tensors:
-        us = ops.soft_threshold_(ws, _hyper.combine(lambda a, s, r: s * a * r, lam, step, rho))
+    def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, l1_ratio: Column,
+              dim: int | None) -> Tensors:
+        us = ops.soft_threshold_(params, derive(lambda a, s, r: s * a * r, lam, step, l1_ratio))
+        n = len(params)
         scales = []
-        for u, a, s, r, dim in zip(us, lam, step, rho, dims):
-            norms, size = group_norms(u, dim)
+        for u, a, s, r in zip(us, each(lam, n), each(step, n), each(l1_ratio, n)):
+            norms, size = group_norms(u, dim, ops.batch)
             scales.append(block_shrink(norms, s * a * (1 - r) * math.sqrt(size)))
         return ops.mul_(us, scales)
 
-    def _lambda_max(self, g: torch.Tensor, rho: _hyper.Hyper, dim: int | None) -> torch.Tensor:
+    def _lambda_max(self, g: torch.Tensor, *, l1_ratio: Any, dim: int | None) -> torch.Tensor:
+        rho = l1_ratio
         if g.numel() == 0:
             return g.new_zeros((), dtype=torch.float64)
         a = _groups(g.abs().to(torch.float64), dim)  # one group per row

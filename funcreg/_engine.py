@@ -1,0 +1,555 @@
+"""The engine: every public operation is an :class:`Op` that :func:`run` executes.
+
+An op describes its inputs by role and name (docs/design.md, "The engine"): the main tree
+(``params``; ``grads`` for ``lambda_max``), further trees matched to it by leaf path
+(:class:`Role`: ``grads``, ``anchor``, a step's state entries), which of them it writes
+(and may donate), its hyperparameters by keyword (:class:`funcreg._hyper.Param`), what
+``where`` means to it, and a body with a keyword signature::
+
+    def body(ops, *, params, grads, exp_avg, ..., lr, beta1, ..., decay, maximize):
+        ...
+        return {"params": ..., "exp_avg": ...}   # the new leaves of each written role
+
+:func:`run` alone flattens, selects, validates, checks donation, groups by (device,
+dtype), dispatches and writes back. What depends only on the trees' structure, their
+leaves' metadata, ``where``, the hyperparameters' kinds and the flags is a :class:`Plan`,
+cached (LRU, never keyed on values). A call recognizes the plan of its last call by the
+very same leaf objects, unmoved (identity, version counter and address: see
+:class:`_Record`), or else by their metadata; a user's own ``where`` callable is called
+on every call and its answer compared with the plan's.
+
+**Routes** (:mod:`funcreg._dispatch`): the fast path runs the body once per (device,
+dtype) group on ``torch._foreach_*`` ops (in blocks or chunks when donated); the
+composable path once on every active leaf with per-leaf ops; the stacked path
+(:mod:`funcreg._stacked`) under ``vmap`` on the stacked ensemble tensors.
+
+**Extension points.** A new step or family is one module: an :class:`Op` and its body.
+``prepass(ops, **leaves_and_hypers) -> {name: per-leaf list}`` runs once on *all* active
+leaves before the body (never cut into groups, blocks or chunks) and hands the body extra
+per-leaf columns: a reduction across leaves (coupled groups' norms over slices of several
+leaves, a DTensor's global norm, a batched SVD over leaves of one shape) computed there
+can never be cut wrongly by the elementwise body's grouping. ``LeafError(k, msg)`` raised
+by a body is reported naming the k-th leaf it was given.
+"""
+
+from __future__ import annotations
+
+import collections
+import operator
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+
+from funcreg import _dispatch, _donation, _hyper, _ops, _sharding, _stacked, _tree
+from funcreg._selection import Where, selection
+
+_functorch = torch._C._functorch
+_VERSION = operator.attrgetter("_version")
+_RG = operator.attrgetter("requires_grad")
+
+
+class Role(NamedTuple):
+    """A tree an op takes: ``name`` is the body's keyword for its leaves, ``label`` how
+    errors name it; ``check(op_name, label, path, leaf, value)`` how a leaf must fit the
+    main tree's (default: a tensor of its shape, dtype and device); ``none``: a ``None``
+    leaf makes that leaf inactive (a missing gradient)."""
+
+    name: str
+    label: str
+    check: Callable[[str, str, str, torch.Tensor, Any], None] | None = None
+    none: bool = False
+
+
+@dataclass(eq=False)
+class Op:
+    """An operation's description; see the module docstring. ``output`` is "trees" (the
+    new written trees, by role), "tree" (a fresh tree, zeros on inactive leaves), "sum"
+    or "max" (of per-leaf values); ``where`` is "select" (only selected leaves are
+    active), "decay" (every leaf is; the body gets ``decay=`` the selection) or "none";
+    ``history``: refuse tensors that would record autograd history unless
+    ``differentiable=True``; ``elementwise``: the body treats every element alike, so a
+    donated CPU call may run in cache-sized blocks."""
+
+    name: str
+    body: Callable[..., Any]
+    main: Role
+    roles: tuple[Role, ...] = ()
+    writes: tuple[str, ...] = ()
+    hypers: tuple[_hyper.Param, ...] = ()
+    output: str = "trees"
+    where: str = "select"
+    elementwise: bool = False
+    prepass: Callable[..., dict[str, list[Any]]] | None = None
+    history: bool = True
+    pieces: bool = True  # a donated call goes in blocks or chunks (its scratch bounded): a
+    # body of one kernel per leaf (or torch's fused kernels) has no scratch to bound
+    check: Callable[..., None] | None = None  # (flat, selected, **static): options vs leaves
+    validate: Callable[[dict[str, list[Any]]], None] | None = None  # per-leaf values, every call
+    recent: list[Any] = field(default_factory=list)  # the plans of the last calls, latest first
+
+
+class LeafError(Exception):
+    """Raised by a body about the ``k``-th leaf it was given; reported naming the leaf
+    (in place of ``{leaf}`` in the message, or before it)."""
+
+    def __init__(self, k: int, message: str):
+        super().__init__(message)
+        self.k = k
+
+
+#: plans kept across calls (least recently used dropped first)
+CACHE_SIZE = 64
+_PLANS: collections.OrderedDict[Any, Plan] = collections.OrderedDict()
+
+
+def _meta(x: Any) -> Any:
+    """What a plan depends on about a leaf (never its values)."""
+    if isinstance(x, torch.Tensor):
+        # the type under torch.func's wrappers tells a DTensor, which exists only once loaded
+        kind = type(_sharding.unwrap(x)) if _sharding.loaded() else type(x)
+        return (kind, x.shape, x.dtype, x.device, x.layout, x.layout == torch.strided and x.is_contiguous())
+    return type(x)
+
+
+def _ptr(x: torch.Tensor) -> int:
+    return x.data_ptr() if type(x) is torch.Tensor or type(x) is torch.nn.Parameter else (
+        0 if x.is_meta else _donation._local(x).data_ptr())
+
+
+def _none() -> None:
+    return None
+
+
+class _Record:
+    """The leaf objects a plan last ran on (weakly held), with their version counters and
+    addresses: the same objects, unmoved, need no second look. A version counter moves
+    with every in-place op, metadata changes such as ``resize_`` or ``t_`` included; an
+    address with an assignment of new storage to ``.data``."""
+
+    __slots__ = ("refs", "versions", "ptrs", "plain")
+
+    def __init__(self, leaves: list[Any]):
+        self.refs = [_none if x is None else weakref.ref(x) for x in leaves]
+        tensors = [x for x in leaves if x is not None]
+        self.plain = all(type(x) is torch.Tensor for x in tensors)
+        self.versions = _versions(tensors)
+        self.ptrs = self._ptrs(tensors)
+
+    def _ptrs(self, tensors: list[torch.Tensor]) -> list[int]:
+        return [x.data_ptr() for x in tensors] if self.plain else list(map(_ptr, tensors))
+
+    def holds(self, leaves: list[Any]) -> bool:
+        if not all(map(operator.is_, [r() for r in self.refs], leaves)):
+            return False
+        tensors = [x for x in leaves if x is not None] if len(self.versions) < len(leaves) else leaves
+        try:
+            return list(map(_VERSION, tensors)) == self.versions and self._ptrs(tensors) == self.ptrs
+        except RuntimeError:  # an inference tensor
+            return False
+
+    def written(self, leaves: list[Any]) -> None:
+        """After the call wrote into ``leaves`` (those it holds): their new version counters."""
+        self.versions = _versions(leaves if len(leaves) == len(self.versions) else
+                                  [x for x in leaves if x is not None])
+
+
+def _versions(tensors: list[torch.Tensor]) -> list[int | None]:
+    try:
+        return list(map(_VERSION, tensors))
+    except RuntimeError:  # an inference tensor has no version counter: never recognized
+        return [None] * len(tensors)
+
+
+class Plan:
+    """What a call needs that depends only on structure, metadata, ``where``, the
+    hyperparameters' kinds and the flags (``sig``): the main tree's paths, the role trees'
+    order (``perms``: each one's leaves in the main tree's order), the selection, the
+    active leaves split into parts (``decay``), their fast-path groups, where each leaf's
+    value sits in a per-leaf hyperparameter tree, and (``records``, ``spans``) what the
+    last call saw and checked."""
+
+    def __init__(self, op: Op, sig: Any, flat: _tree.Flat, perms: list[list[int] | None],
+                 mask: list[bool], active: list[int], parts: list[tuple[dict[str, Any], list[int]]],
+                 groups: list[list[_dispatch.Group]], hyper_at: dict[str, list[int]],
+                 fps: list[Any], metas: list[list[Any]], wkey: Any):
+        self.op, self.sig, self.flat, self.perms = op, sig, flat, perms
+        self.mask, self.active, self.parts, self.groups, self.hyper_at = mask, active, parts, groups, hyper_at
+        self.fps, self.metas, self.wkey = fps, metas, wkey
+        self.sharded = _sharding.any_dtensor(flat.leaves)  # DTensors do not take the stacked path
+        # one part of every leaf, in order: the trees' own lists serve as the body's columns
+        self.whole = len(parts) == 1 and parts[0][1] == list(range(len(flat.leaves)))
+        # a cached plan holds no tensor of the call that built it (weak references aside)
+        self.flat = _tree.Flat(flat.paths, [], flat.spec)
+        self.key: Any = None
+        self.records: list[_Record] | None = None
+        self.spans: _donation.Spans | None = None
+
+    def align(self, quick: list[tuple[Any, list[Any]]]) -> list[list[Any]]:
+        """Each tree's leaves in the main tree's order."""
+        return [q[1] if perm is None else [q[1][j] for j in perm] for q, perm in zip(quick, self.perms)]
+
+
+def run(op: Op, trees: Sequence[Any], hypers: dict[str, Any], *, where: Where = None,
+        donate: bool = False, differentiable: bool = False, split: bool = True,
+        static: tuple[tuple[str, Any], ...] = ()) -> Any:
+    """Run ``op`` on ``trees`` (the main tree, then one per :attr:`Op.roles`), with
+    hyperparameters ``hypers`` (by :class:`funcreg._hyper.Param` name) and ``static``
+    keyword arguments for the body (hashable: they key the plan). ``split``: with
+    ``where="decay"``, run the selected leaves apart from the others. Returns per
+    :attr:`Op.output`."""
+    kinds = tuple(_hyper.kind(p, hypers[p.name]) for p in op.hypers)
+    compiling = torch.compiler.is_compiling()
+    transformed = compiling or _functorch.peek_interpreter_stack() is not None
+    sig = (static, kinds, donate, split, transformed, _dispatch.CHUNK, _dispatch.BLOCK_BYTES)
+    quick = [_tree.structure(t) for t in trees]
+    where = _Where(where)  # a user's callable is called once per call, however often it is read
+    plan, changed = (None, None) if compiling else _recall(op, sig, trees, quick, where)
+    if plan is None:
+        plan = _plan(op, sig, trees, kinds, where, hypers)
+        if not compiling:
+            _remember(op, plan, quick)
+    return _execute(plan, plan.align(quick), [q[1] for q in quick], hypers, differentiable, changed)
+
+
+# ------------------------------------------------------------------------------ plans
+class _Where:
+    """A call's ``where``, and the selection it made, once made."""
+
+    def __init__(self, where: Where):
+        self.where = where
+        self.mask: list[bool] | None = None
+
+
+def _where_key(op: Op, flat: Callable[[], _tree.Flat], where: _Where) -> Any:
+    """What a plan depends on about ``where``: funcreg's selectors are pure functions of
+    (path, metadata), a tree of bools is its values, and a user's callable its answer now."""
+    w = where.where
+    if w is None or op.where == "none":
+        return None
+    key = getattr(w, "_key", None)
+    if key is not None:
+        return ("selector", key)
+    if callable(w):
+        return ("mask", tuple(_mask(op, flat(), where)))
+    fp, leaves = _tree.structure(w)
+    return ("tree", fp, tuple(leaves), tuple(map(type, leaves)))
+
+
+def _mask(op: Op, flat: _tree.Flat, where: _Where) -> list[bool]:
+    if op.where == "none" or (op.where == "decay" and where.where is None):
+        return [True] * len(flat.leaves)
+    if where.mask is None:
+        where.mask = selection(flat, where.where)
+    return where.mask
+
+
+def _recall(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[Any]]],
+            where: _Where) -> tuple[Plan | None, list[int] | None]:
+    """The plan this call can reuse, and the trees whose leaves it had not seen as they are
+    (``None``: none of them seen)."""
+    for plan in op.recent:
+        if (plan.sig != sig or len(plan.fps) != len(quick)
+                or not all(fp is q[0] or fp == q[0] for fp, q in zip(plan.fps, quick))
+                or _where_key(op, lambda: _tree.Flat(plan.flat.paths, quick[0][1], plan.flat.spec),
+                              where) != plan.wkey):
+            continue
+        changed = [k for k, (_, leaves) in enumerate(quick)
+                   if plan.records is None or not plan.records[k].holds(leaves)]
+        if any([_meta(x) for x in quick[k][1]] != plan.metas[k] for k in changed):
+            continue
+        if plan.records is not None:
+            for k in changed:
+                plan.records[k] = _Record(quick[k][1])
+        if op.recent[0] is not plan:
+            op.recent = [plan, *(p for p in op.recent if p is not plan)]
+        return plan, changed
+    return _lookup(op, sig, trees, quick, where)
+
+
+def _lookup(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[Any]]],
+            where: _Where) -> tuple[Plan | None, None]:
+    """A cached plan for these trees' structure and metadata, or ``None``."""
+    fps = tuple(q[0] for q in quick)
+    try:
+        wkey = _where_key(op, lambda: _tree.Flat(_tree.paths_of(trees[0], fps[0], op.main.label),
+                                                 quick[0][1], fps[0]), where)
+        plan = _PLANS.get((op, sig, wkey, fps, tuple(tuple(_meta(x) for x in q[1]) for q in quick)))
+    except Exception:  # unhashable, or a where that fails: building the plan says why
+        return None, None
+    if plan is None:
+        return None, None
+    _PLANS.move_to_end(plan.key)
+    _remember(op, plan, quick)
+    return plan, None
+
+
+#: plans an op recognizes its calls by without a lookup (two optimizers in one loop, a
+#: pure and a donated call)
+RECENT = 4
+
+
+def _remember(op: Op, plan: Plan, quick: list[tuple[Any, list[Any]]]) -> None:
+    if plan.key is None:
+        return
+    op.recent = [plan, *(p for p in op.recent if p is not plan)][:RECENT]
+    # under a transform the leaves are wrappers made for this call: nothing to hold
+    plan.records = None if plan.sig[4] else [_Record(q[1]) for q in quick]
+    plan.spans = None
+
+
+def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where: _Where,
+          hypers: dict[str, Any]) -> Plan:
+    """Flatten, select and validate; group for the fast path (see :class:`Plan`)."""
+    static, _, donate, split, transformed = sig[:5]
+    main = op.main
+    spec, leaves = _tree.structure(trees[0])
+    flat = _tree.Flat(_tree.paths_of(trees[0], spec, main.label), leaves, spec)
+    for path, x in zip(flat.paths, leaves):
+        _tree.check_leaf(main.label, path, x)
+        if op.where == "decay" and not x.is_floating_point():
+            raise TypeError(f"{op.name}: {main.label} leaf {path!r} has dtype {x.dtype}; only "
+                            "floating-point parameters can be optimized")
+    mask = _mask(op, flat, where)
+    checked = [i for i, m in enumerate(mask) if m] if op.where == "select" else list(range(len(leaves)))
+    if op.check is not None:
+        op.check(flat, checked, **dict(static))
+    columns, perms = [leaves], [None]
+    for role, tree in zip(op.roles, trees[1:]):
+        values = _tree.leaves_like(flat, tree, role.label)
+        for i in checked:
+            if values[i] is not None or not role.none:
+                (role.check or _tree.check_pair)(op.name, role.label, flat.paths[i], leaves[i], values[i])
+        columns.append(values)
+        perms.append(_perm(tree, flat, role.label))
+    nones = [c for r, c in zip(op.roles, columns[1:]) if r.none]
+    active = [i for i in checked if all(c[i] is not None for c in nones)]
+    if op.where == "decay" and split:
+        parts = [({"decay": d}, [i for i in active if mask[i] == d]) for d in (True, False)]
+    else:
+        parts = [({"decay": False} if op.where == "decay" else {}, active)]
+    parts = [(extra, idx) for extra, idx in parts if idx]
+    hyper_at, per_leaf = {}, {}
+    for p, k in zip(op.hypers, kinds):
+        if isinstance(k, tuple) and k[0] == "tree":
+            hyper_at[p.name] = _hyper.check_tree(p, k, flat, active)
+            values = _tree.structure(hypers[p.name])[1]
+            per_leaf[p.name] = dict(zip(active, (values[j] for j in hyper_at[p.name])))
+    groups = []
+    for _, idx in parts:
+        beside = [[c[i] for i in idx] for r, c in zip(op.roles, columns[1:]) if r.check is None]
+        beside += [[v[i] for i in idx] for v in per_leaf.values()]
+        groups.append(_dispatch.groups([leaves[i] for i in idx], beside, donate=donate and op.pieces,
+                                       elementwise=op.elementwise and op.prepass is None))
+    if torch.compiler.is_compiling():  # traced once per graph: nothing to recognize it by
+        return Plan(op, sig, flat, perms, mask, active, parts, groups, hyper_at, [], [], None)
+    fps = [spec, *(_tree.structure(t)[0] for t in trees[1:])]
+    metas = [[_meta(x) for x in _tree.structure(t)[1]] for t in trees]
+    plan = Plan(op, sig, flat, perms, mask, active, parts, groups, hyper_at, fps, metas,
+                _where_key(op, lambda: flat, where))
+    key = (op, sig, plan.wkey, tuple(fps), tuple(tuple(m) for m in metas))
+    try:
+        _PLANS[key] = plan
+    except TypeError:  # an unhashable structure: this plan serves this call only
+        return plan
+    plan.key = key
+    if len(_PLANS) > CACHE_SIZE:
+        _PLANS.popitem(last=False)
+    return plan
+
+
+def _perm(tree: Any, flat: _tree.Flat, label: str) -> list[int] | None:
+    """Where each leaf of the main tree's order sits among ``tree``'s own leaves (matched by
+    path); ``None`` when in the same order."""
+    spec, _ = _tree.structure(tree)
+    if spec == flat.spec:
+        return None
+    at = {path: j for j, path in enumerate(_tree.paths_of(tree, spec, label))}
+    perm = [at[path] for path in flat.paths]
+    return None if perm == list(range(len(perm))) and len(at) == len(perm) else perm
+
+
+# -------------------------------------------------------------------------- execution
+def _execute(plan: Plan, trees: list[list[Any]], raw: list[list[Any]], hypers: dict[str, Any],
+             differentiable: bool, changed: list[int] | None) -> Any:
+    """The call on ``trees`` (each in the main tree's order; ``raw``: in its own, as the
+    plan's records hold them)."""
+    op, flat, active = plan.op, plan.flat, plan.active
+    static, kinds, donate, _, transformed = plan.sig[:5]
+    names = [op.main.name, *(r.name for r in op.roles)]
+    labels = [op.main.label, *(r.label for r in op.roles)]
+    values = {p.name: hypers[p.name] for p in op.hypers}
+    traced = False
+    if torch.is_grad_enabled() and not transformed:
+        rows = trees if plan.whole else [[t[i] for i in active] for t in trees]
+        traced = (any(any(map(_RG, row)) for row in rows)  # active leaves are never None
+                  or any(_RG(v) for v in values.values() if isinstance(v, torch.Tensor)))
+        if traced and op.history and not differentiable:
+            _refuse_history(op, plan, rows, labels)
+    route = _dispatch.route(transformed=transformed, traced=traced or differentiable,
+                            stackable=op.output in ("trees", "tree") and not plan.sharded)
+    writes = op.writes or (op.main.name,)
+    written = [trees[names.index(n)] for n in op.writes]
+    in_place = donate and bool(op.writes) and (not transformed or _donation.can_write(
+        [t[i] for t in written for i in active]))
+    if in_place:
+        _check_donation(plan, trees, names, labels, values, changed, traced or differentiable)
+    try:
+        if op.validate is not None:
+            per_leaf = _hyper_columns(plan, active, values, kinds, [trees[0][i] for i in active])
+            op.validate({n: _ops.each(v, len(active)) for n, v in per_leaf.items()})
+    except LeafError as e:
+        raise _named(op, labels[0], flat.paths[active[e.k]], e) from None
+    out = {n: list(trees[names.index(n)]) for n in writes}
+    for (extra, idx), groups in zip(plan.parts, plan.groups):
+        columns = {n: t if plan.whole else [t[i] for i in idx] for n, t in zip(names, trees)}
+        try:
+            result = _run_part(plan, route, idx, groups, columns, values, kinds,
+                               {**dict(static), **extra}, in_place, writes)
+        except LeafError as e:
+            raise _named(op, labels[0], flat.paths[idx[e.k]], e) from None
+        for n in writes:
+            new = _donation.commit(columns[n], result[n]) if in_place and n in op.writes else result[n]
+            if plan.whole:
+                out[n] = list(new)
+            else:
+                for i, v in zip(idx, new):
+                    out[n][i] = v
+    if in_place and plan.records is not None:
+        for n in op.writes:
+            plan.records[names.index(n)].written(raw[names.index(n)])
+    return _output(plan, out, trees)
+
+
+def _named(op: Op, label: str, path: str, e: LeafError) -> ValueError:
+    leaf = f"{label} leaf {path!r}"
+    message = str(e)
+    return ValueError(f"{op.name}: " + (message.replace("{leaf}", leaf) if "{leaf}" in message
+                                         else f"{leaf}: {message}"))
+
+
+def _refuse_history(op: Op, plan: Plan, rows: list[list[Any]], labels: list[str]) -> None:
+    for label, row in zip(labels, rows):
+        for i, v in zip(plan.active, row):
+            if v is not None and v.requires_grad:
+                raise ValueError(
+                    f"{op.name}: {label} leaf {plan.flat.paths[i]!r} requires grad and grad mode "
+                    "is on, so the result would record autograd history (a graph that grows "
+                    "with every call, and a module that is not updated); detach the params "
+                    "({k: p.detach() for k, p in model.named_parameters()}), call under "
+                    "torch.no_grad(), or pass differentiable=True to differentiate through it")
+
+
+def _check_donation(plan: Plan, trees: list[list[Any]], names: list[str], labels: list[str],
+                    values: dict[str, Any], changed: list[int] | None, traced: bool) -> None:
+    """The donation checks, redone only for what changed since the plan last passed them."""
+    op, paths, active = plan.op, plan.flat.paths, plan.active
+    written = {names.index(n) for n in op.writes}
+    if plan.spans is None or changed is None or written & set(changed) or traced:
+        plan.spans = _donation.written_spans(
+            ((labels[k], paths[i]), trees[k][i]) for k in sorted(written) for i in active)
+        changed = list(range(len(trees)))
+    chosen = set(active)
+    reads = [((labels[k], paths[i]), v) for k in changed for i, v in enumerate(trees[k])
+             if k not in written or i not in chosen]
+    first = paths[active[0]] if active else None
+    for p in op.hypers:
+        v = values[p.name]
+        if isinstance(v, torch.Tensor):
+            reads.append(((p.name, first), v))
+        elif p.name in plan.hyper_at:
+            leaves = _tree.structure(v)[1]
+            reads += [((p.name, paths[i]), leaves[j]) for i, j in zip(active, plan.hyper_at[p.name])]
+    _donation.check_reads(plan.spans, reads)
+
+
+def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Group],
+              columns: dict[str, list[Any]], values: dict[str, Any], kinds: tuple[Any, ...],
+              static: dict[str, Any], in_place: bool, writes: tuple[str, ...]) -> dict[str, list[Any]]:
+    """The body on the leaves ``idx`` (one part), on ``route``."""
+    op = plan.op
+    leaves = columns[op.main.name]
+    hyp = _hyper_columns(plan, idx, values, kinds, leaves)
+    if route == "composable" or op.output in ("sum", "max"):
+        hyp = {n: _hyper.cast([v] * len(idx), leaves) if isinstance(v, torch.Tensor) else v
+               for n, v in hyp.items()}
+        if op.prepass is not None:
+            hyp.update(op.prepass(_ops.PER_LEAF, **columns, **hyp, **static))
+        return _dispatch._named(op.body(_ops.PER_LEAF, **columns, **hyp, **static), writes)
+    if route == "stacked":
+        tensors: list[torch.Tensor] = []
+        layout: dict[str, Any] = {}
+        for n, v in hyp.items():
+            v = _hyper.cast([v] * len(idx), leaves) if isinstance(v, torch.Tensor) else v
+            if isinstance(v, list) and not _ops.is_number(v):
+                # per leaf: the position of its tensor among those that cross into the
+                # operator (each once), or its number
+                seen = {id(t): j for j, t in enumerate(tensors)}
+                layout[n] = []
+                for x in v:
+                    if isinstance(x, torch.Tensor) and id(x) not in seen:
+                        seen[id(x)] = len(tensors)
+                        tensors.append(x)
+                    layout[n].append(seen[id(x)] if isinstance(x, torch.Tensor) else float(x))
+            else:
+                layout[n] = v
+        read = [n for n in (op.main.name, *(r.name for r in op.roles)) if n not in writes]
+        job = _stacked.Job(op.body, static, list(writes), read, len(idx), layout, in_place, op.prepass, groups)
+        return _stacked.run(job, columns, tensors)
+
+    if op.prepass is not None:  # once, on every leaf of the part: a reduction across leaves is whole
+        whole = {n: _hyper.cast([v] * len(idx), leaves) if isinstance(v, torch.Tensor) else v
+                 for n, v in hyp.items()}
+        hyp.update(op.prepass(_ops.Foreach(), **columns, **whole, **static))
+
+    def hypers_of(g: _dispatch.Group) -> dict[str, Any]:
+        sub = [leaves[k] for k in g.idx]
+        out = {}
+        for n, v in hyp.items():
+            if isinstance(v, list):
+                out[n] = v if len(g.idx) == len(idx) else [v[k] for k in g.idx]
+            elif isinstance(v, torch.Tensor):
+                out[n] = _hyper.cast([v] * len(sub), sub) if g.dtensor else _hyper.cast([v], sub[:1])[0]
+            else:
+                out[n] = v
+        return out
+
+    return _dispatch.run_fast(op.body, groups, columns, hypers_of, static, writes, in_place, len(idx))
+
+
+def _hyper_columns(plan: Plan, idx: list[int], values: dict[str, Any], kinds: tuple[Any, ...],
+                   leaves: list[torch.Tensor]) -> dict[str, Any]:
+    """Each hyperparameter for the leaves ``idx``: a number, one tensor, or a per-leaf list
+    (a tree's values, tensors cast to their leaf's dtype and device)."""
+    out: dict[str, Any] = {}
+    at = None
+    for p, k in zip(plan.op.hypers, kinds):
+        v = values[p.name]
+        if isinstance(k, tuple) and k[0] == "tree":
+            at = at or {i: j for j, i in enumerate(plan.active)}
+            tree_leaves = _tree.structure(v)[1]
+            out[p.name] = _hyper.cast([tree_leaves[plan.hyper_at[p.name][at[i]]] for i in idx], leaves)
+        else:
+            out[p.name] = float(v) if k == _hyper.NUMBER else v
+    return out
+
+
+def _output(plan: Plan, out: dict[str, list[Any]], trees: list[list[Any]]) -> Any:
+    op, flat = plan.op, plan.flat
+    if op.output == "trees":
+        return {n: flat.unflatten(out[n]) for n in op.writes}
+    new = out[op.main.name]
+    if op.output == "tree":
+        chosen = set(plan.active)
+        return flat.unflatten([new[i] if i in chosen else torch.zeros_like(x) for i, x in enumerate(trees[0])])
+    terms = [new[i] for i in plan.active]
+    if op.output == "max":
+        device = terms[0].device
+        return torch.stack([_sharding.to_plain(v).to(device, torch.float64) for v in terms]).amax()
+    if _sharding.any_dtensor(terms):
+        # the DTensor leaves' terms are partial sums: add them up, then reduce once
+        sharded = [t for t in terms if _sharding.is_dtensor(t)]
+        plain = [t for t in terms if not _sharding.is_dtensor(t)]
+        terms = [_sharding.to_plain(sum(sharded[1:], sharded[0])), *plain]
+    return sum(terms[1:], terms[0])
