@@ -98,7 +98,7 @@ def adam_cases_for(sizes: tuple[int, ...]) -> list[Case]:
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, sizes[0]), torch.randn(BATCH, sizes[-1])
     lams = torch.logspace(-4, -1, K)
-    base = mlp(sizes)
+    base = mlp(*sizes)
     models = [copy.deepcopy(base) for _ in range(K)]
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
 
