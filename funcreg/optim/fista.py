@@ -9,18 +9,12 @@ import optree
 import torch
 from torch.func import grad_and_value
 
-from funcreg.ensemble import converged
+from funcreg.optim import _fista_core as _core
 from funcreg.penalties import Penalty
 
 
 def _map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     return optree.tree_map(fn, tree, *rest, namespace="torch")
-
-
-def _dot(a: Any, b: Any) -> torch.Tensor:
-    """Σ over all leaves of ⟨a, b⟩, accumulated in float32 or wider."""
-    terms = optree.tree_leaves(_map(lambda x, y: (x * y).sum(), a, b), namespace="torch")
-    return torch.stack([t.to(torch.promote_types(t.dtype, torch.float32)) for t in terms]).sum()
 
 
 class FISTA:
@@ -86,19 +80,22 @@ class FISTA:
     name = "fista"
 
     def init(self, params: Any, *, lr: Any = 1.0) -> dict[str, Any]:
-        """The state for ``params``: ``z`` (a copy of params), ``t`` = 1, ``lr`` (the first
-        trial step, a number or a 0-d tensor), ``curvature`` = 0 (not yet measured),
-        ``converged`` = False; the scalars are 0-d tensors on the first leaf's device, in
-        the widest floating dtype of the leaves (at least float32)."""
+        """The state for ``params``: ``z`` (a copy of params), ``t`` = 1, ``lr`` (a tree like
+        params holding each leaf's first trial step, the given number or 0-d tensor),
+        ``curvature`` (a tree of zeros: not yet measured), ``converged`` = False, and the
+        secant's memory ``z_prev`` (a copy of params) and ``g_prev`` (zeros). The scalars are
+        0-d tensors on the first leaf's device, in the widest floating dtype of the leaves
+        (at least float32).
+
+        Raises:
+            TypeError: ``params`` is not a non-empty tree of tensors.
+            ValueError: ``lr`` is not positive and finite.
+        """
         leaves = optree.tree_leaves(params, namespace="torch")
         if not leaves or not all(isinstance(x, torch.Tensor) for x in leaves):
             raise TypeError("fista.init needs a non-empty tree of tensors")
         device = leaves[0].device
-        # scalars in the widest floating dtype among the leaves (at least float32)
-        dtype = torch.float32
-        for x in leaves:
-            if x.is_floating_point():
-                dtype = torch.promote_types(dtype, x.dtype)
+        dtype = _core.Layout(leaves).dtype
         lr = torch.as_tensor(lr, dtype=dtype, device=device)
         if lr.ndim == 0 and not torch._C._functorch.is_functorch_wrapped_tensor(lr):
             if not bool(torch.isfinite(lr)) or bool(lr <= 0):
@@ -106,9 +103,11 @@ class FISTA:
         return {
             "z": _map(lambda x: x.detach().clone(), params),
             "t": torch.ones((), dtype=dtype, device=device),
-            "lr": lr.clone(),
-            "curvature": torch.zeros((), dtype=dtype, device=device),
+            "lr": _map(lambda x: lr.clone(), params),
+            "curvature": _map(lambda x: torch.zeros((), dtype=dtype, device=device), params),
             "converged": torch.zeros((), dtype=torch.bool, device=device),
+            "z_prev": _map(lambda x: x.detach().clone(), params),
+            "g_prev": _map(torch.zeros_like, params),
         }
 
     def step(
@@ -142,8 +141,10 @@ class FISTA:
             **options: the family's keyword arguments (``dim=``, ``l1_ratio=``, ...).
 
         Raises:
-            ValueError: ``grow < 1`` or a negative tolerance; whatever the penalty or
-                ``loss`` raise for bad input.
+            TypeError: ``penalty`` is not a family.
+            ValueError: ``grow < 1``, a negative tolerance, a state not made by
+                :meth:`init` for a tree like ``params``; whatever the penalty or ``loss``
+                raise for bad input.
         """
         if not isinstance(penalty, Penalty):
             raise TypeError(f"penalty must be a funcreg penalty family (fr.l1, ...), not {penalty!r}")
@@ -151,50 +152,75 @@ class FISTA:
             raise ValueError(f"grow must be >= 1, got {grow}")
         if not (rtol >= 0.0 and atol >= 0.0):
             raise ValueError("rtol and atol must be >= 0")
-        for key in ("z", "t", "lr", "curvature", "converged"):
+        for key in _STATE:
             if key not in state:
                 raise ValueError(f"state has no {key!r}: make it with fr.fista.init(params)")
-        z, t, eta = state["z"], state["t"], state["lr"]
-        try:
-            g, fz = grad_and_value(loss)(z, *batch)
-        except RuntimeError as error:
-            if "scalar Tensor" in str(error):  # torch.func's own check, reworded as ours
-                raise ValueError(f"loss must return a 0-d tensor: {error}") from error
-            raise
-        u = penalty.prox(_map(lambda a, b: a - eta * b, z, g), lam, eta, where=where, **options)
-        fu = loss(u, *batch)
-        d = _map(torch.sub, u, z)
-        dd, gd = _dot(d, d), _dot(g, d)
-        excess = (fu - fz - gd).to(dd.dtype)  # f(u) above its linear model
-        slack = 8 * torch.finfo(fz.dtype).eps * fz.detach().abs().to(dd.dtype)
-        accept = excess <= dd / (2 * eta) + slack
-        # The curvature along the trial is trusted only where the excess stands above
-        # rounding; the last trusted value caps η, so that η cannot drift upward where
-        # the trials are too short to show curvature (near a solution every η gives u ≈ z).
-        trusted = (dd > 0) & (excess > slack)
-        curv = torch.where(trusted, 2 * excess / torch.where(dd > 0, dd, 1.0), state["curvature"])
-        cap = torch.where(curv > 0, 0.9 / torch.where(curv > 0, curv, 1.0), float("inf"))
-        eta_next = torch.minimum(torch.where(accept, eta * grow, eta * 0.5), cap).to(eta.dtype)
-        w = params
-        restart = _dot(_map(torch.sub, z, u), _map(torch.sub, u, w)) > 0
-        t = torch.where(restart, torch.ones_like(t), t)
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        beta = (t - 1) / t_next
-        z_next = _map(lambda a, b: a + beta.to(a.dtype) * (a - b), u, w)
-        done = accept & converged(z, u, rtol=rtol, atol=atol)
+        leaves, spec = optree.tree_flatten(params, namespace="torch")
+        layout = _core.Layout(leaves, blocks(len(leaves), options))
 
-        def pick(new: Any, old: Any) -> Any:
-            return _map(lambda n, o: torch.where(accept, n, o), new, old)
+        def flat(tree: Any, what: str) -> torch.Tensor:
+            got, got_spec = optree.tree_flatten(tree, namespace="torch")
+            if got_spec != spec:
+                raise ValueError(f"state[{what!r}] is not a tree like params: make the state with "
+                                 "fr.fista.init(params)")
+            return layout.flatten(got)
 
-        new_params = pick(u, w)
+        def per_block(tree: Any, what: str) -> torch.Tensor:
+            values = torch.stack([v.to(layout.dtype) for v in optree.tree_leaves(tree, namespace="torch")])
+            if values.shape != (len(leaves),):
+                raise ValueError(f"state[{what!r}] must hold one 0-d tensor per leaf: make the state "
+                                 "with fr.fista.init(params)")
+            return values.index_select(0, layout.first)
+
+        it = _core.Iterate(w=flat(params, "params"), z=flat(state["z"], "z"), t=state["t"],
+                           eta=per_block(state["lr"], "lr"), curv=per_block(state["curvature"], "curvature"),
+                           z_prev=flat(state["z_prev"], "z_prev"), g_prev=flat(state["g_prev"], "g_prev"))
+
+        def tree(theta: torch.Tensor) -> Any:
+            return optree.tree_unflatten(spec, layout.unflatten(theta))
+
+        def member_loss(theta: torch.Tensor) -> torch.Tensor:
+            return loss(tree(theta), *batch)
+
+        def value_and_grad(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            try:
+                g, v = grad_and_value(member_loss)(theta)
+            except RuntimeError as error:
+                if "scalar Tensor" in str(error):  # torch.func's own check, reworded as ours
+                    raise ValueError(f"loss must return a 0-d tensor: {error}") from error
+                raise
+            return v, g
+
+        def prox(v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+            steps = optree.tree_unflatten(spec, list(layout.per_leaf(eta).unbind(-1)))
+            return layout.flatten(optree.tree_leaves(
+                penalty.prox(tree(v), lam, steps, where=where, **options), namespace="torch"))
+
+        nxt, done = _core.iterate(it, layout, value_and_grad, member_loss, prox, rtol=rtol, atol=atol,
+                                  grow=grow)
+
+        def leaf_values(v: torch.Tensor) -> Any:
+            return optree.tree_unflatten(spec, list(layout.per_leaf(v).to(state["t"].dtype).unbind(-1)))
+
         new_state = {
-            "z": pick(z_next, z),
-            "t": torch.where(accept, t_next, state["t"]),
-            "lr": eta_next,
-            "curvature": curv.to(state["curvature"].dtype),
+            "z": tree(nxt.z),
+            "t": nxt.t.to(state["t"].dtype),
+            "lr": leaf_values(nxt.eta),
+            "curvature": leaf_values(nxt.curv),
             "converged": done,
+            "z_prev": tree(nxt.z_prev),
+            "g_prev": tree(nxt.g_prev),
         }
-        return new_params, new_state
+        return tree(nxt.w), new_state
+
+
+_STATE = ("z", "t", "lr", "curvature", "converged", "z_prev", "g_prev")
+
+
+def blocks(n_leaves: int, options: dict[str, Any]) -> list[int] | None:
+    """The step blocks: one per leaf, or a single one when the family's ``groups=`` may
+    tie slices of several leaves into one group (whose prox needs one step)."""
+    return [0] * n_leaves if options.get("groups") is not None else None
 
 
 fista = FISTA()
