@@ -33,7 +33,7 @@ from torch.func import grad_and_value, vmap
 
 from funcreg._path_groups import Grouping
 from funcreg.optim import _fista_core as core
-from funcreg.optim.fista import blocks as step_blocks
+from funcreg.optim.fista import _step_blocks as step_blocks
 
 #: the growth bound of fr.fista.step's default
 GROW = 1.25
@@ -46,12 +46,14 @@ class Trainer:
 
     def __init__(self, problem: Any, params: dict[str, torch.Tensor], settings: Any):
         self.problem, self.settings = problem, settings
+        self.params = params
         self.paths = list(params)
         self.layout = core.Layout([params[k] for k in self.paths], step_blocks(len(self.paths), problem.options))
         chosen = set(Grouping(problem.penalty, problem.options, params, problem.where).paths)
         self.selected = [i for i, k in enumerate(self.paths) if k in chosen]
         self.compile = bool(settings.compile)
         self._compiled: dict[bool, Callable[..., Any]] = {}
+        self.carry: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- one member, as vmap sees it
     def _tree(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,13 +95,27 @@ class Trainer:
 
         return fn
 
+    def start_mapping(self, w: torch.Tensor, lams: torch.Tensor, data: tuple[torch.Tensor, ...],
+                      nested: bool) -> torch.Tensor:
+        """max|G| of every member at ``w`` with the first trial step ``lr``."""
+        value = _over_members(self._loss, len(data), nested)
+        prox = _over_members(self._prox, 0, nested)
+        lam = lams.to(self.layout.dtype).expand(w.shape[:-1]).contiguous()
+        eta = torch.full((*w.shape[:-1], self.layout.n_blocks), float(self.settings.lr),
+                         dtype=self.layout.dtype, device=w.device)
+        return core.mapping(w, eta, self.layout, lambda th: _summed_backward(value, th, data),
+                            lambda v, e: prox(v, e, lam))
+
     def _step_fn(self, nested: bool) -> tuple[Callable[..., Any], bool]:
         """The iteration for a batch, and whether it is compiled."""
         if not self.compile:
             return self._iterate(nested, functional=False), False
         if nested not in self._compiled:
-            self._compiled[nested] = torch.compile(self._iterate(nested, functional=True), fullgraph=True,
-                                                   dynamic=False)
+            try:
+                self._compiled[nested] = torch.compile(self._iterate(nested, functional=True), fullgraph=True,
+                                                       dynamic=False)
+            except Exception as error:  # noqa: BLE001 - whatever stops compiling, train eagerly
+                return self.fall_back(error, nested), False
         return self._compiled[nested], True
 
     def block(self, lams: torch.Tensor, starts: list[tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...], bool]],
@@ -109,11 +125,20 @@ class Trainer:
         per batch, the weights (a tree with the member dims) and the step at which each
         member converged (0: never)."""
         batches = []
-        for w, data, nested in starts:
+        for j, (w, data, nested) in enumerate(starts):
             lead = w[self.paths[0]].ndim - len(self.layout.shapes[0])
             flat = self.layout.flatten([w[k] for k in self.paths], lead)
             fn, compiled = self._step_fn(nested)
-            batches.append(Batch(flat, lams, float(self.settings.lr), data, nested, fn, compiled, self))
+            if self.carry:  # warm start: the previous block's steps, with its solutions
+                eta, curv = (x.unsqueeze(-2) for x in self.carry[j])
+            else:
+                eta = torch.full((self.layout.n_blocks,), float(self.settings.lr), device=flat.device)
+                curv = torch.zeros_like(eta)
+            ref = None
+            if self.carry:  # convergence stays relative to the mapping at the cold start
+                cold = self.layout.flatten([self.params[k].expand(*w[k].shape) for k in self.paths], lead)
+                ref = self.start_mapping(cold, lams, data, nested)
+            batches.append(Batch(flat, lams, eta, curv, ref, data, nested, fn, compiled, self))
         total = sum(b.active.numel() for b in batches)
         for s in range(1, int(self.settings.max_steps) + 1):
             for b in batches:
@@ -127,6 +152,8 @@ class Trainer:
         for b in batches:
             w, stopped = b.finish()
             out.append(({k: v.contiguous() for k, v in zip(self.paths, self.layout.unflatten(w))}, stopped))
+        if self.settings.warm_start:  # the smallest λ's steps go on to the next block
+            self.carry = [(b.final_eta.select(b.dim, -1), b.final_curv.select(b.dim, -1)) for b in batches]
         return out
 
     def fall_back(self, error: Exception, nested: bool) -> Callable[..., Any]:
@@ -144,12 +171,14 @@ class Batch:
     """The members of one batch of a block (refit or folds) still training, and the
     results of those that left; ``dim`` is the λ dim among the member dims."""
 
-    def __init__(self, w: torch.Tensor, lams: torch.Tensor, lr: float, data: tuple[torch.Tensor, ...],
-                 nested: bool, fn: Callable[..., Any], compiled: bool, trainer: Trainer):
+    def __init__(self, w: torch.Tensor, lams: torch.Tensor, eta: torch.Tensor, curv: torch.Tensor,
+                 ref: torch.Tensor | None, data: tuple[torch.Tensor, ...], nested: bool, fn: Callable[..., Any],
+                 compiled: bool, trainer: Trainer):
         layout = trainer.layout
         self.data, self.nested, self.fn, self.compiled, self.trainer = data, nested, fn, compiled, trainer
         self.dim = w.ndim - 2
-        self.it = core.start(w, torch.tensor(lr, dtype=layout.dtype, device=w.device), layout)
+        self.it = core.start(w, eta, curv, layout, ref)
+        self.final_eta, self.final_curv = self.it.eta.clone(), self.it.curv.clone()
         self.lam = lams.to(layout.dtype).expand(w.shape[:-1]).contiguous()
         self.active = torch.ones(self.lam.shape, dtype=torch.bool, device=w.device)
         self.stopped = torch.zeros(self.lam.shape, dtype=torch.long, device=w.device)
@@ -181,6 +210,8 @@ class Batch:
         gone, keep = torch.nonzero(~alive).flatten(), torch.nonzero(alive).flatten()
         self.final_w.index_copy_(d, self.cols[gone], self.it.w.index_select(d, gone))
         self.final_stopped.index_copy_(d, self.cols[gone], self.stopped.index_select(d, gone))
+        self.final_eta.index_copy_(d, self.cols[gone], self.it.eta.index_select(d, gone))
+        self.final_curv.index_copy_(d, self.cols[gone], self.it.curv.index_select(d, gone))
         self.cols = self.cols[keep]
         self.it = core.Iterate(*(x.index_select(d, keep) for x in self.it))
         self.lam, self.active, self.stopped = (x.index_select(d, keep) for x in (self.lam, self.active, self.stopped))

@@ -55,7 +55,7 @@ class Settings:
             raise ValueError("solver='prox_adam' needs batch_size= (the minibatch size)")
         full = self.solver == "fista"
         self.lr = (1.0 if full else 1e-2) if self.lr is None else self.lr
-        self.rtol = (1e-5 if full else 1e-3) if self.rtol is None else self.rtol
+        self.rtol = (1e-4 if full else 1e-3) if self.rtol is None else self.rtol
         self.max_steps = (3000 if full else 200) if self.max_steps is None else self.max_steps
         for name in ("max_steps", "batch_size", "block"):
             v = getattr(self, name)

@@ -235,3 +235,57 @@ def test_solver_errors() -> None:
         fr.fista.step(lambda p: p["w"], params, fr.fista.init(params), penalty=fr.l1, lam=1.0)
     with pytest.raises(TypeError, match="penalty family"):
         fr.prox_adam.step(params, params, fr.prox_adam.init(params), lr=0.1, penalty=None, lam=1.0)
+
+
+def test_the_path_engine_is_fr_fista_step_batched() -> None:
+    """fr.path's iteration (every member at once, one backward pass of the summed losses)
+    against a Python loop of fr.fista.step, member by member."""
+    loss, params, x, y = _mlp()
+    lams = torch.tensor([0.1, 0.01, 0.001], dtype=torch.float64)
+    where = fr.select.only(r"^0\.weight$")
+    res = fr.path(loss, params, fr.group_lasso, (x, y), lambdas=lams, where=where, dim=1, max_steps=12,
+                  rtol=1e-300)
+    assert not bool((res.steps > 0).any())  # every member made all 12 steps
+    for k, lam in enumerate(lams):
+        w, st = params, fr.fista.init(params)
+        for _ in range(12):
+            w, st = fr.fista.step(loss, w, st, (x, y), penalty=fr.group_lasso, lam=lam, where=where, dim=1)
+        for name in params:
+            torch.testing.assert_close(res.params[name][k], w[name], rtol=1e-9, atol=1e-12)
+
+
+def test_convergence_is_the_mapping_relative_to_the_first_step() -> None:
+    x, y = _lasso_data()
+    params = {"w": torch.zeros(6, dtype=torch.float64)}
+    state = fr.fista.init(params)
+    assert bool(torch.isnan(state["ref"]))
+    mappings = []
+    for _ in range(300):
+        z, eta = state["z"]["w"], state["lr"]["w"]
+        params, state = fr.fista.step(_mse, params, state, (x, y), penalty=fr.l1, lam=0.05, rtol=1e-6)
+        # the trial by hand: u = soft(z − η∇f(z), ηλ), G = (z − u)/η, with η after the secant's cap
+        eta = torch.minimum(eta, 0.9 / state["curvature"]["w"]) if float(state["curvature"]["w"]) > 0 else eta
+        v = z - eta * grad(_mse)({"w": z}, x, y)["w"]
+        u = v - v.clamp(-eta * 0.05, eta * 0.05)
+        mappings.append(float(((z - u) / eta).abs().max()))
+        if bool(state["converged"]):
+            break
+    assert bool(state["converged"])
+    assert float(state["ref"]) == pytest.approx(mappings[0], rel=1e-12)
+    assert mappings[-1] <= 1e-6 * mappings[0] < min(mappings[:-1])
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch) -> None:
+    x, y = _lasso_data()
+    params = {"w": torch.zeros(6, dtype=torch.float64)}
+    eager = fr.path(_mse, params, fr.l1, (x, y), lambdas=[0.1, 0.01])
+
+    def compile_that_fails(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler on this machine")
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_that_fails)
+    with pytest.warns(UserWarning, match="could not compile .*no C\\+\\+ compiler.*training eagerly"):
+        res = fr.path(_mse, params, fr.l1, (x, y), lambdas=[0.1, 0.01], compile=True)
+    assert torch.equal(res.params["w"], eager.params["w"]) and torch.equal(res.steps, eager.steps)

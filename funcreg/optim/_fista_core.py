@@ -80,15 +80,30 @@ class Iterate(NamedTuple):
     curv: torch.Tensor  #: (*lead, blocks) each block's last measured curvature (0: none yet)
     z_prev: torch.Tensor  #: (*lead, P) where the previous gradient was taken
     g_prev: torch.Tensor  #: (*lead, P) that gradient (0 before the first step)
+    ref: torch.Tensor  #: (*lead,) max|G| at the start, what convergence is relative to (NaN: not yet)
 
 
-def start(w: torch.Tensor, lr: torch.Tensor, layout: Layout) -> Iterate:
-    """The iterate at ``w`` ``(*lead, P)`` with first trial step ``lr`` (a 0-d tensor or
-    one per member) for every block."""
+def start(w: torch.Tensor, eta: torch.Tensor, curv: torch.Tensor, layout: Layout,
+          ref: torch.Tensor | None = None) -> Iterate:
+    """The iterate at ``w`` ``(*lead, P)`` with first trial steps ``eta`` and curvatures
+    ``curv`` (0: not measured) per block, each broadcast to ``(*lead, blocks)``; ``ref``
+    is the size of the mapping that convergence is relative to (default: the first step's)."""
     lead = w.shape[:-1]
-    eta = lr.to(layout.dtype).reshape(*lr.shape, 1).expand(*lead, layout.n_blocks).clone()
+    eta = eta.to(layout.dtype).expand(*lead, layout.n_blocks).clone()
+    curv = curv.to(layout.dtype).expand(*lead, layout.n_blocks).clone()
+    ref = torch.full(lead, float("nan"), dtype=layout.dtype, device=w.device) if ref is None else ref
     return Iterate(w=w, z=w.clone(), t=torch.ones(lead, dtype=layout.dtype, device=w.device), eta=eta,
-                   curv=torch.zeros_like(eta), z_prev=w.clone(), g_prev=torch.zeros_like(w))
+                   curv=curv, z_prev=w.clone(), g_prev=torch.zeros_like(w), ref=ref.to(layout.dtype))
+
+
+def mapping(w: torch.Tensor, eta: torch.Tensor, layout: Layout,
+            value_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+            prox: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """max|G| at ``w``, G = (w − prox(w − η∇f(w)))/η with steps ``eta`` ``(*lead, blocks)``:
+    what the first step of a member started at ``w`` measures."""
+    _, g = value_and_grad(w)
+    eta_e = layout.per_element(eta).to(g.dtype)
+    return ((w - prox(w - eta_e * g, eta)).abs() / eta_e).amax(-1).to(eta.dtype)
 
 
 def iterate(
@@ -139,7 +154,10 @@ def iterate(
     t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
     beta = ((t - 1) / t_next).to(u.dtype).unsqueeze(-1)
     z_next = u + beta * step
-    small = d.abs().amax(-1) <= atol + rtol * it.z.abs().amax(-1)
+    # stationarity: the prox-gradient mapping G = (z − u)/η, relative to its size at the start
+    mapping = (d.abs() / eta_e).amax(-1).to(dtype)
+    ref = torch.where(torch.isnan(it.ref), mapping, it.ref)
+    small = mapping <= atol + rtol * ref
     take = accept if active is None else accept & active
     keep = None if active is None else active.unsqueeze(-1)
 
@@ -154,5 +172,6 @@ def iterate(
         curv=kept(curv, it.curv),
         z_prev=kept(it.z, it.z_prev),
         g_prev=kept(g.detach(), it.g_prev),
+        ref=ref if active is None else torch.where(active, ref, it.ref),
     )
     return nxt, take & small
