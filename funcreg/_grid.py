@@ -117,8 +117,10 @@ def build(problem: Problem, params: dict[str, torch.Tensor], data: tuple, groupi
         seen_l.append(lams.cpu())
         seen_p.append(torch.stack([zero, cut], -1).cpu())
         all_l, all_p = torch.cat(seen_l), torch.cat(seen_p)
-        order = torch.argsort(all_l, descending=True)
+        order = torch.argsort(all_l, descending=True, stable=True)
         all_l, all_p = all_l[order], all_p[order]
+        fresh = torch.cat([torch.ones(1, dtype=torch.bool), ~torch.isclose(all_l[1:], all_l[:-1])])
+        all_l, all_p = all_l[fresh], all_p[fresh]  # a shifted bracket repeats the end it starts from
         top = _run_end(all_l, all_p[:, 0] >= TOP)
         bottom = _run_end(all_l.flip(0), (all_p[:, 1] <= BOTTOM).flip(0), margin=MARGIN)
         if top is not None and bottom is not None and bottom < top:

@@ -51,6 +51,8 @@ class Trainer:
         self.layout = core.Layout([params[k] for k in self.paths], step_blocks(len(self.paths), problem.options))
         chosen = set(Grouping(problem.penalty, problem.options, params, problem.where).paths)
         self.selected = [i for i, k in enumerate(self.paths) if k in chosen]
+        self.penalized = self.layout.flatten([torch.full(params[k].shape, i in self.selected, device=params[k].device)
+                                              for i, k in enumerate(self.paths)]).bool()
         self.compile = bool(settings.compile)
         self._compiled: dict[bool, Callable[..., Any]] = {}
         self.carry: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -129,14 +131,19 @@ class Trainer:
             lead = w[self.paths[0]].ndim - len(self.layout.shapes[0])
             flat = self.layout.flatten([w[k] for k in self.paths], lead)
             fn, compiled = self._step_fn(nested)
-            if self.carry:  # warm start: the previous block's steps, with its solutions
-                eta, curv = (x.unsqueeze(-2) for x in self.carry[j])
-            else:
-                eta = torch.full((self.layout.n_blocks,), float(self.settings.lr), device=flat.device)
-                curv = torch.zeros_like(eta)
+            eta = torch.full((self.layout.n_blocks,), float(self.settings.lr), dtype=self.layout.dtype,
+                             device=flat.device)
+            curv = torch.zeros_like(eta)
             ref = None
-            if self.carry:  # convergence stays relative to the mapping at the cold start
+            if self.carry:  # warm start: the previous block's solutions, with their steps
                 cold = self.layout.flatten([self.params[k].expand(*w[k].shape) for k in self.paths], lead)
+                # an empty model carries no support to continue from (and in a network its
+                # units may have no gradient left to regrow): such a member starts cold
+                empty = (flat[..., self.penalized] == 0).all(-1, keepdim=True)
+                flat = torch.where(empty, cold, flat)
+                eta = torch.where(empty, eta, self.carry[j][0].unsqueeze(-2))
+                curv = torch.where(empty, curv, self.carry[j][1].unsqueeze(-2))
+                # convergence stays relative to the mapping at the cold start
                 ref = self.start_mapping(cold, lams, data, nested)
             batches.append(Batch(flat, lams, eta, curv, ref, data, nested, fn, compiled, self))
         total = sum(b.active.numel() for b in batches)

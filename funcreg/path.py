@@ -290,8 +290,8 @@ def path(
         top, bottom = float(zero[0]), float(cut[-1])
         if top < _grid.TOP or bottom > _grid.BOTTOM:
             warnings.warn(
-                f"fr.path: after training, the grid's largest λ left {top:.0%} of the groups at zero "
-                f"and its smallest pruned {bottom:.0%} of the groups that are not dead (aimed at "
+                f"fr.path: after training, the grid's largest λ left {top:.1%} of the groups at zero "
+                f"and its smallest pruned {bottom:.1%} of the groups that are not dead (aimed at "
                 f"≥ {_grid.TOP:.0%} and ≤ {_grid.BOTTOM:.0%}). Pass lambdas= to choose the range "
                 "yourself.", stacklevel=2)
     return Path(

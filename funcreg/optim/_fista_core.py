@@ -29,8 +29,7 @@ class Layout:
     widest floating dtype of the leaves, at least float32.
     """
 
-    def __init__(self, leaves: Sequence[torch.Tensor], blocks: Sequence[int] | None = None,
-                 device: torch.device | None = None):
+    def __init__(self, leaves: Sequence[torch.Tensor], blocks: Sequence[int] | None = None):
         self.shapes = [tuple(x.shape) for x in leaves]
         self.sizes = [x.numel() for x in leaves]
         self.dtypes = [x.dtype for x in leaves]
@@ -40,7 +39,7 @@ class Layout:
         self.dtype = dtype
         self.blocks = list(range(len(leaves))) if blocks is None else list(blocks)
         self.n_blocks = max(self.blocks) + 1
-        device = leaves[0].device if device is None else device
+        device = leaves[0].device
         self.seg = torch.repeat_interleave(torch.tensor(self.blocks, dtype=torch.long),
                                            torch.tensor(self.sizes, dtype=torch.long)).to(device)
         self.leaf_block = torch.tensor(self.blocks, dtype=torch.long, device=device)
