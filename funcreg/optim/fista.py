@@ -56,11 +56,14 @@ class FISTA:
     measured only where it stands well above rounding (the last value measured,
     ``state["curvature"]``, keeps capping); and all steps move together with the curvature
     along the trial relative to the metric's,
-    :math:`\rho = (f(u) - f(z) - \langle\nabla f(z), u-z\rangle) /
-    \sum_l \tfrac{1}{2\eta_l}\lVert u_l - z_l\rVert^2`:
-    :math:`\eta \leftarrow \eta\min(\mathrm{grow}, 0.9/\rho)` after an accepted trial,
-    :math:`\eta \leftarrow \eta\min(1/2, 0.9/\rho)` after a rejected one (:math:`\rho`
-    where the excess stands above rounding). So a first ``lr`` that is too large costs a
+
+    .. math::
+        \rho = \frac{f(u) - f(z) - \langle\nabla f(z), u-z\rangle}
+                     {\sum_l \tfrac{1}{2\eta_l}\lVert u_l - z_l\rVert^2}, \qquad
+        \eta \leftarrow \eta\min(\mathrm{grow}, 0.9/\rho) \ \text{(accepted)}, \quad
+        \eta \leftarrow \eta\min(1/2, 0.9/\rho) \ \text{(rejected)}
+
+    (:math:`\rho` where the excess stands above rounding). So a first ``lr`` that is too large costs a
     few rejected trials and one that is too small a few steps of growth; no step size
     needs tuning. With a single leaf this is backtracking with the step following the
     curvature along each trial. Where a family's ``groups=`` may tie slices of several
