@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 

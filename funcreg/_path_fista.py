@@ -199,7 +199,7 @@ class Batch:
         as their step, and (eagerly) columns whose members all converged leave."""
         try:
             self.it, done = self.fn(self.it, self.lam, self.active, *self.data)
-        except Exception as error:  # noqa: BLE001 - any compile failure falls back to eager
+        except Exception as error:  # any compile failure falls back to eager
             if not self.compiled:
                 raise
             self.fn, self.compiled = self.trainer.fall_back(error, self.nested), False

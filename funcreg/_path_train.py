@@ -28,7 +28,6 @@ import funcreg
 from funcreg._cv import Folds
 
 
-
 @dataclass
 class Settings:
     """The solver's options of :func:`fr.path` (documented there)."""
