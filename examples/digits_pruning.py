@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -55,7 +54,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--members", type=int, default=8, help="number of λ values")
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--rtol", type=float, default=1e-5, help="convergence tolerance of fr.path")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="convergence tolerance of fr.path")
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--n-train", type=int, default=1000)
     parser.add_argument("--plot", default="digits_pruning.png", help="PNG path ('' to skip)")
@@ -67,8 +66,9 @@ def main() -> None:
     model = nn.Sequential(nn.Linear(64, H), nn.Tanh(), nn.Linear(H, 10)).to(device)
     params = {k: v.detach() for k, v in model.named_parameters()}
 
-    def cross_entropy(p, x, y):
-        return F.cross_entropy(functional_call(model, p, (x,)), y)
+    def cross_entropy(p, x, y):  # F.cross_entropy's value; torch's CPU log_softmax is slow on 10 classes
+        logits = functional_call(model, p, (x,))
+        return (logits.logsumexp(-1) - logits.gather(-1, y[:, None]).squeeze(-1)).mean()
 
     def error(p, x, y):
         return (functional_call(model, p, (x,)).argmax(-1) != y).float().mean()

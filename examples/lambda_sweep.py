@@ -13,9 +13,9 @@ W₁ and grow W₂ at no cost, and the group lasso would only rescale the layers
 
 ``fr.path`` does the rest: it finds the grid for this network (a short bracketing run
 places its top where every feature is pruned and its bottom where none is), trains all
-members with FISTA (adaptive restart, a step size found by backtracking per member),
-freezes each one when its prox-gradient step stops moving it, and reports the
-validation loss of each. The rule that picks λ here is support recovery, since the data
+members with FISTA (adaptive restart, a step per leaf found by backtracking),
+freezes each one once its prox-gradient mapping has fallen to 1e-4 of its size at the
+start, and reports the validation loss of each. The rule that picks λ here is support recovery, since the data
 are synthetic and the question a group lasso is for, which inputs matter, has a known
 answer: the sparsest member that keeps every true feature (ties broken by validation
 loss); the table also marks the lowest validation loss, which lets noise features in.

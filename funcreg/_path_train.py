@@ -23,11 +23,9 @@ from typing import Any, Callable
 
 import optree
 import torch
-from torch.func import vmap
 
 import funcreg
 from funcreg._cv import Folds
-
 
 
 @dataclass
@@ -45,6 +43,7 @@ class Settings:
     seed: int = 0
     grid: str = "bracket"
     distribute: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.solver == "fista":
@@ -55,7 +54,7 @@ class Settings:
             raise ValueError("solver='prox_adam' needs batch_size= (the minibatch size)")
         full = self.solver == "fista"
         self.lr = (1.0 if full else 1e-2) if self.lr is None else self.lr
-        self.rtol = (1e-5 if full else 1e-3) if self.rtol is None else self.rtol
+        self.rtol = (1e-4 if full else 1e-3) if self.rtol is None else self.rtol
         self.max_steps = (3000 if full else 200) if self.max_steps is None else self.max_steps
         for name in ("max_steps", "batch_size", "block"):
             v = getattr(self, name)
@@ -65,6 +64,9 @@ class Settings:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
+        for name in ("warm_start", "distribute", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.grid not in ("bracket", "zero"):
             raise ValueError(f"grid must be 'bracket' or 'zero', got {self.grid!r}")
 
@@ -139,24 +141,6 @@ def _stack(tree: dict[str, torch.Tensor], shape: tuple[int, ...]) -> dict[str, t
             for k, v in tree.items()}
 
 
-def _nest(fn: Callable[..., Any], n_batch: int, folds: bool) -> Callable[..., Any]:
-    """vmap over λ (batch shared), and with folds vmap over folds outside (batch per fold)."""
-    inner = vmap(fn, in_dims=(0, 0, 0, 0, *([None] * n_batch)))
-    if not folds:
-        return inner
-    return vmap(inner, in_dims=(0, 0, 0, 0, *([0] * n_batch)))
-
-
-def _fista_fn(problem: Problem, rtol: float) -> Callable[..., Any]:
-    def one(w: Any, st: Any, lam: torch.Tensor, active: torch.Tensor, *batch: torch.Tensor):
-        nw, ns = funcreg.fista.step(problem.loss, w, st, batch, penalty=problem.penalty, lam=lam,
-                                    where=problem.where, rtol=rtol, **problem.options)
-        still = active & ~ns["converged"]
-        w, st = funcreg.update_where(active, (nw, ns), (w, st))
-        return w, st, still
-    return one
-
-
 def train(
     problem: Problem, lams: torch.Tensor, params: dict[str, torch.Tensor],
     data: tuple[torch.Tensor, ...], folds: Folds | None, settings: Settings, label: str = "fr.path",
@@ -176,8 +160,13 @@ def train(
     start = time.perf_counter()
     results = []
     warm: tuple[Any, Any] | None = None
+    trainer = None
+    if settings.solver == "fista":
+        from funcreg._path_fista import Trainer
+
+        trainer = Trainer(problem, params, settings)
     for j, b in enumerate(mine):
-        out = _train_block(problem, lams[blocks[b]], params, warm, data, fold_data, folds, settings,
+        out = _train_block(problem, lams[blocks[b]], params, warm, data, fold_data, folds, settings, trainer,
                            lambda s, j=j: progress(f"block {j + 1}/{len(mine)}, {s}"))
         results.append(out)
         if settings.warm_start:  # the next block starts from this block's smallest λ
@@ -224,7 +213,7 @@ def _gather(results: list[Any], world: int, params: dict[str, torch.Tensor]) -> 
 def _train_block(
     problem: Problem, lams: torch.Tensor, params: dict[str, torch.Tensor], warm: tuple[Any, Any] | None,
     data: tuple[torch.Tensor, ...], fold_data: tuple[torch.Tensor, ...] | None, folds: Folds | None,
-    settings: Settings, progress: Callable[[str], None],
+    settings: Settings, trainer: Any, progress: Callable[[str], None],
 ) -> tuple[Any, torch.Tensor, Any, torch.Tensor | None]:
     """Train one block: its refit members and, with folds, its fold members. ``warm`` is
     ``None`` (every member from ``params``) or the previous block's smallest-λ solutions:
@@ -240,64 +229,29 @@ def _train_block(
         else:  # one start per fold, shared by the block's λ
             fold_w = {key: v.unsqueeze(1).repeat(1, b, *([1] * (v.ndim - 1))) for key, v in warm[1].items()}
         layouts.append(((k, b), fold_data, fold_w, True))
+    if trainer is not None:  # FISTA
+        out = trainer.block(lams, [(w, batch, nested) for _, batch, w, nested in layouts], progress)
+        if fold_data is None:
+            return out[0][0], out[0][1], None, None
+        return out[0][0], out[0][1], out[1][0], out[1][1]
     from funcreg import _path_minibatch  # it builds on this module's types
 
     groups = []
     for shape, batch, w, nested in layouts:
         lam = lams.expand(shape).contiguous()
         active = torch.ones(shape, dtype=torch.bool, device=device)
-        if settings.solver == "fista":
-            st = funcreg.fista.init(params, lr=settings.lr)
-            st = {key: (v.reshape(*([1] * len(shape))).repeat(*shape).clone() if key != "z" else
-                        {name: x.clone() for name, x in w.items()}) for key, v in st.items()}
-            fn = _nest(_fista_fn(problem, settings.rtol), len(batch), nested)
-            groups.append(Group(fn, w, st, lam, batch, active))
-        else:
-            st = _tmap(lambda v: v.reshape(*([1] * len(shape)), *v.shape).repeat(*shape, *([1] * v.ndim)),
-                       funcreg.prox_adam.init(params))
-            fn = _path_minibatch.nest(_path_minibatch.step_fn(problem), len(batch), nested)
-            g = Group(fn, w, st, lam, batch, active)
-            g.lr = torch.full(shape, float(settings.lr), device=device)  # type: ignore[arg-type]
-            g.best = torch.full(shape, math.inf, device=device)
-            groups.append(g)
-    if settings.solver == "fista":
-        _run_fista(groups, settings, progress)
-    else:
-        _path_minibatch.run(problem, groups, settings, progress)
+        st = _tmap(lambda v: v.reshape(*([1] * len(shape)), *v.shape).repeat(*shape, *([1] * v.ndim)),
+                   funcreg.prox_adam.init(params))
+        fn = _path_minibatch.nest(_path_minibatch.step_fn(problem), len(batch), nested)
+        g = Group(fn, w, st, lam, batch, active)
+        g.lr = torch.full(shape, float(settings.lr), device=device)  # type: ignore[arg-type]
+        g.best = torch.full(shape, math.inf, device=device)
+        groups.append(g)
+    _path_minibatch.run(problem, groups, settings, progress)
     refit = groups[0]
     if fold_data is None:
         return refit.w, refit.stopped, None, None
     return refit.w, refit.stopped, groups[1].w, groups[1].stopped
-
-
-def _run_fista(groups: list[Group], settings: Settings, progress: Callable[[str], None]) -> None:
-    """Step every group until all its members converged; λ columns whose members all
-    converged leave the vmapped batch (their results are final), so late steps cost what
-    the members still moving cost. Which columns leave, and when, depends only on the
-    block's own results: the same block gives the same bits wherever it runs."""
-    total = sum(g.active.numel() for g in groups)
-    for s in range(1, settings.max_steps + 1):  # type: ignore[operator]
-        for g in groups:
-            if not bool(g.active.any()):
-                continue
-            dim = g.active.ndim - 1  # the λ dim: 0 for refit members, 1 under folds
-            cols = torch.nonzero(g.active.reshape(-1, g.active.shape[-1]).any(0)).flatten()
-            if len(cols) == g.active.shape[-1]:
-                g.w, g.state, now = g.fn(g.w, g.state, g.lam, g.active, *g.batch)
-            else:
-                def take(t: torch.Tensor) -> torch.Tensor:
-                    return t.index_select(dim, cols)
-                w, st, now_part = g.fn(_tmap(take, g.w), _tmap(take, g.state), take(g.lam),
-                                       take(g.active), *g.batch)
-                g.w = _tmap(lambda full, part: full.index_copy(dim, cols, part), g.w, w)
-                g.state = _tmap(lambda full, part: full.index_copy(dim, cols, part), g.state, st)
-                now = g.active.index_copy(dim, cols, now_part)
-            g.stopped = torch.where(g.active & ~now, s, g.stopped)
-            g.active = now
-        moving = sum(int(g.active.sum()) for g in groups)
-        progress(f"step {s}, {moving}/{total} members still moving")
-        if not moving:
-            break
 
 
 def _tmap(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:

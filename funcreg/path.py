@@ -38,6 +38,10 @@ class Path:
         fold_loss: ``(k, len(lambdas))``, each fold member's metric on its held-out part.
         fold_steps: ``(k, len(lambdas))``, when each fold member converged (0: never).
         kept: 1-d int tensor, the groups each member keeps (norm not exactly 0).
+        dead: ``(len(lambdas), groups)`` bool, the groups of each member that are zero and
+            whose gradient on ``data`` is exactly zero there too (an input blank in every
+            sample, a unit whose activation is off on every sample): nothing pulls them
+            back, so any λ > 0 holds them at zero; they are counted apart from what λ pruned.
         groups: how many groups the penalty acts on; ``unit`` says what one is.
         group_norms: ``(len(lambdas), groups)`` float64, each group's norm per member.
         group_labels: a name per group (``"0.weight[3]"``).
@@ -56,6 +60,7 @@ class Path:
     fold_loss: torch.Tensor | None
     fold_steps: torch.Tensor | None
     kept: torch.Tensor
+    dead: torch.Tensor
     groups: int
     unit: str
     group_norms: torch.Tensor
@@ -158,15 +163,19 @@ def path(
             * ``batch_size``: the minibatch size for ``"prox_adam"``;
             * ``lr``: FISTA's first trial step (1.0; backtracking adapts it), or
               proximal Adam's learning rate (1e-2);
-            * ``rtol``: convergence tolerance (1e-5 for FISTA, its prox-gradient
-              step relative to the weights; 1e-3 for proximal Adam, its prox-gradient
-              mapping relative to the mapping at the start, see below);
+            * ``rtol``: convergence tolerance, the prox-gradient mapping relative to
+              its size at the start (1e-4 for FISTA, 1e-3 for proximal Adam; see below);
             * ``max_steps``: FISTA steps (3000), or proximal Adam epochs (200);
             * ``block``: λ values per vmap (default all); fixed blocks make the
               results independent of the number of processes;
             * ``warm_start``: train the blocks from large λ to small, each block
-              starting from the previous block's smallest-λ solution (glmnet's
-              continuation), instead of every member from ``params``;
+              starting from the previous block's smallest-λ solution and (FISTA) its
+              steps (glmnet's continuation), instead of every member from ``params``;
+            * ``compile``: FISTA only; compile each batch's iteration with
+              ``torch.compile(fullgraph=True, dynamic=False)``, once, reused by every
+              block of the same size (default False: compiling costs seconds per
+              shape, which pays off only on long paths; if it fails, the path trains
+              eagerly and warns with the reason);
             * ``grid``: ``"bracket"`` (default) or ``"zero"``, for ``lambdas=None``;
             * ``progress``: a status line on stderr (default: only when stderr is a
               terminal); ``seed``: the folds' shuffle and the minibatch order (0);
@@ -178,13 +187,19 @@ def path(
     eps·λ_max; exact for linear models. ``grid="bracket"`` finds the range for a
     network, where λ_max at 0 says nothing: a wide bracket around the largest per-leaf
     λ_max is trained briefly in one vmap, and the grid runs from the smallest λ that
-    pruned at least 90 % of the groups to the largest that pruned at most 10 %
-    (``res.grid.note`` says what was found; the docs page "Choosing λ for a network"
-    has the details).
+    left at least 90 % of the groups at zero to well below the largest that pruned at
+    most 10 % of them. Groups that are zero with a gradient exactly zero there too
+    (*dead*: an input blank in every sample, a unit off on every sample) are held at
+    zero by any λ > 0; they count as pruned at the top but not at the bottom, and
+    ``res.dead`` marks them (``res.grid.note`` says what was found; the docs page
+    "Choosing λ for a network" has the details).
 
-    **Convergence.** FISTA: a member stops when its accepted prox-gradient step moves
-    it by at most ``rtol`` relative to its weights (a first-order optimality test).
-    Proximal Adam: after each epoch, the prox-gradient mapping on all of the data
+    **Convergence.** FISTA: a member stops when the prox-gradient mapping of an
+    accepted step, :math:`\max|G|` with :math:`G = (z - u)/\eta` in its metric of one
+    step per leaf, has fallen to ``rtol`` times its size at ``params`` (with warm
+    starts too: the reference stays the cold start's), a first-order optimality test
+    that depends neither on the scale of the loss nor on that of the weights
+    (:data:`fr.fista`). Proximal Adam: after each epoch, the prox-gradient mapping on all of the data
     (the gradient accumulated over minibatches, no update),
     :math:`\max|w - \operatorname{prox}_{\eta P}(w - \eta\nabla F(w))|` with
     :math:`\eta` the base ``lr``, must have fallen to ``rtol`` times its value at the
@@ -269,19 +284,20 @@ def path(
             for f, idx in enumerate(split.val)])
         val_loss, val_se = _cv.fold_stats(fold_loss.double())
     norms = grouping.norms(trained.params)
+    zero, dead = _grid.groups_at_rest(problem, grouping, trained.params, data, settings.batch_size)
     if grid.method == "bracket":
-        pruned = (norms == 0).double().mean(-1)
-        top, bottom = float(pruned[0]), float(pruned[-1])
+        zero, cut = _grid.shares(zero, dead)
+        top, bottom = float(zero[0]), float(cut[-1])
         if top < _grid.TOP or bottom > _grid.BOTTOM:
             warnings.warn(
-                f"fr.path: after training, the grid's largest λ pruned {top:.0%} and its smallest "
-                f"{bottom:.0%} of the groups (aimed at ≥ {_grid.TOP:.0%} and ≤ {_grid.BOTTOM:.0%}); "
-                "groups without gradient (inputs constant in the data) are pruned at any λ. "
-                "Pass lambdas= to choose the range yourself.", stacklevel=2)
+                f"fr.path: after training, the grid's largest λ left {top:.1%} of the groups at zero "
+                f"and its smallest pruned {bottom:.1%} of the groups that are not dead (aimed at "
+                f"≥ {_grid.TOP:.0%} and ≤ {_grid.BOTTOM:.0%}). Pass lambdas= to choose the range "
+                "yourself.", stacklevel=2)
     return Path(
         lambdas=lambdas, params=trained.params, steps=trained.steps, train_loss=train_loss,
         val_loss=val_loss, val_se=val_se, fold_loss=fold_loss, fold_steps=trained.fold_steps,
-        kept=(norms != 0).sum(-1), groups=norms.shape[-1], unit=grouping.unit,
+        kept=(norms != 0).sum(-1), dead=dead, groups=norms.shape[-1], unit=grouping.unit,
         group_norms=norms, group_labels=grouping.labels, grid=grid,
         penalty=_describe_penalty(penalty, family), solver=settings.solver, device=str(device),
         seconds=trained.seconds, blocks=trained.blocks, ranks=trained.ranks,
@@ -383,7 +399,9 @@ def _table(res: Path) -> str:
     ]
     folds = res.fold_loss.shape[0] if res.fold_loss is not None else 0
     head = f"{'lambda':>10} {'train':>9} {'val':>9}" + (f" {'val se':>9}" if folds else "")
-    head += f" {'kept':>{max(6, len(str(res.groups)) * 2 + 1)}}  converged"
+    width = max(6, len(str(res.groups)) * 2 + 1)
+    dead = res.dead.sum(-1).tolist()
+    head += f" {'kept':>{width}}" + (f" {'dead':>4}" if any(dead) else "") + "  converged"
     lines.append(head)
     for k in range(len(res)):
         val = f"{float(res.val_loss[k]):9.4g}" if res.val_loss is not None else f"{'-':>9}"
@@ -392,7 +410,8 @@ def _table(res: Path) -> str:
             row += f" {float(res.val_se[k]):9.2g}"  # type: ignore[index]
         kept = f"{int(res.kept[k])}/{res.groups}"
         step = int(res.steps[k])
-        row += f" {kept:>{max(6, len(str(res.groups)) * 2 + 1)}}  {f'at step {step}' if step else 'no':<14}"
+        row += f" {kept:>{width}}" + (f" {dead[k]:>4}" if any(dead) else "")
+        row += f"  {f'at step {step}' if step else 'no':<14}"
         if k in marks:
             row += f"<- {marks[k]}"
         lines.append(row.rstrip())
@@ -404,4 +423,7 @@ def _table(res: Path) -> str:
         fdone = int((res.fold_steps > 0).sum())  # type: ignore[operator]
         tail += f"; {fdone}/{res.fold_steps.numel()} fold members ({folds} folds)"  # type: ignore[union-attr]
     lines.append(tail)
+    if any(dead):
+        lines.append("dead: groups at zero whose gradient is exactly zero too (a blank input, a unit off on "
+                     "every sample); any λ > 0 holds them there")
     return "\n".join(lines)
