@@ -12,8 +12,8 @@ import torch
 
 from funcreg._hyper import Param
 from funcreg._ops import Column, Ops, Tensors, derive, each
-from funcreg._selection import Where, selection
-from funcreg._tree import Flat, flatten, require_tensors
+from funcreg._selection import Where
+from funcreg._tree import Flat
 from funcreg.optim._common import run_step, step_op, zero_state
 
 #: Keller Jordan's quintic coefficients, torch.optim.Muon's defaults
@@ -51,12 +51,12 @@ class Muon:
     must be a matrix, and a selected leaf of another rank is a ``ValueError`` naming it,
     raised before anything is written. Leaves not selected pass through unchanged (params
     and state): step them with another optimizer, typically ``fr.adamw``, with their
-    gradients (the others ``None``). ``init(params, where=...)`` keeps a buffer only for
-    the selected leaves.
+    gradients (the others ``None``). ``init(params)`` makes a buffer for every leaf, as
+    every step's ``init`` does: to keep none for the leaves Muon does not update, give it
+    a tree of its matrices alone (``{k: v for k, v in params.items() if v.ndim == 2}``).
 
     The state is ``{"step", "momentum_buffer"}``: one float32 0-d count per leaf (Muon
-    does not read it) and :math:`B_{uf}`, a tree like params (``None`` for a leaf not
-    selected at ``init``). ``lr``, ``weight_decay``, ``momentum`` and ``eps`` may be Python
+    does not read it) and :math:`B_{uf}`, a tree like params. ``lr``, ``weight_decay``, ``momentum`` and ``eps`` may be Python
     numbers or 0-d tensors (batched under ``vmap``); ``ns_coefficients``, ``ns_steps``,
     ``nesterov`` and ``adjust_lr_fn`` shape the computation and are Python values.
 
@@ -75,7 +75,7 @@ class Muon:
     >>> params = {"w": torch.eye(2), "b": torch.zeros(2)}
     >>> grads = {"w": torch.tensor([[2.0, 0.0], [0.0, 0.5]]), "b": None}
     >>> only_w = fr.select.only("^w$")
-    >>> state = fr.muon.init(params, where=only_w)
+    >>> state = fr.muon.init(params)
     >>> params, state = fr.muon.step(params, grads, state, lr=0.1, weight_decay=0.0, where=only_w)
     >>> params["w"].diagonal()  # both directions moved alike, whatever the gradient's scale
     tensor([0.9270, 0.9270])
@@ -89,23 +89,14 @@ class Muon:
         # where= selects the leaves Muon updates (not the decayed ones), and they must be matrices
         self._op = dataclasses.replace(op, where="select", check=_matrices)
 
-    def init(self, params: Any, *, where: Where = None) -> dict[str, Any]:
-        """Zero step counts and momentum buffers for the leaves ``where`` selects (every
-        floating-point leaf by default), ``None`` for the others.
+    def init(self, params: Any) -> dict[str, Any]:
+        """Zero step counts and momentum buffers, for every leaf (as the other steps' ``init``;
+        a leaf the steps do not select keeps its zeros).
 
         Raises:
-            TypeError: a leaf that is not a tensor, a selected leaf that is not floating point.
-            ValueError: a selected leaf that is not a matrix, a ``where`` that selects
-                nothing (each naming the leaf).
+            TypeError: a leaf that is not a floating-point tensor (named).
         """
-        flat = flatten(params)
-        require_tensors(flat)
-        mask = selection(flat, where)
-        _matrices(flat, [i for i, m in enumerate(mask) if m], what="fr.muon.init")
-        chosen = zero_state({str(i): x for i, (x, m) in enumerate(zip(flat.leaves, mask)) if m},
-                            ("momentum_buffer",))
-        return {key: flat.unflatten([tree[str(i)] if m else None for i, m in enumerate(mask)])
-                for key, tree in chosen.items()}
+        return zero_state(params, ("momentum_buffer",))
 
     def step(
         self,
@@ -131,7 +122,7 @@ class Muon:
             params: the parameter tree (``dict(model.named_parameters())``, detached).
             grads: gradients, a tree like params; a ``None`` leaf leaves that leaf and its
                 state as they are.
-            state: from :meth:`init` (with the same ``where``, or one selecting more).
+            state: from :meth:`init`.
             lr, weight_decay, momentum, eps: torch.optim.Muon's, each a number >= 0 or a
                 0-d tensor (batched under ``vmap``).
             nesterov: orthogonalize the Nesterov look-ahead rather than the buffer.
@@ -152,9 +143,8 @@ class Muon:
                 number, an unknown ``adjust_lr_fn``, ``ns_steps`` out of range, a state
                 without ``momentum_buffer``, trees that do not match params, a ``where``
                 that selects nothing (each naming the leaf).
-            TypeError: a non-tensor leaf (a ``None`` buffer for a selected leaf among
-                them), ``ns_coefficients`` not three numbers, a hyperparameter of the
-                wrong type.
+            TypeError: a non-tensor or integer leaf, ``ns_coefficients`` not three
+                numbers, a hyperparameter of the wrong type.
         """
         coefficients = _coefficients(ns_coefficients)
         if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 0 <= ns_steps < 100:
@@ -175,13 +165,13 @@ def _coefficients(value: Any) -> tuple[float, float, float]:
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
-def _matrices(flat: Flat, selected: list[int], what: str = "fr.muon", **static: Any) -> None:
+def _matrices(flat: Flat, selected: list[int], **static: Any) -> None:
     """Every selected leaf a floating-point matrix, as torch.optim.Muon requires."""
     for i in selected:
         x = flat.leaves[i]
         if x.ndim != 2:
             raise ValueError(
-                f"{what}: params leaf {flat.paths[i]!r} has shape {tuple(x.shape)}; Muon updates "
+                f"fr.muon: params leaf {flat.paths[i]!r} has shape {tuple(x.shape)}; Muon updates "
                 "matrices only (as torch.optim.Muon): select the 2-D leaves with where= (e.g. "
                 "where=lambda path, leaf: leaf.ndim == 2) and step the others with another "
                 "optimizer such as fr.adamw")
