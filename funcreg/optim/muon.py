@@ -66,6 +66,11 @@ class Muon:
     which rounds the bfloat16 products differently: its members agree with a loop to
     bfloat16's precision in the update, not bit for bit.
 
+    One difference from torch.optim.Muon: for a bfloat16 leaf without ``nesterov``,
+    torch's iteration normalizes the momentum buffer itself in place (``U.bfloat16()`` is
+    the buffer, and it is divided by its norm), so its buffer no longer follows the
+    formula above; this step leaves the buffer as the formula says.
+
     References: Jordan, Jin, Boza, You, Cesista, Newhouse & Bernstein, "Muon: an optimizer
     for hidden layers in neural networks" (2024, kellerjordan.github.io/posts/muon);
     Liu et al., "Muon is scalable for LLM training" (2025, arXiv:2502.16982) for
