@@ -112,8 +112,9 @@ class Lion:
 def _lion(ops: Ops, *, params: Tensors, grads: Tensors, step: Tensors, exp_avg: Tensors, lr: Column,
           beta1: Column, beta2: Column, weight_decay: Column, decay: bool) -> dict[str, Tensors]:
     step = ops.add_(step, 1.0)
-    # c = β1·m + (1 − β1)·g = lerp(g, m, β1): a fresh tensor, since grads are only read
-    update = ops.sign(ops.lerp_(grads, exp_avg, beta1))
+    # c = β1·m + (1 − β1)·g = lerp(g, m, β1): a fresh tensor (grads are only read), whose
+    # sign is then taken in place
+    update = ops.sign_(ops.lerp_(grads, exp_avg, beta1))
     if decay:
         params = ops.mul_(params, derive(lambda a, w: 1 - a * w, lr, weight_decay))
     params = ops.add_(params, update, derive(lambda a: -a, lr))

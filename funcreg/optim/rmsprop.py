@@ -195,7 +195,7 @@ def _rmsprop(
     if grad_avg is not None:
         grad_avg = ops.lerp_(grad_avg, grads, derive(lambda a: 1 - a, alpha))
         # v - ḡ², into a fresh tensor: square_avg, as a borrowed list, is only read
-        avg = ops.sqrt(ops.addcmul_(list(square_avg), grad_avg, grad_avg, -1.0))
+        avg = ops.sqrt_(ops.addcmul_(list(square_avg), grad_avg, grad_avg, -1.0))
     else:
         avg = ops.sqrt(square_avg)
     avg = ops.add_(avg, eps)
@@ -218,8 +218,8 @@ def _step_size(ops: Ops, *, v: Tensors, step: Tensors, grad_avg: Tensors | None 
     # A leaf never stepped has v = 0: its step size is 0, not lr / eps.
     taken = [(s > 0).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
              for s, x in zip(ops.bcast(step, v), v)]
-    centered = v if grad_avg is None else ops.addcmul_(list(v), grad_avg, grad_avg, -1.0)
-    denom = ops.add_(ops.sqrt(centered), eps)
+    denom = ops.sqrt(v) if grad_avg is None else ops.sqrt_(ops.addcmul_(list(v), grad_avg, grad_avg, -1.0))
+    denom = ops.add_(denom, eps)
     return ops.mul_(ops.reciprocal_(denom), [a * k for a, k in zip(each(lr, len(v)), taken)])
 
 
