@@ -84,6 +84,11 @@ def test_rmsprop_momentum_or_centered_without_their_state() -> None:
             lambda: fr.rmsprop.step(params, grads, state, lr=0.1, momentum=torch.tensor(0.0)), params, grads, state)
     _raises(ValueError, r"centered needs state\['grad_avg'\].*init\(params, centered=True\)",
             lambda: fr.rmsprop.step(params, grads, state, lr=0.1, centered=True), params, grads, state)
+    # a bad momentum is named as such, not as a missing buffer
+    _raises(ValueError, r"momentum must be a finite number",
+            lambda: fr.rmsprop.step(params, grads, state, lr=0.1, momentum=-0.5), params, grads, state)
+    _raises(TypeError, r"momentum must be a number or a tensor",
+            lambda: fr.rmsprop.step(params, grads, state, lr=0.1, momentum="0.9"), params, grads, state)
     # a state with more entries than a step needs passes them through
     full = fr.rmsprop.init(params, momentum=True, centered=True)
     _, new = fr.rmsprop.step(params, grads, full, lr=0.1)

@@ -56,9 +56,10 @@ class Muon:
     a tree of its matrices alone (``{k: v for k, v in params.items() if v.ndim == 2}``).
 
     The state is ``{"step", "momentum_buffer"}``: one float32 0-d count per leaf (Muon
-    does not read it) and :math:`B_{uf}`, a tree like params. ``lr``, ``weight_decay``, ``momentum`` and ``eps`` may be Python
-    numbers or 0-d tensors (batched under ``vmap``); ``ns_coefficients``, ``ns_steps``,
-    ``nesterov`` and ``adjust_lr_fn`` shape the computation and are Python values.
+    does not read it) and :math:`B_{uf}`, a tree like params. ``lr``, ``weight_decay``,
+    ``momentum`` and ``eps`` may be Python numbers or 0-d tensors (batched under
+    ``vmap``); ``ns_coefficients``, ``ns_steps``, ``nesterov`` and ``adjust_lr_fn`` shape
+    the computation and are Python values.
 
     Under ``vmap`` the stacked path runs the iteration as batched products
     (``torch.baddbmm``), which give each member the bits of its own ``torch.addmm``; the

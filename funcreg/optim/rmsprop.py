@@ -121,6 +121,8 @@ class RMSprop:
             TypeError: a non-tensor or integer leaf, a hyperparameter of the wrong type.
         """
         hypers = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay, "momentum": momentum}
+        for p in self._ops[False, False].hypers:  # a bad momentum is named before the state it would need
+            p.number(hypers[p.name])
         buffered = not _zero(momentum)
         _require(state, buffered, centered)
         return run_step(self._ops[buffered, centered], params, grads, state, hypers, where=where, donate=donate,
