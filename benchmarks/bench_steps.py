@@ -23,7 +23,7 @@ iteration on the model trees' large matrices takes minutes a step on one CPU thr
 what it costs is torch's own products, the same in both. Before anything is timed, one
 step of each variant from the same start is checked against the baseline's.
 
-    python benchmarks/bench_steps.py            # every step on every tree (about 10 minutes)
+    python benchmarks/bench_steps.py            # every step on every tree (about 12 minutes)
     python benchmarks/bench_steps.py --quick    # the synthetic trees only, few repetitions
     python benchmarks/bench_steps.py --only lion --only muon
 

@@ -83,7 +83,9 @@ def _fr_kwargs(step: Step, kw: dict[str, Any], route: str, dtype: torch.dtype = 
 def fr_run(step: Step, params: dict[str, torch.Tensor], grads: list[dict[str, Any]], kw: dict[str, Any],
            route: str, **extra: Any) -> list[dict[str, torch.Tensor]]:
     """funcreg's params after every step, on ``route``."""
-    step_kw = {**_fr_kwargs(step, kw, route, next(iter(params.values())).dtype), **extra}
+    first = next(iter(params.values()))
+    step_kw = {**_fr_kwargs(step, kw, route, first.dtype), **extra}
+    step_kw = {k: v.to(first.device) if isinstance(v, torch.Tensor) else v for k, v in step_kw.items()}
     where = step_kw.pop("where", step.where)
     state = step.opt.init(params, **step.init({**kw, **step_kw}))
     out = []
@@ -111,6 +113,20 @@ def test_trajectory_matches_the_reference_float64(step: Step, config: str, kw: d
     assert_trajectory_close(actual, expected, F64)
     if step.where is not None:  # the leaves it does not update are the very input tensors
         assert all(actual[-1][k] is params[k] for k in params if not step.where(k, params[k]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("route", ["fast", "foreach", "composable"])
+@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+def test_trajectory_matches_the_reference_on_cuda(step: Step, route: str) -> None:
+    """On a GPU, against the reference on the same device (torch.optim's CUDA default is
+    foreach; Muon's products are the same CUDA calls in both)."""
+    kw = step.configs[step.compose]
+    params = mlp_params(F64, "cuda")
+    grads = grad_sequence(params, N_STEPS)
+    expected = torch_trajectory(step.reference, params, grads, groups=_groups(step), **kw)
+    assert_trajectory_close(fr_run(step, params, grads, kw, route), expected, F64)
 
 
 @pytest.mark.parametrize("route", ["fast", "composable"])
