@@ -11,7 +11,7 @@ Lion, which torch.optim lacks, :class:`PaperLion`, the paper's update written ou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
@@ -56,9 +56,9 @@ class Step:
 
     ``reference(params, **kw)`` builds the reference optimizer over a list of tensors (or
     param groups); ``configs`` are step keyword arguments by id, in funcreg's (= torch's)
-    names; ``hypers`` are the
-    hyperparameters that may be tensors, with their defaults (``betas`` as a pair);
-    ``init(kw)`` gives ``init``'s keyword arguments for the step's (tensors included);
+    names; ``hypers`` are the hyperparameters that may be tensors, with their defaults
+    (``betas`` as a pair); ``init(kw)`` gives ``init``'s keyword arguments for the step's
+    (tensors included);
     ``where`` the leaves the step updates (``None``: all); ``fused`` the name of torch's
     fused kernel its fast path runs on Python-number hyperparameters, if any; ``compose``
     the id of the config used where one is enough (vmap, compile, donation, errors).
@@ -74,7 +74,7 @@ class Step:
     where: Any = None
     fused: str | None = None
     decays: bool = True  # where= chooses the decayed leaves (False: the updated leaves)
-    tensor_lr: tuple[str, ...] = field(default=())  # configs also run with a 0-d tensor lr
+    tensor_lr: tuple[str, ...] = ()  # configs also run with a 0-d tensor lr
 
     def tensors(self, kw: dict[str, Any], dtype: torch.dtype = torch.float64, device: str = "cpu") -> dict[str, Any]:
         """``kw`` with every hyperparameter (defaults spelled out) a 0-d tensor of ``dtype``."""
@@ -84,9 +84,6 @@ class Step:
             out[name] = (tuple(torch.tensor(b, dtype=dtype, device=device) for b in v) if name == "betas"
                          else torch.tensor(v, dtype=dtype, device=device))
         return out
-
-    def ids(self) -> list[str]:
-        return [f"{self.name}-{c}" for c in self.configs]
 
 
 RMSPROP = Step(
