@@ -38,6 +38,7 @@ BENCHMARKS = [
     ("Distributed: all-reduce and a data-parallel step on 2 gloo ranks", ["bench_distributed.py"]),
     ("Feature matrix against torch.optim, torchopt and optax", ["feature_matrix.py"]),
     ("Engine: per-call cost against torch's own", ["bench_engine.py"]),
+    ("More steps: RMSprop, Adagrad, Muon and Lion against torch's fastest", ["bench_steps.py"]),
 ]
 SCRIPTS = [script[0].removesuffix(".py") for _, script in BENCHMARKS]
 

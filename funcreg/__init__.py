@@ -9,6 +9,8 @@ constraint sets; ``penalized`` adds penalties to a loss; ``select`` chooses leav
 ``sparsity`` build and read a regularization path; ``distributed.all_reduce`` averages a
 gradient tree across processes, for data-parallel ``torch.func`` training. See docs/design.md.
 
+``rmsprop``, ``adagrad``, ``muon`` and ``lion`` are more steps in the same shape.
+
 ``Coupling`` names units that span several leaves; ``prune`` finds them in a module and
 removes the zero ones from a copy of it.
 """
@@ -18,6 +20,7 @@ from funcreg.coupling import Coupling
 from funcreg.ensemble import converged, replicate, update_where
 from funcreg.lambda_grid import lambda_grid
 from funcreg.optim import adam, adamw, sgd
+from funcreg.optim import adagrad, lion, muon, rmsprop
 from funcreg.optim.fista import fista
 from funcreg.optim.prox_adam import prox_adam
 from funcreg.path import Path, path
@@ -42,6 +45,7 @@ __all__ = [
     "Coupling",
     "Path",
     "Penalty",
+    "adagrad",
     "adam",
     "adamw",
     "converged",
@@ -54,7 +58,9 @@ __all__ = [
     "l2",
     "l2_sp",
     "lambda_grid",
+    "lion",
     "mcp",
+    "muon",
     "nuclear_norm",
     "orthogonal",
     "path",
@@ -63,6 +69,7 @@ __all__ = [
     "prox_adam",
     "prune",
     "replicate",
+    "rmsprop",
     "scad",
     "select",
     "sgd",

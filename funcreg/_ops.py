@@ -186,6 +186,12 @@ class PerLeaf:
     def reciprocal_(self, xs: Tensors) -> Tensors:
         return [torch.reciprocal(x) for x in xs]
 
+    def sign_(self, xs: Tensors) -> Tensors:
+        return [torch.sign(x) for x in xs]
+
+    def sqrt_(self, xs: Tensors) -> Tensors:
+        return [torch.sqrt(x) for x in xs]
+
     def clamp_(self, xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
         """``clamp(x, low, high)``; a bound of ``None`` is no bound."""
         n = len(xs)
@@ -357,6 +363,12 @@ class Foreach:
 
     def reciprocal_(self, xs: Tensors) -> Tensors:
         return _cow(torch._foreach_reciprocal_, torch._foreach_reciprocal, xs)
+
+    def sign_(self, xs: Tensors) -> Tensors:
+        return _cow(torch._foreach_sign_, torch._foreach_sign, xs)
+
+    def sqrt_(self, xs: Tensors) -> Tensors:
+        return _cow(torch._foreach_sqrt_, torch._foreach_sqrt, xs)
 
     def clamp_(self, xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
         """``clamp(x, low, high)``; a bound of ``None`` is no bound."""

@@ -148,6 +148,12 @@ STEPS_OF = [
     pytest.param(fr.sgd, {}, dict(momentum=0.9, dampening=0.3, where=W, weight_decay=0.2), id="sgd-dampening-where"),
     pytest.param(fr.adam, {}, dict(weight_decay=0.1), id="adam"),
     pytest.param(fr.adamw, {"amsgrad": True}, dict(amsgrad=True, maximize=True), id="adamw-amsgrad"),
+    pytest.param(fr.rmsprop, {"momentum": True, "centered": True},
+                 dict(momentum=0.5, centered=True, weight_decay=0.1, where=W), id="rmsprop-centered-momentum"),
+    pytest.param(fr.adagrad, {"initial_accumulator_value": 0.1}, dict(lr_decay=0.1, maximize=True), id="adagrad"),
+    pytest.param(fr.lion, {}, dict(weight_decay=0.5, where=W), id="lion"),
+    # fr.muon is tested in tests/test_steps_compose.py: its per-leaf path under vmap rounds
+    # the bfloat16 products as vmap's rule for addmm does, not as the stacked path
 ]
 
 
