@@ -10,10 +10,11 @@ import torch
 from funcreg._groups import block_shrink, check_dim, group_norms, inverse_norms
 from funcreg._ops import Column, Ops, Tensors, each
 from funcreg._tree import Flat
-from funcreg.penalties._base import Penalty, amax
+from funcreg.penalties._base import amax
+from funcreg.penalties._coupled import CoupledGroups
 
 
-class GroupLasso(Penalty):
+class GroupLasso(CoupledGroups):
     r"""Group lasso :math:`\lambda \sum_g \sqrt{n_g}\,\lVert w_g \rVert_2`.
 
     A group :math:`w_g` is one slice of a leaf along ``dim`` (keyword, default 0: one
@@ -45,7 +46,7 @@ class GroupLasso(Penalty):
     """
 
     name = "group_lasso"
-    options = {"dim": 0}
+    options = {"dim": 0, "groups": None}
     elementwise = False
 
     def _check(self, flat: Flat, selected: list[int], *, dim: Any) -> None:

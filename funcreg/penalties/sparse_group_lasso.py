@@ -11,10 +11,11 @@ from funcreg._groups import block_shrink, check_dim, group_norms, inverse_norms
 from funcreg._hyper import Param
 from funcreg._ops import Column, Ops, Tensors, derive, each
 from funcreg._tree import Flat
-from funcreg.penalties._base import Penalty, amax
+from funcreg.penalties._base import amax
+from funcreg.penalties._coupled import CoupledGroups
 
 
-class SparseGroupLasso(Penalty):
+class SparseGroupLasso(CoupledGroups):
     r"""Sparse group lasso, with ``l1_ratio`` = ρ and groups as in ``fr.group_lasso``
     (slices along ``dim``, weighted by :math:`\sqrt{n_g}`):
 
@@ -44,7 +45,7 @@ class SparseGroupLasso(Penalty):
     """
 
     name = "sparse_group_lasso"
-    options = {"l1_ratio": 0.5, "dim": 0}
+    options = {"l1_ratio": 0.5, "dim": 0, "groups": None}
     hypers = (Param("l1_ratio", high=1.0),)
     elementwise = False
 
