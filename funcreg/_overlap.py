@@ -11,7 +11,12 @@ takes the couplings in turn: the groups of one coupling are disjoint, so the exa
 minimization over its block is that coupling's own closed-form prox of the residual
 (Jenatton, Mairal, Obozinski & Bach, "Proximal methods for hierarchical sparse coding",
 JMLR 12, 2011, section 3 and its dual; Bach, Jenatton, Mairal & Obozinski, "Optimization
-with sparsity-inducing penalties", FnT ML 4(1), 2012, section 3.3).
+with sparsity-inducing penalties", FnT ML 4(1), 2012, section 3.3). Plain sweeps converge
+linearly but slowly where groups cross (a unit with the next layer's columns beside that
+layer's rows: over 6000 sweeps on the tests' example); Anderson's acceleration of the
+sweeps (Walker & Ni, "Anderson acceleration for fixed-point iterations", SIAM J. Numer.
+Anal. 49, 2011), kept only where it lowers the dual objective below the plain sweep's,
+needs about 150 there.
 
 Every sweep is certified by the duality gap
 :math:`\Delta = \sum_g (t_g\lVert u_g\rVert - \langle u_g, \xi_g\rangle) \ge 0`: the
@@ -63,31 +68,21 @@ def prox(layout: _coupled.Layout, members: tuple[int, ...], v: Sequence[torch.Te
             "grad and jacrev cannot run. Call the prox eagerly or under vmap alone, or use "
             "couplings that do not overlap")
     x = {k: v[k].to(torch.float64) for k in ks}
-    u = dict(x)
-    eta = {(j, p.k): torch.zeros_like(x[p.k]) for j, c in zip(members, couplings) for p in c.parts}
     like = torch.zeros(x[ks[0]].shape[:batch], dtype=torch.float64, device=x[ks[0]].device).unsqueeze(-1)
-    s_group = {k: _coupled.column(ops, steps, k, like) for k in ks}  # (*batch, 1) per leaf
-    s_max = _max([s_group[k] for k in ks], like)
-    total = sum(c.groups for c in couplings)
+    s = {k: _coupled.column(ops, steps, k, like) for k in ks}  # per member, (*batch, 1)
+    t = {j: _as(ts[j]) for j in members}
+    s_max = _max([s[k] for k in ks], like)
     size = torch.linalg.vector_norm(torch.stack([_norm(x[k], batch) for k in ks], dim=-1), dim=-1)
-    target = RTOL * size / (1 + math.sqrt(total))
+    target = RTOL * size / (1 + math.sqrt(sum(c.groups for c in couplings)))
+    problem = _Problem(members, couplings, x, s, t, shared_step, batch)
+    eta = {(j, p.k): torch.zeros_like(x[p.k]) for j, c in problem.blocks for p in c.parts}
+    history: list[tuple[dict, dict]] = []
     delta = None
     for _ in range(MAX_SWEEPS):
-        for j, c in zip(members, couplings):
-            r = {p.k: u[p.k] + eta[(j, p.k)] for p in c.parts}
-            norm, parts = _coupled.norms(c, r, batch)
-            t = _as(ts[j])
-            if shared_step:
-                f = block_shrink(norm, s_group[c.parts[0].k] * t)
-                factors = [f] * len(c.parts)
-            else:
-                factors = _coupled.metric_factors(parts, [s_group[p.k] for p in c.parts], t)
-            for p, f in zip(c.parts, factors):
-                new = r[p.k] * _coupled.spread(f, r[p.k], p, batch)
-                eta[(j, p.k)] = r[p.k] - new
-                u[p.k] = new
-        gap = sum(_gap(c, j, u, eta, s_group, _as(ts[j]), batch) for j, c in zip(members, couplings))
-        delta = (2 * gap.clamp_min(0.0) * s_max).sqrt()
+        swept = problem.sweep(eta)
+        history = [*history, (swept, {key: swept[key] - eta[key] for key in eta})][-MEMORY:]
+        eta = problem.accelerated(history, swept) if len(history) > 1 else swept
+        delta = (2 * problem.gap(eta).clamp_min(0.0) * s_max).sqrt()
         if bool(((delta <= target) | torch.isnan(delta)).all()):
             break
     else:
@@ -100,6 +95,7 @@ def prox(layout: _coupled.Layout, members: tuple[int, ...], v: Sequence[torch.Te
             f"‖w‖, aimed at {RTOL:.0e}); nothing was written")
     # every group no farther from 0 than the certified error is 0 in the exact prox or
     # within the tolerance of it: make it exactly 0
+    u = problem.primal(eta)
     nan = _coupled.nan_of(delta)
     for c in couplings:
         norm, _ = _coupled.norms(c, u, batch)
@@ -107,6 +103,111 @@ def prox(layout: _coupled.Layout, members: tuple[int, ...], v: Sequence[torch.Te
         for p in c.parts:
             u[p.k] = u[p.k] * _coupled.spread(keep, u[p.k], p, batch)
     return {k: (u[k] + _member(nan, u[k], batch)).to(v[k].dtype) for k in ks}
+
+
+#: past sweeps that Anderson acceleration combines
+MEMORY = 5
+
+
+class _Problem:
+    """The dual of one overlapping set's prox, in the scaled variables η = S·ξ (per
+    coupling and leaf, so that u = v − Σ η): a sweep of block coordinate ascent, Anderson's
+    acceleration of the sweeps, the duality gap."""
+
+    def __init__(self, members: tuple[int, ...], couplings: list[_coupled.Resolved], x: dict[int, torch.Tensor],
+                 s: dict[int, Any], t: dict[int, Any], shared_step: bool, batch: int) -> None:
+        self.blocks = list(zip(members, couplings))
+        self.x, self.s, self.t, self.shared, self.batch = x, s, t, shared_step, batch
+        self.s_leaf = {k: _member(_per_member(h, batch), x[k], batch) for k, h in s.items()}
+
+    def primal(self, eta: dict[tuple[int, int], torch.Tensor]) -> dict[int, torch.Tensor]:
+        u = dict(self.x)
+        for (_, k), e in eta.items():
+            u[k] = u[k] - e
+        return u
+
+    def sweep(self, eta: dict[tuple[int, int], torch.Tensor]) -> dict[tuple[int, int], torch.Tensor]:
+        """Each coupling's block of η minimized exactly in turn: its closed-form prox of
+        the residual the others leave."""
+        eta, u, batch = dict(eta), self.primal(eta), self.batch
+        for j, c in self.blocks:
+            r = {p.k: u[p.k] + eta[(j, p.k)] for p in c.parts}
+            norm, parts = _coupled.norms(c, r, batch)
+            if self.shared:
+                factors = [block_shrink(norm, self.s[c.parts[0].k] * self.t[j])] * len(c.parts)
+            else:
+                factors = _coupled.metric_factors(parts, [self.s[p.k] for p in c.parts], self.t[j])
+            for p, f in zip(c.parts, factors):
+                u[p.k] = r[p.k] * _coupled.spread(f, r[p.k], p, batch)
+                eta[(j, p.k)] = r[p.k] - u[p.k]
+        return eta
+
+    def accelerated(self, history: list[tuple[dict, dict]], swept: dict) -> dict:
+        """Anderson's extrapolation of the last sweeps (the combination of their results
+        whose residuals, summed with weights that add to 1, are smallest), put back in the
+        dual balls; kept per member only where it lowers the dual objective below the plain
+        sweep's, so every step is at least a sweep."""
+        m = len(history)
+        gram = torch.stack([torch.stack([_dot(fa, fb, self.batch) for _, fb in history], dim=-1)
+                            for _, fa in history], dim=-2)  # (*batch, m, m)
+        scale = gram.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True).unsqueeze(-1)
+        eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
+        weights = torch.linalg.solve(gram + (1e-10 * scale + torch.finfo(gram.dtype).tiny) * eye,
+                                     torch.ones(gram.shape[:-1], dtype=gram.dtype, device=gram.device))
+        weights = weights / weights.sum(-1, keepdim=True)
+        candidate = {key: sum(_member(weights[..., i], x[key], self.batch) * x[key] for i, (x, _) in enumerate(history))
+                     for key in swept}
+        candidate = self.feasible(candidate)
+        better = (self.dual(candidate) < self.dual(swept)) & torch.isfinite(weights).all(-1)
+        return {key: torch.where(_member(better, swept[key], self.batch), candidate[key], swept[key])
+                for key in swept}
+
+    def feasible(self, eta: dict[tuple[int, int], torch.Tensor]) -> dict[tuple[int, int], torch.Tensor]:
+        """η with each group's ξ = S⁻¹η scaled into its ball ‖ξ_g‖ ≤ t."""
+        out = dict(eta)
+        for j, c in self.blocks:
+            xi = {p.k: self._xi(eta[(j, p.k)], p.k) for p in c.parts}
+            norm, _ = _coupled.norms(c, xi, self.batch)
+            t = self.t[j]
+            f = torch.where(norm > t, t / torch.where(norm > 0, norm, 1.0), 1.0)
+            for p in c.parts:
+                out[(j, p.k)] = eta[(j, p.k)] * _coupled.spread(f, xi[p.k], p, self.batch)
+        return out
+
+    def _xi(self, e: torch.Tensor, k: int) -> torch.Tensor:
+        h = self.s_leaf[k]
+        if isinstance(h, torch.Tensor):
+            return torch.where(h > 0, e / torch.where(h > 0, h, 1.0), 0.0)
+        return e / h if h > 0 else 0.0 * e
+
+    def dual(self, eta: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+        """½‖u‖² in the metric S⁻¹, per member (what the ascent lowers)."""
+        u = self.primal(eta)
+        return sum(_dot({0: self._xi(u[k], k)}, {0: u[k]}, self.batch) for k in u) / 2
+
+    def gap(self, eta: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+        """Σ_g (t‖u_g‖ − ⟨u_g, ξ_g⟩) per member, for η in the balls."""
+        u, total = self.primal(eta), 0.0
+        for j, c in self.blocks:
+            norm, _ = _coupled.norms(c, u, self.batch)
+            inner = sum(_chunk_sums(u[p.k] * self._xi(eta[(j, p.k)], p.k), p, c.groups, self.batch) for p in c.parts)
+            total = total + (self.t[j] * norm - inner).sum(-1)
+        return total  # type: ignore[return-value]
+
+
+def _per_member(h: Any, batch: int) -> Any:
+    """A ``(*batch, 1)`` column as ``(*batch,)`` (a number or a 0-d tensor as it is)."""
+    return h.reshape(h.shape[:batch]) if isinstance(h, torch.Tensor) and h.ndim > batch else h
+
+
+def _dot(a: dict, b: dict, batch: int) -> torch.Tensor:
+    """Σ over the keys of ⟨a[key], b[key]⟩ over each member's elements: ``(*batch,)``."""
+    total = 0.0
+    for key in a:
+        y = a[key] * b[key]
+        d = (y.sum(dim=list(range(batch, y.ndim))) if y.ndim > batch else y)
+        total = total + (_sharding.to_plain(d) if _sharding.is_dtensor(d) else d)
+    return total  # type: ignore[return-value]
 
 
 def _tensors(h: Any) -> list[torch.Tensor]:
@@ -144,16 +245,3 @@ def _chunk_sums(y: torch.Tensor, p: _coupled.Part, groups: int, batch: int) -> t
     if _sharding.is_dtensor(x):
         x = _sharding.to_plain(x)
     return x.unflatten(-1, (groups, p.width)).sum(-1) if p.width > 1 else x
-
-
-def _gap(c: _coupled.Resolved, j: int, u: dict[int, torch.Tensor], eta: dict[tuple[int, int], torch.Tensor],
-         s: dict[int, Any], t: Any, batch: int) -> torch.Tensor:
-    """Coupling c's share of the duality gap, Σ_g (t‖u_g‖ − ⟨u_g, ξ_g⟩), per member."""
-    norm, _ = _coupled.norms(c, u, batch)
-    inner = 0.0
-    for p in c.parts:
-        step = s[p.k]
-        dot = _chunk_sums(u[p.k] * eta[(j, p.k)], p, c.groups, batch)
-        inner = inner + (torch.where(step > 0, dot / step, 0.0) if isinstance(step, torch.Tensor)
-                         else (dot / step if step > 0 else 0.0 * dot))
-    return (t * norm - inner).sum(-1)
