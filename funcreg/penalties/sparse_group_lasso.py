@@ -35,7 +35,11 @@ class SparseGroupLasso(CoupledGroups):
       (found by bisection in float64; there is no closed form), the largest over groups.
 
     ``lam`` and ``step`` are one value per leaf; ``l1_ratio`` a number in [0, 1] or a 0-d
-    tensor; ``dim`` an int or None (the whole leaf one group).
+    tensor; ``dim`` an int or None (the whole leaf one group). ``groups=`` (instead of
+    ``dim=``) takes couplings as ``fr.group_lasso`` does; the L1 term then covers the
+    leaves they name, each element once, and the prox is still the soft threshold followed
+    by the groups' prox (also for overlapping couplings and a step per leaf: both steps are
+    exact in any diagonal metric).
 
     >>> import torch, funcreg as fr
     >>> w = {"w": torch.tensor([[3.0, 0.2], [0.1, 0.1]])}
