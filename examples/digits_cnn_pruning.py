@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,8 @@ def accuracy(model: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor) -
         return float((functional_call(model.eval(), params, (x,)).argmax(-1) == y).float().mean())
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The example's options (``parse([])``: its defaults, as benchmarks/bench_prune.py runs it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=5, help="number of λ values")
     parser.add_argument("--n-train", type=int, default=500)
@@ -97,10 +99,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05, help="FISTA's first trial step")
     parser.add_argument("--within", type=float, default=0.02, help="accuracy the rule may give up")
     parser.add_argument("--reps", type=int, default=100, help="latency repetitions at batch 64 (x4 at batch 1)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> SimpleNamespace:
+    """Data, model, couplings, the path, the chosen member and its shrunk model."""
     torch.set_num_threads(1)  # small convolutions gain little from a second thread; one fixes the sum order
     torch.manual_seed(0)
-    (x, y), (x_val, y_val), (x_test, y_test) = load_digits_split(args.n_train)
+    (x, y), val, test = load_digits_split(args.n_train)
     model = cnn(*args.channels).eval()
     couplings = fr.prune.couplings(model, x[:2])  # from the module's dataflow, before training
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -111,18 +117,30 @@ def main() -> None:
     def error(p, x, y):
         return (functional_call(model, p, (x,)).argmax(-1) != y).float().mean()
 
-    print(f"digits: {len(x)} train, {len(x_val)} validation, {len(x_test)} test images; CNN "
-          f"conv(1→{args.channels[0]})-BN-ReLU, conv(→{args.channels[1]}, stride 2)-BN-ReLU, Flatten, Linear; 1 thread")
-    print("couplings: " + "; ".join(f"{', '.join(c.dims)} ({c.groups} units)" for c in couplings))
     top, bottom = args.grid
     lambdas = fr.lambda_grid(torch.tensor(top), args.members, bottom / top) if top > 0 else None
     res = fr.path(cross_entropy, params, fr.group_lasso, (x, y), groups=couplings, lambdas=lambdas,
-                  n=args.members, val=(x_val, y_val), metric=error, rtol=args.rtol, max_steps=args.max_steps, lr=args.lr)
+                  n=args.members, val=val, metric=error, rtol=args.rtol, max_steps=args.max_steps, lr=args.lr)
     best = float(res.val_loss.min())
     chosen = min(k for k in range(len(res)) if float(res.val_loss[k]) <= best + args.within)  # λ descends
-    # units kept per coupling: res.group_norms holds the couplings' groups in order
-    units = torch.stack([g.sum(1) for g in (res.group_norms != 0).split([c.groups for c in couplings], 1)], 1)
+    masked = res.member(chosen)
+    small, small_params = result = fr.prune.shrink(model, masked, couplings)
+    return SimpleNamespace(
+        model=model, couplings=couplings, res=res, chosen=chosen, best=best, report=result.report, test=test,
+        sizes=(len(x), len(val[0]), len(test[0])),
+        rows=[("dense (smallest λ)", model, res.member(len(res) - 1)), ("chosen, masked", model, masked),
+              ("chosen, shrunk", small.eval(), small_params)])
 
+
+def main() -> None:
+    args = parse()
+    t = train(args)
+    res, chosen, (x_test, y_test) = t.res, t.chosen, t.test
+    print(f"digits: {t.sizes[0]} train, {t.sizes[1]} validation, {t.sizes[2]} test images; CNN "
+          f"conv(1→{args.channels[0]})-BN-ReLU, conv(→{args.channels[1]}, stride 2)-BN-ReLU, Flatten, Linear; 1 thread")
+    print("couplings: " + "; ".join(f"{', '.join(c.dims)} ({c.groups} units)" for c in t.couplings))
+    # units kept per coupling: res.group_norms holds the couplings' groups in order
+    units = torch.stack([g.sum(1) for g in (res.group_norms != 0).split([c.groups for c in t.couplings], 1)], 1)
     print(f"grid: {res.grid.note}\n")
     print(f"{'lambda':>9} {'train':>6} {'val':>6} {'channels':>9}  converged")
     for k in range(len(res)):
@@ -134,19 +152,15 @@ def main() -> None:
           f"{res.max_steps} steps) in {res.seconds:.1f} s; channels kept per conv layer, of "
           f"{'+'.join(map(str, args.channels))}")
     print(f"chosen lambda {res.lambdas[chosen]:.2e}: the largest whose validation accuracy is within "
-          f"{args.within:.0%} of the best ({1 - best:.1%})\n")
-
-    dense, masked = res.member(len(res) - 1), res.member(chosen)
-    small, small_params = result = fr.prune.shrink(model, masked, couplings)
-    print(result.report, "\n")
-    rows = [("dense (smallest λ)", model, dense), ("chosen, masked", model, masked),
-            ("chosen, shrunk", small.eval(), small_params)]
-    one = latency_ms([(m, p) for _, m, p in rows], 1, 4 * args.reps)
-    many = latency_ms([(m, p) for _, m, p in rows], 64, args.reps)
+          f"{args.within:.0%} of the best ({1 - t.best:.1%})\n")
+    print(t.report, "\n")
+    one = latency_ms([(m, p) for _, m, p in t.rows], 1, 4 * args.reps)
+    many = latency_ms([(m, p) for _, m, p in t.rows], 64, args.reps)
     print(f"{'model':<19} {'params':>7} {'batch 1':>9} {'batch 64':>9} {'test acc':>8}")
-    for (name, m, p), a, b in zip(rows, one, many):
+    for (name, m, p), a, b in zip(t.rows, one, many):
         count = sum(v.numel() for k, v in p.items() if k in dict(m.named_parameters()))
         print(f"{name:<19} {count:7d} {a:7.3f}ms {b:7.3f}ms {accuracy(m, p, x_test, y_test):8.1%}")
+    (_, model, masked), (_, small, small_params) = t.rows[1:]
     with torch.no_grad():
         gap = (functional_call(small, small_params, (x_test,)) - functional_call(model, masked, (x_test,))).abs().max()
     print(f"shrunk vs masked on the test images: max |Δ logits| = {float(gap):.1e}")
