@@ -113,7 +113,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=5, help="number of λ values")
     parser.add_argument("--n-train", type=int, default=400)
     parser.add_argument("--shape", type=int, nargs=3, default=(16, 4, 32), metavar=("HIDDEN", "HEADS", "MLP"))
-    parser.add_argument("--grid", type=float, nargs=2, default=(0.01, 0.0005), metavar=("TOP", "BOTTOM"),
+    parser.add_argument("--grid", type=float, nargs=2, default=(0.01, 0.0001), metavar=("TOP", "BOTTOM"),
                         help="the λ grid's ends; 0 0: fr.path finds them (a bracket, over a minute more)")
     parser.add_argument("--rtol", type=float, default=1e-4, help="convergence tolerance of fr.path")
     parser.add_argument("--max-steps", type=int, default=500)
