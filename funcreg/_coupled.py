@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 
 from funcreg import _sharding
 from funcreg.coupling import Coupling
+
+
+#: leaves by position: the call's list, or a dict of some of them
+Leaves = Union[Sequence[torch.Tensor], Mapping[int, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -142,11 +146,11 @@ def chunk_norms(w: torch.Tensor, part: Part, groups: int, batch: int, ord: float
     return x
 
 
-def dtype_of(c: Resolved, leaves: Sequence[torch.Tensor]) -> torch.dtype:
+def dtype_of(c: Resolved, leaves: Leaves) -> torch.dtype:
     return leaves[c.parts[c.owner].k].dtype
 
 
-def norms(c: Resolved, leaves: Sequence[torch.Tensor], batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def norms(c: Resolved, leaves: Leaves, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The coupling's group norms ``(*batch, G)`` over all its leaves, in its dtype, and
     each part's chunk norms (for the prox in a metric)."""
     dtype = dtype_of(c, leaves)

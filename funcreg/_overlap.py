@@ -98,7 +98,7 @@ def prox(layout: _coupled.Layout, members: tuple[int, ...], v: Sequence[torch.Te
     u = problem.primal(eta)
     nan = _coupled.nan_of(delta)
     for c in couplings:
-        norm, _ = _coupled.norms(c, u, batch)
+        norm = _coupled.norms(c, u, batch)[0]
         keep = (norm > delta.unsqueeze(-1)).to(torch.float64)
         for p in c.parts:
             u[p.k] = u[p.k] * _coupled.spread(keep, u[p.k], p, batch)
@@ -167,7 +167,7 @@ class _Problem:
         out = dict(eta)
         for j, c in self.blocks:
             xi = {p.k: self._xi(eta[(j, p.k)], p.k) for p in c.parts}
-            norm, _ = _coupled.norms(c, xi, self.batch)
+            norm = _coupled.norms(c, xi, self.batch)[0]
             t = self.t[j]
             f = torch.where(norm > t, t / torch.where(norm > 0, norm, 1.0), 1.0)
             for p in c.parts:
@@ -183,16 +183,16 @@ class _Problem:
     def dual(self, eta: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
         """½‖u‖² in the metric S⁻¹, per member (what the ascent lowers)."""
         u = self.primal(eta)
-        return sum(_dot({0: self._xi(u[k], k)}, {0: u[k]}, self.batch) for k in u) / 2
+        return _dot({k: self._xi(x, k) for k, x in u.items()}, u, self.batch) / 2
 
     def gap(self, eta: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
         """Σ_g (t‖u_g‖ − ⟨u_g, ξ_g⟩) per member, for η in the balls."""
-        u, total = self.primal(eta), 0.0
+        u, total = self.primal(eta), torch.zeros((), dtype=torch.float64)
         for j, c in self.blocks:
-            norm, _ = _coupled.norms(c, u, self.batch)
+            norm = _coupled.norms(c, u, self.batch)[0]
             inner = sum(_chunk_sums(u[p.k] * self._xi(eta[(j, p.k)], p.k), p, c.groups, self.batch) for p in c.parts)
             total = total + (self.t[j] * norm - inner).sum(-1)
-        return total  # type: ignore[return-value]
+        return total
 
 
 def _per_member(h: Any, batch: int) -> Any:
@@ -202,12 +202,12 @@ def _per_member(h: Any, batch: int) -> Any:
 
 def _dot(a: dict, b: dict, batch: int) -> torch.Tensor:
     """Σ over the keys of ⟨a[key], b[key]⟩ over each member's elements: ``(*batch,)``."""
-    total = 0.0
+    total: Any = 0.0
     for key in a:
         y = a[key] * b[key]
         d = (y.sum(dim=list(range(batch, y.ndim))) if y.ndim > batch else y)
         total = total + (_sharding.to_plain(d) if _sharding.is_dtensor(d) else d)
-    return total  # type: ignore[return-value]
+    return total
 
 
 def _tensors(h: Any) -> list[torch.Tensor]:

@@ -44,7 +44,7 @@ class CoupledGroups(Penalty):
         super().__init__()
         lam, step = self._ops["prox"].hypers[:2]
         name = f"fr.{self.name}"
-        common = dict(hypers=(lam, *self.hypers), check=_check(name, "params"))
+        common: dict[str, Any] = dict(hypers=(lam, *self.hypers), check=_check(name, "params"))
         self._coupled = {
             "value": Op(name, _terms, PARAMS, output="sum", history=False, prepass=_value, **common),
             "grad": Op(f"{name}.grad", _grad, PARAMS, output="tree", history=False,
@@ -176,7 +176,7 @@ def _value(ops: Any, *, params: Tensors, paths: tuple[str, ...], groups: tuple[C
     n = len(params)
     terms: list[Any] = [0.0] * n
     for c in _layout(ops, params, paths, groups, "params leaf").couplings:
-        norm, _ = _coupled.norms(c, params, ops.batch)
+        norm = _coupled.norms(c, params, ops.batch)[0]
         k = c.parts[c.owner].k
         terms[k] = terms[k] + _weights(ops, c, norm, lam, l1_ratio) * norm.sum(-1)
     if l1_ratio is not None:
@@ -192,7 +192,7 @@ def _factors(what: str) -> Callable[..., dict[str, list[Any]]]:
         group), summed over the couplings that name the leaf."""
         factor: list[Any] = [None] * len(params)
         for c in _layout(ops, params, paths, groups, what).couplings:
-            norm, _ = _coupled.norms(c, params, ops.batch)
+            norm = _coupled.norms(c, params, ops.batch)[0]
             f = inverse_norms(norm) * _weights(ops, c, norm, lam, l1_ratio)
             for p in c.parts:
                 g = _coupled.spread(f, params[p.k], p, ops.batch)
@@ -250,7 +250,7 @@ def _lambda_max(ops: Any, *, grads: Tensors, paths: tuple[str, ...], groups: tup
     top: list[Any] = [None] * len(grads)
     for c in layout.couplings:
         if l1_ratio is None:
-            norm, _ = _coupled.norms(c, grads, ops.batch)
+            norm = _coupled.norms(c, grads, ops.batch)[0]
             best = norm.amax(-1) / math.sqrt(c.size)
         else:
             best = _sparse_threshold(ops, c, grads, l1_ratio)
@@ -274,7 +274,7 @@ def _sparse_threshold(ops: Any, c: _coupled.Resolved, grads: Tensors, l1_ratio: 
     for _ in range(64):  # float64: enough halvings to pin the root to the last bits
         mid = (lo + hi) / 2
         shrunk = {p.k: (a[p.k] - _coupled.spread(mid * rho, a[p.k], p, ops.batch)).clamp_min(0.0) for p in c.parts}
-        norm, _ = _coupled.norms(c, shrunk, ops.batch)
+        norm = _coupled.norms(c, shrunk, ops.batch)[0]
         above = norm > mid * w
         lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     return hi.amax(-1)

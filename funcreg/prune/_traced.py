@@ -27,8 +27,8 @@ class Traced(Coupling):
 def remember(couplings: list[Coupling], example_inputs: tuple[Any, ...]) -> list[Coupling]:
     """``couplings`` as :class:`Traced`, sharing one detached copy of ``example_inputs`` (a
     later in-place change of the caller's tensors does not reach it)."""
-    copy = optree.tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x,
-                           example_inputs, none_is_leaf=True, namespace="torch")
+    copy: Any = optree.tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x,
+                                example_inputs, none_is_leaf=True, namespace="torch")  # type: ignore[arg-type]
     return [Traced(c, copy) for c in couplings]
 
 
