@@ -11,13 +11,23 @@ full size) and the shrunk one, CPU, eval mode, no autograd, at batch 1 and 64.
 
 Torch-Pruning (``pip install -c constraints.txt torch-pruning``) is optional; without it
 the structure comparison is skipped with a line saying so.
+
+``--only coupled``: the coupled group lasso (``groups=``) against ``dim=`` on the same
+leaves, ``.prox`` and ``.add_grad``, pure and donated: the digits-sized CNN's couplings
+(per-call overhead) and the 50-leaf tree with each weight coupled to its bias (2.5M
+floats), and an overlapping set (the CNN's second conv units with the Linear's column
+blocks, beside the Linear's rows), whose prox iterates. ``--only trained``: the dense,
+masked and shrunk rows for the models examples/digits_cnn_pruning.py and
+examples/transformer_pruning.py train and choose (their default settings, about a minute).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -27,7 +37,9 @@ from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import funcreg as fr  # noqa: E402
+from _cli import parse  # noqa: E402
 from _timing import Case, environment, markdown_table, measure  # noqa: E402
+from _workloads import make_tree  # noqa: E402
 
 FRACTION = 0.5
 
@@ -150,17 +162,109 @@ def _groups_of(model: nn.Module, shape: tuple[int, ...], first: str) -> int:
     return c.validate(params)
 
 
-def main() -> None:
+def _only(paths: list[str]) -> fr.select.Selector:
+    return fr.select.only(*(f"^{re.escape(p)}$" for p in paths))
+
+
+def coupled(reps: int) -> str:
+    """groups= against dim= on the same leaves: prox and add_grad, pure and donated."""
+    torch.manual_seed(0)
+    model = cnn().eval()
+    cnn_params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    cnn_couplings = fr.prune.couplings(model, torch.randn(2, 1, 8, 8))
+    tree = make_tree(0)
+    pairs = list(tree)
+    tree_couplings = [{pairs[i]: 0, pairs[i + 1]: 0} for i in range(0, len(pairs), 2)]
+    overlapping = [cnn_couplings[0], {**cnn_couplings[1].dims, "7.weight": 1}, {"7.weight": 0, "7.bias": 0}]
+    lines = ["## Coupled group lasso (groups=) against dim= on the same leaves", ""]
+    for title, params, couplings in (
+            (f"digits-sized CNN, {len(cnn_couplings)} couplings from fr.prune.couplings", cnn_params, cnn_couplings),
+            (f"50-leaf tree, {len(tree_couplings)} couplings of a weight and its bias (2.5M floats)", tree,
+             tree_couplings)):
+        where = _only(sorted({p for c in couplings for p in (c.dims if isinstance(c, fr.Coupling) else c)}))
+        grads = {k: torch.randn_like(v) for k, v in params.items()}
+        donated = {k: v.clone() for k, v in params.items()}
+        donated_g = {k: v.clone() for k, v in grads.items()}
+        lam = 1e-6  # donated calls repeat on the same storage: keep the groups alive
+        for op in ("prox", "add_grad"):
+            if op == "prox":
+                def call(opts: dict, donate: bool) -> Any:
+                    tree_ = donated if donate else params
+                    return lambda: fr.group_lasso.prox(tree_, lam, 0.5, donate=donate, **opts)
+            else:
+                def call(opts: dict, donate: bool) -> Any:
+                    g = donated_g if donate else grads
+                    return lambda: fr.group_lasso.add_grad(g, params, lam, donate=donate, **opts)
+            cases = [Case("dim=0 (rows of each leaf)", call({"dim": 0, "where": where}, False)),
+                     Case("groups=couplings", call({"groups": couplings}, False)),
+                     Case("dim=0, donated", call({"dim": 0, "where": where}, True)),
+                     Case("groups=couplings, donated", call({"groups": couplings}, True))]
+            rows = measure(cases, reps=reps, warmup=5)
+            lines += [markdown_table(rows, title=f"{title}: fr.group_lasso.{op}", ratio_header="× dim=0"), ""]
+    cases = [Case("groups= (disjoint couplings)", lambda: fr.group_lasso.prox(cnn_params, 0.05, 0.5, groups=cnn_couplings)),
+             Case("groups= with the Linear's rows and column blocks (overlapping)",
+                  lambda: fr.group_lasso.prox(cnn_params, 0.05, 0.5, groups=overlapping))]
+    rows = measure(cases, reps=max(3, reps // 10), warmup=1)
+    lines += [markdown_table(rows, title="digits-sized CNN: the prox of overlapping couplings (iterative)",
+                             ratio_header="× disjoint"), ""]
+    return "\n".join(lines)
+
+
+def trained(reps: int) -> str:
+    """The examples' own trained models: dense (the path's smallest λ), masked and shrunk."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import digits_cnn_pruning
+    import transformer_pruning
+
+    lines = ["## The examples' trained models: dense, masked and shrunk", ""]
+    for name, example, make in (
+            ("digits CNN (examples/digits_cnn_pruning.py)", digits_cnn_pruning,
+             lambda b: torch.randn(b, 1, 8, 8)),
+            ("transformer block (examples/transformer_pruning.py)", transformer_pruning,
+             lambda b: transformer_pruning.pointer_task(b, 3)[0])):
+        start = time.perf_counter()
+        t = example.train(example.parse([]))
+        res = t.res
+        x_test, y_test = t.test
+        lines += [f"### {name}", "",
+                  f"Trained in {time.perf_counter() - start:.0f} s; chosen λ {float(res.lambdas[t.chosen]):.2e} "
+                  f"of {len(res)} (validation accuracy {1 - float(res.val_loss[t.chosen]):.1%}, best "
+                  f"{1 - t.best:.1%}).", "", "```", str(t.report), "```", ""]
+        for batch, n in ((1, 4 * reps), (64, reps)):
+            x = make(batch)
+            cases = []
+            for label, m, p in t.rows:
+                count = sum(v.numel() for k, v in p.items() if k in dict(m.named_parameters()))
+                acc = example.accuracy(m, p, x_test, y_test)
+
+                def fn(m: nn.Module = m, p: dict = p) -> Any:
+                    with torch.no_grad():
+                        return functional_call(m, p, (x,))
+                cases.append(Case(label, fn, f"{count:,} parameters; test accuracy {acc:.1%}"))
+            rows = measure(cases, reps=n, warmup=10)
+            lines += [markdown_table(rows, title=f"{name.split(' (')[0]}, batch {batch}", ratio_header="× dense"), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv, __doc__, only=("shrink", "coupled", "trained"),
+                 reps="repetitions of the coupled tables (default 200; --quick 10)", threads=False)
     # one thread: on a shared 2-core machine two threads make the batch-64 rows bimodal
     torch.set_num_threads(1)
+    reps = args.reps or (10 if args.quick else 200)
     start = time.perf_counter()
     out = ["# fr.prune.shrink: shrunk vs dense vs masked", "", environment(), ""]
-    for name, model, shape, title in (
-        ("digits CNN", cnn(), (1, 8, 8), "Digits-sized CNN (conv-BN-ReLU x 2, Flatten, Linear), half the channels zeroed"),
-        ("transformer block", Block(), (16, 64), "Transformer block (8 heads, MLP 256), half the heads and MLP units zeroed"),
-    ):
-        text, model, masked, removed, small = latency(name, model, shape, title)
-        out += [text, against_torch_pruning(model, shape, removed, small), ""]
+    if "shrink" in args.only:
+        for name, model, shape, title in (
+            ("digits CNN", cnn(), (1, 8, 8), "Digits-sized CNN (conv-BN-ReLU x 2, Flatten, Linear), half the channels zeroed"),
+            ("transformer block", Block(), (16, 64), "Transformer block (8 heads, MLP 256), half the heads and MLP units zeroed"),
+        ):
+            text, model, masked, removed, small = latency(name, model, shape, title)
+            out += [text, against_torch_pruning(model, shape, removed, small), ""]
+    if "coupled" in args.only:
+        out.append(coupled(reps))
+    if "trained" in args.only:
+        out.append(trained(max(5, reps // 4)))
     out.append(f"Total {time.perf_counter() - start:.0f} s.")
     print("\n".join(out))
 

@@ -24,9 +24,9 @@ composable path once on every active leaf with per-leaf ops; the stacked path
 (:mod:`funcreg._stacked`) under ``vmap`` on the stacked ensemble tensors.
 
 **Extension points.** A new step or family is one module: an :class:`Op` and its body.
-``prepass(ops, **leaves_and_hypers) -> {name: per-leaf list}`` runs once on *all* active
-leaves before the body (never cut into groups, blocks or chunks) and hands the body extra
-per-leaf columns: a reduction across leaves (coupled groups' norms over slices of several
+``prepass(ops, *, paths, **leaves_and_hypers) -> {name: per-leaf list}`` runs once on
+*all* active leaves before the body (never cut into groups, blocks or chunks), ``paths``
+naming them, and hands the body extra per-leaf columns: a reduction across leaves (coupled groups' norms over slices of several
 leaves, a DTensor's global norm, a batched SVD over leaves of one shape) computed there
 can never be cut wrongly by the elementwise body's grouping. ``LeafError(k, msg)`` raised
 by a body is reported naming the k-th leaf it was given.
@@ -35,6 +35,7 @@ by a body is reported naming the k-th leaf it was given.
 from __future__ import annotations
 
 import collections
+import functools
 import operator
 import weakref
 from dataclasses import dataclass, field
@@ -471,11 +472,16 @@ def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Gro
     op = plan.op
     leaves = columns[op.main.name]
     hyp = _hyper_columns(plan, idx, values, kinds, leaves)
+    prepass = op.prepass
+    if prepass is not None:  # it may name the leaves it reduces across (coupled groups)
+        paths = plan.flat.paths
+        prepass = functools.partial(prepass, paths=paths if len(idx) == len(paths) else
+                                    tuple(paths[i] for i in idx))
     if route == "composable" or op.output in ("sum", "max"):
         hyp = {n: _hyper.cast([v] * len(idx), leaves) if isinstance(v, torch.Tensor) else v
                for n, v in hyp.items()}
-        if op.prepass is not None:
-            hyp.update(op.prepass(_ops.PER_LEAF, **columns, **hyp, **static))
+        if prepass is not None:
+            hyp.update(prepass(_ops.PER_LEAF, **columns, **hyp, **static))
         return _dispatch._named(op.body(_ops.PER_LEAF, **columns, **hyp, **static), writes)
     if route == "stacked":
         tensors: list[torch.Tensor] = []
@@ -495,13 +501,13 @@ def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Gro
             else:
                 layout[n] = v
         read = [n for n in (op.main.name, *(r.name for r in op.roles)) if n not in writes]
-        job = _stacked.Job(op.body, static, list(writes), read, len(idx), layout, in_place, op.prepass, groups)
+        job = _stacked.Job(op.body, static, list(writes), read, len(idx), layout, in_place, prepass, groups)
         return _stacked.run(job, columns, tensors)
 
-    if op.prepass is not None:  # once, on every leaf of the part: a reduction across leaves is whole
+    if prepass is not None:  # once, on every leaf of the part: a reduction across leaves is whole
         whole = {n: _hyper.cast([v] * len(idx), leaves) if isinstance(v, torch.Tensor) else v
                  for n, v in hyp.items()}
-        hyp.update(op.prepass(_ops.Foreach(), **columns, **whole, **static))
+        hyp.update(prepass(_ops.Foreach(), **columns, **whole, **static))
 
     def hypers_of(g: _dispatch.Group) -> dict[str, Any]:
         sub = [leaves[k] for k in g.idx]

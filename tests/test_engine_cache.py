@@ -229,3 +229,29 @@ def test_a_cached_plan_keeps_no_tensor_alive() -> None:
     del params, new, grads, state
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_a_prepass_is_told_the_paths_of_the_leaves_it_sees() -> None:
+    """Coupled groups name their leaves by path: the prepass gets ``paths``, those of the
+    active leaves in the order it gets them, on every route."""
+    from funcreg._hyper import Param
+
+    seen: list[tuple[str, ...]] = []
+
+    def prepass(ops: Any, *, params: list[torch.Tensor], paths: tuple[str, ...], **_: Any) -> dict[str, list[Any]]:
+        seen.append(tuple(paths))
+        return {}
+
+    def body(ops: Any, *, params: list[torch.Tensor], lam: Any) -> list[torch.Tensor]:
+        return ops.mul(params, lam)
+
+    op = _engine.Op("test.paths", body, _engine.Role("params", "params"), writes=("params",),
+                    hypers=(Param("lam"),), prepass=prepass)
+    p = {"a": torch.randn(3, 2), "b": torch.randn(4, dtype=torch.float64), "c": torch.randn(2)}
+    where = {"a": True, "b": False, "c": True}
+    for path in ("fast", "composable"):
+        with fr._dispatch.forced(path):
+            _engine.run(op, [p], {"lam": 0.5})
+            _engine.run(op, [p], {"lam": 0.5}, where=where)
+    torch.func.vmap(lambda lam: _engine.run(op, [p], {"lam": lam})["params"])(torch.ones(2))
+    assert seen == [("a", "b", "c"), ("a", "c")] * 2 + [("a", "b", "c")]

@@ -31,7 +31,7 @@ def run(*args: str) -> str:
 
 def test_every_example_has_a_smoke_test() -> None:
     tested = {"quickstart.py", "lambda_sweep.py", "functional_training.py", "lasso_path.py",
-              "digits_pruning.py", "torch_optim_users.py"}
+              "digits_pruning.py", "torch_optim_users.py", "digits_cnn_pruning.py", "transformer_pruning.py"}
     assert {p.name for p in (ROOT / "examples").glob("*.py")} == tested
 
 
@@ -134,3 +134,34 @@ def test_torch_optim_users() -> None:
     for name in ("weight_decay", "backward hook"):
         gap = float(re.search(rf"{name}\S* vs .*max \|Δw\| = (\S+)", out).group(1))
         assert gap < 1e-6, out
+
+
+def _pruned(out: str, members: int) -> None:
+    """What both pruning examples print: the path's table with one chosen member, shrink's
+    report, and dense / masked / shrunk rows whose counts agree with the report."""
+    rows = re.findall(r"^ *([\d.e+-]+) +[\d.]+% +[\d.]+% .*?(at step \d+|no)(  <- chosen)?$", out, re.M)
+    assert len(rows) == members and sum(bool(r[2]) for r in rows) == 1, out
+    before, after = map(int, re.search(r"^parameters: (\d+) -> (\d+)", out, re.M).groups())
+    models = {m.group(1): (int(m.group(2)), float(m.group(5))) for m in re.finditer(
+        r"^(dense \(smallest λ\)|chosen, masked|chosen, shrunk) +(\d+) +([\d.]+)ms +([\d.]+)ms +([\d.]+)%$", out, re.M)}
+    assert len(models) == 3, out
+    assert models["dense (smallest λ)"][0] == models["chosen, masked"][0] == before
+    assert models["chosen, shrunk"][0] == after <= before
+    assert models["chosen, shrunk"][1] == models["chosen, masked"][1]  # the same function
+    gap = float(re.search(r"max \|Δ logits\| = (\S+)", out).group(1))
+    assert gap < 1e-4, out
+
+
+@pytest.mark.skipif(not HAVE_SKLEARN, reason="the digits come with scikit-learn")
+def test_digits_cnn_pruning() -> None:
+    out = run("examples/digits_cnn_pruning.py", "--members", "2", "--n-train", "150", "--max-steps", "40",
+              "--reps", "3", "--grid", "0.008", "0.0002")
+    assert "couplings: 0.weight, 0.bias, 1.weight, 1.bias (8 units); 3.weight, 3.bias, 4.weight, 4.bias (16 units)" in out
+    _pruned(out, 2)
+
+
+def test_transformer_pruning() -> None:
+    out = run("examples/transformer_pruning.py", "--members", "2", "--n-train", "100", "--max-steps", "40",
+              "--reps", "3", "--grid", "0.01", "0.001")
+    assert "(4 groups); fc1.weight, fc1.bias (32 groups)" in out
+    _pruned(out, 2)

@@ -421,3 +421,70 @@ def test_shrink_heads_without_a_head_count_attribute(fixed: bool) -> None:
     else:
         assert c.removed == (1,) and small.q.out_features == 8
     _same_function(model, params, small, small_params, torch.randn(3, 4, 12))
+
+
+# ------------------------------------------------- the DESIGN signature, the coupled prox
+def test_shrink_with_the_design_signature_uses_the_couplings_example_inputs() -> None:
+    torch.manual_seed(6)
+    model, x = _cnn(), torch.randn(3, 1, 8, 8)
+    _randomize_bn(model)
+    cs = fr.prune.couplings(model, x)
+    assert cs == [fr.Coupling(dict(c.dims), groups=c.groups) for c in cs]  # plain couplings to the eye
+    x.mul_(float("nan"))  # what they remember is a copy
+    params = _params(model)
+    _zero(params, "0.weight", [2])
+    params["1.bias"][2] = 3.0  # a folded constant: needs the remembered inputs' run
+    small, small_params = result = fr.prune.shrink(model, params, cs)
+    assert small[0].out_channels == 3 and len(result.report.couplings[0].removed) == 1
+    _same_function(model, params, small, small_params, torch.randn(5, 1, 8, 8))
+    # a list that mixes hand-written couplings in still finds them
+    by_hand = [{"3.weight": 0, "3.bias": 0, "4.weight": 0, "4.bias": 0}, cs[0]]
+    assert fr.prune.shrink(model, params, by_hand).model[0].out_channels == 3
+
+
+def test_shrink_without_example_inputs_anywhere_is_an_error() -> None:
+    model = _mlp()
+    params = _params(model)
+    with pytest.raises(TypeError, match=r"needs example inputs .*fr.prune.couplings\(model, x\)"):
+        fr.prune.shrink(model, params, [{"0.weight": 0, "0.bias": 0}])
+
+
+def test_after_step_with_the_coupled_group_lasso_prox_donated_then_shrink() -> None:
+    """The classic loop of docs/pruning.md: torch.optim.SGD, then after every step
+    fr.group_lasso.prox(..., groups=couplings, donate=True) on the module's own parameters;
+    against the same loop with a block soft threshold written by hand on Coupling.norms."""
+    torch.manual_seed(5)
+    x = torch.randn(64, 6)
+    y = x[:, :3] - x[:, 3:]
+    model = _mlp()
+    cs = fr.prune.couplings(model, x)
+    lam = 0.05
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    ref_opt_model = _mlp()
+    ref_opt_model.load_state_dict(model.state_dict())
+    ref_opt = torch.optim.SGD(ref_opt_model.parameters(), lr=0.1, momentum=0.5)
+    storage = {k: p.data_ptr() for k, p in model.named_parameters()}
+
+    def prox(params):
+        return fr.group_lasso.prox(params, lam, opt.param_groups[0]["lr"], groups=cs, donate=True)
+
+    handle = fr.prune.after_step(opt, model, prox)
+    for _ in range(40):
+        for m, o in ((model, opt), (ref_opt_model, ref_opt)):
+            o.zero_grad()
+            F.mse_loss(m(x), y).backward()
+            o.step()
+        with torch.no_grad():
+            live = {k: p.detach() for k, p in ref_opt_model.named_parameters()}
+            for c in cs:
+                _block_soft_threshold_(live, c, lam * 0.1)
+    handle.remove()
+    assert {k: p.data_ptr() for k, p in model.named_parameters()} == storage  # written in place
+    params, reference = _params(model), _params(ref_opt_model)
+    for k in params:
+        torch.testing.assert_close(params[k], reference[k], atol=1e-6, rtol=1e-5)
+    zero = [int((c.norms(params) == 0).sum()) for c in cs]
+    assert 0 < sum(zero) < sum(c.validate(params) for c in cs), zero
+    small, small_params = fr.prune.shrink(model, params, cs)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    _same_function(model, params, small, small_params, torch.randn(5, 6))

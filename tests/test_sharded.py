@@ -399,3 +399,63 @@ def _fsdp_battery(rank: int, world: int) -> None:
 
 def test_fsdp2_pattern() -> None:
     run_ranks(_fsdp_battery, timeout=120)
+
+
+# ------------------------------------------------------------------------ coupled groups
+def _coupled_battery(rank: int, world: int) -> None:
+    """``groups=`` on DTensor leaves: each coupling's group norms are global over leaves
+    sharded in different ways (a Shard(0) leaf cut along its columns, a Shard(1) one along
+    its rows, a Replicate vector, a plain leaf), on both paths, donated, under vmap over λ,
+    and for couplings that overlap."""
+    import funcreg as fr
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    check = Checks(rank)
+    units = [{"a": 1, "c": 0}, fr.Coupling({"b": 0}, groups=2), {"d": 0}]
+    overlapping = [{"a": 1, "c": 0}, {"a": 0}]
+    lams = torch.tensor([0.0, 0.3, 1.5], dtype=torch.float64)
+    for mixed in (False, True):
+        params, grads, full_p, full_g = _trees(mesh, mixed)
+        groups = units if mixed else units[:2]
+        for path in ("fast", "composable"):
+            for name, pen, opts in [("group_lasso", fr.group_lasso, {}),
+                                    ("sparse_group_lasso", fr.sparse_group_lasso, {"l1_ratio": 0.3})]:
+                def run_all(pen: Any = pen, opts: dict = opts, path: str = path) -> None:
+                    kw = {**opts, "groups": groups}
+                    with fr._dispatch.forced(path):
+                        torch.testing.assert_close(pen(params, 0.4, **kw), pen(full_p, 0.4, **kw))
+                        _same(pen.grad(params, 0.4, **kw), pen.grad(full_p, 0.4, **kw), params, "grad")
+                        _same(pen.add_grad(grads, params, 0.4, **kw), pen.add_grad(full_g, full_p, 0.4, **kw),
+                              grads, "add_grad")
+                        want = pen.prox(full_p, 0.4, 0.7, **kw)
+                        _same(pen.prox(params, 0.4, 0.7, **kw), want, params, "prox")
+                        donated = {k: v.clone() for k, v in params.items()}
+                        out = pen.prox(donated, 0.4, 0.7, donate=True, **kw)
+                        _same(out, want, params, "donated prox")
+                        assert all(out[k] is donated[k] for k in out)
+                        torch.testing.assert_close(pen.lambda_max(grads, **kw), pen.lambda_max(full_g, **kw))
+                        _same(torch.func.grad(lambda q: pen(q, 0.4, **kw))(params), pen.grad(full_p, 0.4, **kw),
+                              params, "torch.func.grad of the value")
+                        over = {**opts, "groups": overlapping}
+                        _same(pen.grad(params, 0.4, **over), pen.grad(full_p, 0.4, **over), params, "overlap grad")
+                        _same(pen.prox(params, 0.4, 0.7, **over), pen.prox(full_p, 0.4, 0.7, **over), params,
+                              "overlap prox")
+
+                check.attempt(f"{'mixed' if mixed else 'dtensor'} {path} {name}", run_all)
+
+        def vmap_lam() -> None:
+            got = torch.func.vmap(lambda lam: fr.group_lasso.prox(params, lam, 1.0, groups=groups))(lams)
+            vals = torch.func.vmap(lambda lam: fr.group_lasso(params, lam, groups=groups))(lams)
+            for j, lam in enumerate(lams):
+                want = fr.group_lasso.prox(full_p, lam, 1.0, groups=groups)
+                for k in want:
+                    torch.testing.assert_close(_full(got[k])[j], want[k], msg=lambda m: f"{k}: {m}")
+                torch.testing.assert_close(_full(vals)[j], fr.group_lasso(full_p, lam, groups=groups))
+
+        check.attempt(f"{'mixed' if mixed else 'dtensor'} vmap over lam", vmap_lam)
+    check.done()
+
+
+def test_coupled_groups_on_dtensors() -> None:
+    run_ranks(_coupled_battery, timeout=120)

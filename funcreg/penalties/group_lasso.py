@@ -10,10 +10,11 @@ import torch
 from funcreg._groups import block_shrink, check_dim, group_norms, inverse_norms
 from funcreg._ops import Column, Ops, Tensors, each
 from funcreg._tree import Flat
-from funcreg.penalties._base import Penalty, amax
+from funcreg.penalties._base import amax
+from funcreg.penalties._coupled import CoupledGroups
 
 
-class GroupLasso(Penalty):
+class GroupLasso(CoupledGroups):
     r"""Group lasso :math:`\lambda \sum_g \sqrt{n_g}\,\lVert w_g \rVert_2`.
 
     A group :math:`w_g` is one slice of a leaf along ``dim`` (keyword, default 0: one
@@ -34,6 +35,19 @@ class GroupLasso(Penalty):
     tree), not per element. ``lambda_max`` is :math:`\max_g \lVert g_g\rVert / \sqrt{n_g}`
     over the groups of the task loss's gradient at w = 0.
 
+    **Coupled groups** (``groups=``, instead of ``dim=``): a list of couplings, each an
+    ``fr.Coupling`` or a dict ``{path: dim}`` (docs/pruning.md). Group k of a coupling is
+    the k-th of its G equal chunks along each named dim, over all its leaves (a unit's
+    weight row, bias entry and BatchNorm scale and shift; an attention head's rows), and
+    :math:`n_g` its total number of elements. Leaves no coupling names are not
+    penalized; ``where=`` selects whole couplings (one it splits is an error). With
+    ``groups=``, ``lam`` is one value (a number or a 0-d tensor); ``step`` may be one per
+    leaf (a proximal Adam's), and the prox is then exact in that metric: per group
+    :math:`u_l = v_l\,r/(r + s_l t_g)`, r solving a one-dimensional equation. Couplings
+    may overlap (share a leaf): values and gradients sum over all groups, ``lambda_max``
+    refuses, and the prox is computed iteratively to ``1e-6·‖w‖`` with exact zeros (see
+    ``funcreg/_overlap.py``), eagerly or under ``vmap``.
+
     Reference: Yuan & Lin, "Model selection and estimation in regression with grouped
     variables", JRSS B 68 (2006).
 
@@ -42,10 +56,16 @@ class GroupLasso(Penalty):
     >>> fr.group_lasso.prox(w, 1.0 / 2 ** 0.5, 1.0)["w"]
     tensor([[2.4000, 3.2000],
             [0.0000, 0.0000]])
+    >>> units = {"fc.weight": 0, "fc.bias": 0}          # row k and entry k: unit k
+    >>> p = {"fc.weight": torch.tensor([[3.0], [0.1]]), "fc.bias": torch.tensor([4.0, 0.1])}
+    >>> out = fr.group_lasso.prox(p, 0.5, 1.0, groups=[units])  # t = 0.5·sqrt(2)
+    >>> out["fc.weight"], out["fc.bias"]
+    (tensor([[2.5757],
+            [0.0000]]), tensor([3.4343, 0.0000]))
     """
 
     name = "group_lasso"
-    options = {"dim": 0}
+    options = {"dim": 0, "groups": None}
     elementwise = False
 
     def _check(self, flat: Flat, selected: list[int], *, dim: Any) -> None:

@@ -11,10 +11,11 @@ from funcreg._groups import block_shrink, check_dim, group_norms, inverse_norms
 from funcreg._hyper import Param
 from funcreg._ops import Column, Ops, Tensors, derive, each
 from funcreg._tree import Flat
-from funcreg.penalties._base import Penalty, amax
+from funcreg.penalties._base import amax
+from funcreg.penalties._coupled import CoupledGroups
 
 
-class SparseGroupLasso(Penalty):
+class SparseGroupLasso(CoupledGroups):
     r"""Sparse group lasso, with ``l1_ratio`` = ρ and groups as in ``fr.group_lasso``
     (slices along ``dim``, weighted by :math:`\sqrt{n_g}`):
 
@@ -34,7 +35,11 @@ class SparseGroupLasso(Penalty):
       (found by bisection in float64; there is no closed form), the largest over groups.
 
     ``lam`` and ``step`` are one value per leaf; ``l1_ratio`` a number in [0, 1] or a 0-d
-    tensor; ``dim`` an int or None (the whole leaf one group).
+    tensor; ``dim`` an int or None (the whole leaf one group). ``groups=`` (instead of
+    ``dim=``) takes couplings as ``fr.group_lasso`` does; the L1 term then covers the
+    leaves they name, each element once, and the prox is still the soft threshold followed
+    by the groups' prox (also for overlapping couplings and a step per leaf: both steps are
+    exact in any diagonal metric).
 
     >>> import torch, funcreg as fr
     >>> w = {"w": torch.tensor([[3.0, 0.2], [0.1, 0.1]])}
@@ -44,7 +49,7 @@ class SparseGroupLasso(Penalty):
     """
 
     name = "sparse_group_lasso"
-    options = {"l1_ratio": 0.5, "dim": 0}
+    options = {"l1_ratio": 0.5, "dim": 0, "groups": None}
     hypers = (Param("l1_ratio", high=1.0),)
     elementwise = False
 

@@ -4,9 +4,9 @@ dataflow, and a smaller copy of it without the groups that are zero.
 ``couplings(model, *example_inputs)`` lists the units of each prunable layer as
 :class:`fr.Coupling`\\ s (rows of a weight with their bias and a following BatchNorm's
 entries; channels tied across a residual add; attention heads); a group penalty on them
-zeroes whole units; ``shrink(model, params, couplings, *example_inputs)`` cuts those units
-out of a copy of the model, folding their constant outputs into the next layer, and checks
-that the copy computes what the model did. ``after_step`` applies a prox after every
+zeroes whole units; ``shrink(model, params, couplings)`` cuts those units out of a copy of
+the model, folding their constant outputs into the next layer, and checks that the copy
+computes what the model did (on the example inputs the couplings were found with). ``after_step`` applies a prox after every
 ``optimizer.step()`` of a classic ``torch.optim`` loop. See docs/pruning.md.
 """
 
@@ -22,6 +22,7 @@ from funcreg.prune._dataflow import Dataflow
 from funcreg.prune._optimizer_hook import after_step
 from funcreg.prune._report import CouplingShrink, ShrinkReport, Shrunk
 from funcreg.prune._shrink import shrink as _shrink
+from funcreg.prune._traced import inputs_of, remember
 
 __all__ = ["CouplingShrink", "ShrinkReport", "Shrunk", "after_step", "couplings", "shrink"]
 
@@ -54,7 +55,9 @@ def couplings(model: nn.Module, *example_inputs: Any) -> list[Coupling]:
             more, so that the batch dim is not mistaken for a size-1 dim).
 
     Returns:
-        A list of :class:`fr.Coupling`, in the order the layers run.
+        A list of :class:`fr.Coupling`, in the order the layers run. Each remembers, privately,
+        a copy of ``example_inputs``, which :func:`shrink` then needs no more of (they are
+        still equal to, and hash like, plain couplings with the same dims and G).
 
     Raises:
         ValueError: ``torch.fx`` cannot trace the model (forward branches on tensor
@@ -72,7 +75,8 @@ def couplings(model: nn.Module, *example_inputs: Any) -> list[Coupling]:
     try:
         if isinstance(model, nn.Module):
             model.eval()
-        return [space.coupling() for space in Dataflow(model, example_inputs).spaces]
+        found = [space.coupling() for space in Dataflow(model, example_inputs).spaces]
+        return remember(found, example_inputs)
     finally:
         for name, m in (model.named_modules() if isinstance(model, nn.Module) else ()):
             m.train(modes[name])
@@ -115,7 +119,8 @@ def shrink(
             ``{path: dim}`` is a coupling with the default G); only their groups are
             considered, in the order given.
         example_inputs: the positional arguments of one forward call, as for
-            :func:`couplings`.
+            :func:`couplings`; optional when ``couplings`` came from :func:`couplings`,
+            whose example inputs are then used (those of the first coupling that has them).
 
     Returns:
         A pair ``(smaller_model, smaller_params)`` that also carries ``.report``, a
@@ -127,7 +132,8 @@ def shrink(
         ValueError: a coupling is not one of the model's (as :func:`couplings` finds them),
             is given twice, or does not fit ``params``; a params leaf is not the model's or
             has another shape; the model cannot be analysed (see :func:`couplings`).
-        TypeError: ``params`` is not a dict of tensors.
+        TypeError: ``params`` is not a dict of tensors; no example inputs are given and no
+            coupling remembers any (couplings written by hand).
         RuntimeError: the smaller model fails or differs from the original on the example
             inputs (an op fr.prune misread: please report it).
 
@@ -137,7 +143,7 @@ def shrink(
     >>> x = torch.randn(5, 3)
     >>> params = {k: v.detach().clone() for k, v in model.named_parameters()}
     >>> params["0.weight"][1:3] = 0.0              # units 1 and 2 are dead, their biases are not
-    >>> small, small_params = fr.prune.shrink(model, params, fr.prune.couplings(model, x), x)
+    >>> small, small_params = fr.prune.shrink(model, params, fr.prune.couplings(model, x))
     >>> small
     Sequential(
       (0): Linear(in_features=3, out_features=2, bias=True)
@@ -147,9 +153,16 @@ def shrink(
     >>> f = torch.func.functional_call
     >>> torch.allclose(f(small, small_params, (x,)), f(model, params, (x,)), atol=1e-6)
     True
-    >>> print(fr.prune.shrink(model, params, fr.prune.couplings(model, x), x).report)
+    >>> print(fr.prune.shrink(model, params, fr.prune.couplings(model, x)).report)
     coupling  groups  removed  zero, kept  live
     0         4       2        0           2
     parameters: 26 -> 14 (53.8%)
     """
+    if not example_inputs:
+        example_inputs = inputs_of(couplings) or ()
+        if not example_inputs:
+            raise TypeError(
+                "fr.prune.shrink needs example inputs (the tensors forward is called with): pass "
+                "them, shrink(model, params, couplings, x), or pass couplings from "
+                "fr.prune.couplings(model, x), which remember theirs")
     return _shrink(model, params, couplings, *example_inputs)
