@@ -5,15 +5,16 @@ engine's, and ``fr.distributed.all_reduce``) goes through this one protocol.
 A call made with ``donate=True`` may put its results into the storage of the inputs it
 donates. On the fast path the family math writes into them directly
 (:class:`funcreg._ops.Owned`); where it computes out of place :func:`commit` copies the
-results in, which is an in-place update wherever the caller's transforms allow one
+results in. That is an in-place update wherever the caller's transforms allow one
 (:func:`can_write`): eagerly; under ``torch.compile`` (functionalization makes it an update
 of the input buffers); under ``vmap`` for leaves batched at the current level; never under
 ``grad``, ``jacrev`` or ``jvp``, where the call returns fresh tensors with the pure values.
 
 Before anything is written, :func:`written_spans` and :func:`check_reads` refuse a
-donation that cannot be honoured: a written leaf that requires grad in grad mode, whose
-elements overlap each other (an expanded view), or whose memory overlaps another written
-leaf or any tensor the call reads (byte ranges: interleaved views of one buffer count).
+donation that cannot be honoured: a written leaf that requires grad in grad mode, an
+inference tensor, one whose elements overlap each other (an expanded view), or whose
+memory overlaps another written leaf or any tensor the call reads (byte ranges:
+interleaved views of one buffer count).
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ Label = tuple[str, "str | None"]  # (what: "params", "state['exp_avg']", "lr"...
 
 def can_write(donated: Sequence[torch.Tensor]) -> bool:
     """Whether a donated call may write its results into ``donated`` now."""
-    if torch.compiler.is_compiling():
-        return True
-    stack = _functorch.get_interpreter_stack()
+    stack = () if torch.compiler.is_compiling() else _functorch.get_interpreter_stack()
     if not stack:
         return True
     if any(level.key() != _functorch.TransformType.Vmap for level in stack):
@@ -55,8 +54,7 @@ class Spans:
 
 def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
     """Check the leaves a donated call will overwrite; raises ``ValueError`` naming the leaf."""
-    grad_on = torch.is_grad_enabled()
-    compiling = torch.compiler.is_compiling()
+    grad_on, compiling = torch.is_grad_enabled(), torch.compiler.is_compiling()
     spans: list[tuple[int, int, Label]] = []
     for label, t in written:
         if grad_on and t.requires_grad:
@@ -157,9 +155,7 @@ def _span(t: torch.Tensor) -> tuple[int, int] | None:
     if n == 0 or t.is_meta:
         return None
     start = t.data_ptr()
-    if t.is_contiguous():
-        return start, start + n * t.element_size()
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    extent = n if t.is_contiguous() else 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
     return start, start + extent * t.element_size()
 
 
