@@ -5,10 +5,9 @@ engine's, and ``fr.distributed.all_reduce``) goes through this one protocol.
 A call made with ``donate=True`` may put its results into the storage of the inputs it
 donates. On the fast path the family math writes into them directly
 (:class:`funcreg._ops.Owned`); where it computes out of place :func:`commit` copies the
-results in. That is an in-place update wherever the caller's transforms allow one
-(:func:`can_write`): eagerly; under ``torch.compile`` (functionalization makes it an update
-of the input buffers); under ``vmap`` for leaves batched at the current level; never under
-``grad``, ``jacrev`` or ``jvp``, where the call returns fresh tensors with the pure values.
+results in. That is an in-place update wherever the caller's transforms allow one (the
+engine decides: eagerly, under ``torch.compile``, under ``vmap`` for leaves batched at the
+current level; never under ``grad``, ``jacrev`` or ``jvp``).
 
 Before anything is written, :func:`written_spans` and :func:`check_reads` refuse a
 donation that cannot be honoured: a written leaf that requires grad in grad mode, an
@@ -31,18 +30,6 @@ _functorch = torch._C._functorch
 Label = tuple[str, "str | None"]  # (what: "params", "state['exp_avg']", "lr"...; leaf path)
 
 
-def can_write(donated: Sequence[torch.Tensor]) -> bool:
-    """Whether a donated call may write its results into ``donated`` now."""
-    stack = () if torch.compiler.is_compiling() else _functorch.get_interpreter_stack()
-    if not stack:
-        return True
-    if any(level.key() != _functorch.TransformType.Vmap for level in stack):
-        return False
-    current = _functorch.current_level()
-    return all(_functorch.is_batchedtensor(d) and _functorch.maybe_get_level(d) == current
-               for d in donated)
-
-
 class Spans:
     """The byte ranges of the written leaves, sorted and disjoint, for :func:`check_reads`."""
 
@@ -55,6 +42,7 @@ class Spans:
 def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
     """Check the leaves a donated call will overwrite; raises ``ValueError`` naming the leaf."""
     grad_on, compiling = torch.is_grad_enabled(), torch.compiler.is_compiling()
+    inference = compiling or torch.is_inference_mode_enabled()  # Dynamo traces neither
     spans: list[tuple[int, int, Label]] = []
     for label, t in written:
         if grad_on and t.requires_grad:
@@ -65,7 +53,7 @@ def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
                 "torch.no_grad()")
         if compiling:
             continue  # traced tensors have no addresses to compare
-        if not torch.is_inference_mode_enabled() and t.is_inference():
+        if not inference and t.is_inference():
             raise ValueError(
                 f"cannot donate {_name(label)}: it is an inference tensor, which only code "
                 "under torch.inference_mode() may write; donate a .clone() of it or call "
@@ -74,12 +62,12 @@ def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
         span = _span(local)
         if span is None:
             continue  # empty and meta tensors have no memory
-        if not local.is_contiguous() and _may_overlap_itself(local):
+        if span[2] and _may_overlap_itself(local):
             raise ValueError(
                 f"cannot donate {_name(label)}: its elements may overlap in memory (an "
                 "expanded, stride-0 or as_strided view), so one write could land on several "
                 "of them; donate a .clone() of it")
-        spans.append((*span, label))
+        spans.append((span[0], span[1], label))
     spans.sort(key=lambda s: s[0])
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
         if start < end:
@@ -148,15 +136,16 @@ def _may_overlap_itself(t: torch.Tensor) -> bool:
     return False
 
 
-def _span(t: torch.Tensor) -> tuple[int, int] | None:
-    """The byte range ``[start, end)`` that plain tensor ``t``'s elements can touch; ``None``
-    if it has none (empty, or on the meta device)."""
+def _span(t: torch.Tensor) -> tuple[int, int, bool] | None:
+    """The byte range ``[start, end)`` that plain tensor ``t``'s elements can touch, and
+    whether it has gaps (not contiguous); ``None`` if it has none (empty, or on the meta
+    device)."""
     n = t.numel()
     if n == 0 or t.is_meta:
         return None
-    start = t.data_ptr()
-    extent = n if t.is_contiguous() else 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    return start, start + extent * t.element_size()
+    start, gaps = t.data_ptr(), not t.is_contiguous()
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) if gaps else n
+    return start, start + extent * t.element_size(), gaps
 
 
 def _name(label: Label) -> str:

@@ -111,16 +111,21 @@ def run(op: Op, trees: Sequence[Any], hypers: dict[str, Any], *, where: Where = 
     :attr:`Op.output`."""
     kinds = tuple(_hyper.kind(p, hypers[p.name]) for p in op.hypers)
     compiling = torch.compiler.is_compiling()
-    transformed = compiling or _functorch.peek_interpreter_stack() is not None
-    sig = (static, kinds, donate, split, transformed, _dispatch.CHUNK, _dispatch.BLOCK_BYTES)
+    top = None if compiling else _functorch.peek_interpreter_stack()
+    transformed = compiling or top is not None
+    levels = None if top is None else _stacked.levels(top)
+    # under vmap alone the engine works on the tensors under the wrappers (the stacked path)
+    sig = (static, kinds, donate, split, "vmap" if levels else transformed, _dispatch.CHUNK, _dispatch.BLOCK_BYTES)
     quick = [_tree.structure(t) for t in trees]
+    peeled = [_stacked.peel(q[1], levels) for q in quick] if levels else None
     where = _Where(where)  # a user's callable is called once per call, however often it is read
-    plan, changed = (None, None) if compiling else _recall(op, sig, trees, quick, where)
+    plan, changed = (None, None) if compiling else _recall(op, sig, trees, quick, peeled, where)
     if plan is None:
-        plan = _plan(op, sig, trees, kinds, where, hypers)
+        plan = _plan(op, sig, trees, kinds, where, hypers, peeled)
         if not compiling:
-            _remember(op, plan, quick)
-    return _execute(plan, plan.align(quick), hypers, differentiable, changed)
+            _remember(op, plan, quick, peeled)
+    under = None if peeled is None else (levels, plan.align([b for b, _ in peeled]), plan.align([d for _, d in peeled]))
+    return _execute(plan, plan.align([q[1] for q in quick]), hypers, differentiable, changed, under)
 
 
 # ---------------------------------------------------------------------- recognition
@@ -134,6 +139,12 @@ def _meta(x: Any) -> Any:
     return (kind, x.shape, x.dtype, x.device, x.layout, strided and x.is_contiguous())
 
 
+def _metas(leaves: list[Any], peeled: Any) -> list[Any]:
+    """The leaves' :func:`_meta`; under ``vmap`` (``peeled``: the tensors under the wrappers
+    and their batch dims), those of the tensors under them with their batch dims."""
+    return [_meta(x) for x in leaves] if peeled is None else list(zip(map(_meta, peeled[0]), peeled[1]))
+
+
 def _none() -> None:
     return None
 
@@ -142,28 +153,21 @@ class _Record:
     """The tensors a plan last ran on (weakly held), with their version counters and
     addresses: the same tensors, unmoved, need no second look. A version counter moves
     with every in-place op, metadata changes such as ``resize_`` or ``t_`` included; an
-    address with an assignment of new storage to ``.data``. Under a torch.func transform
-    the leaves are wrappers made for the call: the record holds the tensors under them
-    and how each was wrapped (levels and batch dims)."""
+    address with an assignment of new storage to ``.data``. Under ``vmap`` the leaves are
+    wrappers made for the call: the record holds the tensors under them, and ``dims``,
+    their batch dims."""
 
-    __slots__ = ("refs", "versions", "ptrs", "wraps")
+    __slots__ = ("refs", "versions", "ptrs", "dims")
 
-    def __init__(self, leaves: list[Any], transformed: bool):
-        bases, self.wraps = _unwrapped(leaves) if transformed else (leaves, None)
-        self.refs = [_none if x is None else weakref.ref(x) for x in bases]
+    def __init__(self, leaves: list[Any], dims: Any = None):
+        self.refs, self.dims = [_none if x is None else weakref.ref(x) for x in leaves], dims
         try:
-            self.versions, self.ptrs = _versions(bases), _ptrs(bases)
+            self.versions, self.ptrs = _versions(leaves), _ptrs(leaves)
         except RuntimeError:  # an inference tensor has no version counter: never recognized
             self.versions = self.ptrs = None
 
-    def holds(self, leaves: list[Any]) -> bool:
-        if self.wraps is not None:
-            if leaves and _unwrapped(leaves[:1])[0][0] is not self.refs[0]():
-                return False  # fresh tensors (a pure call's results): no need to look further
-            leaves, wraps = _unwrapped(leaves)
-            if wraps != self.wraps:
-                return False
-        if not all(map(operator.is_, [r() for r in self.refs], leaves)):
+    def holds(self, leaves: list[Any], dims: Any = None) -> bool:
+        if dims != self.dims or not all(map(operator.is_, [r() for r in self.refs], leaves)):
             return False
         try:
             return _versions(leaves) == self.versions and _ptrs(leaves) == self.ptrs
@@ -176,20 +180,6 @@ class _Record:
             self.versions = _versions([r() for r in self.refs])
         except RuntimeError:  # inference tensors, donated under torch.inference_mode()
             self.versions = None
-
-
-def _unwrapped(leaves: list[Any]) -> tuple[list[Any], list[tuple[tuple[int, int], ...]]]:
-    """The tensors under the leaves' torch.func wrappers, and each one's (level, batch dim)
-    per wrapper."""
-    bases, wraps = [], []
-    for x in leaves:
-        how: tuple[tuple[int, int], ...] = ()
-        while x is not None and _functorch.is_functorch_wrapped_tensor(x):
-            how += ((_functorch.maybe_get_level(x), _functorch.maybe_get_bdim(x)),)
-            x = _functorch.get_unwrapped(x)
-        bases.append(x)
-        wraps.append(how)
-    return bases, wraps
 
 
 def _versions(xs: list[Any]) -> list[int | None]:
@@ -236,9 +226,9 @@ class Plan:
         self.records: list[_Record] | None = None
         self.donation: tuple[bool, _donation.Spans | None] | None = None
 
-    def align(self, quick: list[tuple[Any, list[Any]]]) -> list[list[Any]]:
+    def align(self, trees: list[list[Any]]) -> list[list[Any]]:
         """Each tree's leaves in the main tree's order."""
-        return [q[1] if perm is None else [q[1][j] for j in perm] for q, perm in zip(quick, self.perms)]
+        return [leaves if perm is None else [leaves[j] for j in perm] for leaves, perm in zip(trees, self.perms)]
 
 
 class _Where:
@@ -272,20 +262,22 @@ def _mask(op: Op, flat: _tree.Flat, where: _Where) -> list[bool]:
     return where.mask
 
 
-def _recall(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[Any]]],
+def _recall(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[Any]]], peeled: Any,
             where: _Where) -> tuple[Plan | None, list[int] | None]:
     """The plan this call can reuse, and the trees whose leaves it had not seen as they are
     (``None``: none of them seen)."""
+    own = peeled or [(leaves, None) for _, leaves in quick]
     for plan in op.recent:
         if (plan.sig != sig or len(plan.fps) != len(quick)
                 or not all(fp is q[0] or fp == q[0] for fp, q in zip(plan.fps, quick))
                 or _where_key(op, lambda: _tree.Flat(plan.paths, quick[0][1], plan.spec), where) != plan.wkey):
             continue
-        changed = [k for k, (_, leaves) in enumerate(quick) if not plan.records[k].holds(leaves)]
-        if any([_meta(x) for x in quick[k][1]] != plan.metas[k] for k in changed):
+        records = plan.records
+        changed = [k for k in range(len(quick)) if records is None or not records[k].holds(*own[k])]
+        if any(_metas(quick[k][1], peeled and peeled[k]) != plan.metas[k] for k in changed):
             continue
-        for k in changed:
-            plan.records[k] = _Record(quick[k][1], sig[4])
+        for k in changed if records is not None else ():
+            records[k] = _Record(*own[k])
         if op.recent[0] is not plan:
             op.recent = [plan, *(p for p in op.recent if p is not plan)]
         return plan, changed
@@ -293,25 +285,27 @@ def _recall(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[
     try:
         wkey = _where_key(op, lambda: _tree.Flat(_tree.paths_of(trees[0], fps[0], op.main.label),
                                                  quick[0][1], fps[0]), where)
-        plan = _PLANS.get((op, sig, wkey, fps, tuple(tuple(_meta(x) for x in q[1]) for q in quick)))
+        metas = tuple(tuple(_metas(q[1], peeled and peeled[k])) for k, q in enumerate(quick))
+        plan = _PLANS.get((op, sig, wkey, fps, metas))
     except Exception:  # unhashable, or a where that fails: building the plan says why
         return None, None
     if plan is not None:
         _PLANS.move_to_end(plan.key)
-        _remember(op, plan, quick)
+        _remember(op, plan, quick, peeled)
     return plan, None
 
 
-def _remember(op: Op, plan: Plan, quick: list[tuple[Any, list[Any]]]) -> None:
+def _remember(op: Op, plan: Plan, quick: list[tuple[Any, list[Any]]], peeled: Any) -> None:
     if plan.key is None:
         return
     op.recent = [plan, *(p for p in op.recent if p is not plan)][:RECENT]
-    plan.records = [_Record(q[1], plan.sig[4]) for q in quick]
+    # under a transform other than vmap the leaves are wrappers made for this call: nothing to hold
+    plan.records = None if plan.sig[4] is True else [_Record(*own) for own in peeled or [(q[1], None) for q in quick]]
     plan.donation = None
 
 
 def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where: _Where,
-          hypers: dict[str, Any]) -> Plan:
+          hypers: dict[str, Any], peeled: Any = None) -> Plan:
     """Flatten, select and validate; group for the fast path (see :class:`Plan`)."""
     static, _, donate, split = sig[:4]
     main = op.main
@@ -357,7 +351,7 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
     if torch.compiler.is_compiling():  # traced once per graph: nothing to recognize it by
         return plan
     plan.fps = [spec, *(_tree.structure(t)[0] for t in trees[1:])]
-    plan.metas = [[_meta(x) for x in _tree.structure(t)[1]] for t in trees]
+    plan.metas = [_metas(_tree.structure(t)[1], peeled and peeled[k]) for k, t in enumerate(trees)]
     plan.wkey = _where_key(op, lambda: flat, where)
     key = (op, sig, plan.wkey, tuple(plan.fps), tuple(tuple(m) for m in plan.metas))
     try:
@@ -383,8 +377,9 @@ def _perm(tree: Any, flat: _tree.Flat, label: str) -> list[int] | None:
 
 # -------------------------------------------------------------------------- execution
 def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differentiable: bool,
-             changed: list[int] | None) -> Any:
-    """The call on ``trees`` (each in the main tree's order)."""
+             changed: list[int] | None, under: Any) -> Any:
+    """The call on ``trees`` (each in the main tree's order; under ``vmap``, ``under`` holds
+    the levels, and the tensors under the leaves and their batch dims, in that order)."""
     op, active, names = plan.op, plan.active, plan.names
     static, kinds, donate, _, transformed = plan.sig[:5]
     values = {p.name: hypers[p.name] for p in op.hypers}
@@ -396,9 +391,10 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
             if op.history and not differentiable:
                 _refuse_history(plan, rows)
             traced = True
-    route = _dispatch.route(transformed=transformed, traced=traced, stackable=plan.stackable and _stacked.AVAILABLE)
+    route = _dispatch.route(transformed=transformed, traced=traced, stackable=plan.stackable and under is not None)
     writes = op.writes or (op.main.name,)
-    in_place = donate and bool(op.writes) and _donate(plan, trees, values, changed, traced)
+    in_place = donate and bool(op.writes) and _donate(plan, under[1] if under else trees, under and under[2], values,
+                                                      changed, traced)
     try:
         if op.validate is not None:
             per_leaf = _hyper_columns(plan, active, values, kinds, [trees[0][i] for i in active])
@@ -410,7 +406,7 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
         columns = {n: t if plan.whole else [t[i] for i in idx] for n, t in zip(names, trees)}
         try:
             result = _run_part(plan, route, idx, groups, columns, values, kinds,
-                               {**dict(static), **extra}, in_place, writes)
+                               {**dict(static), **extra}, in_place, writes, under)
         except LeafError as e:
             raise _named(op, plan.labels[0], plan.paths[idx[e.k]], e) from None
         for n in writes:
@@ -444,21 +440,26 @@ def _refuse_history(plan: Plan, rows: list[list[Any]]) -> None:
                     "torch.no_grad(), or pass differentiable=True to differentiate through it")
 
 
-def _donate(plan: Plan, trees: list[list[Any]], values: dict[str, Any], changed: list[int] | None,
-            traced: bool) -> bool:
-    """Whether a donated call writes into its donated trees (:func:`funcreg._donation.can_write`),
-    after the checks that it may; both redone only for what changed since they last passed."""
+def _donate(plan: Plan, local: list[list[Any]], dims: list[list[Any]] | None, values: dict[str, Any],
+            changed: list[int] | None, traced: bool) -> bool:
+    """Whether a donated call writes into its donated trees, after the checks that it may
+    (on ``local``: under ``vmap``, the tensors under the wrappers, batched along ``dims``);
+    both redone only for what changed since they last passed. It writes eagerly, under
+    ``torch.compile`` (functionalization makes it an update of the input buffers) and under
+    ``vmap`` when every donated leaf is batched at the current level; never under ``grad``,
+    ``jacrev`` or ``jvp``, where the call returns fresh tensors with the pure values."""
     paths, active, written = plan.paths, plan.active, plan.written
     if plan.donation is None or changed is None or traced or any(k in changed for k in written):
-        writable = not plan.sig[4] or _donation.can_write([trees[k][i] for k in written for i in active])
-        spans = _donation.written_spans(((plan.labels[k], paths[i]), trees[k][i])
+        writable = (not plan.sig[4] or torch.compiler.is_compiling()
+                    or dims is not None and all(dims[k][i][0] is not None for k in written for i in active))
+        spans = _donation.written_spans(((plan.labels[k], paths[i]), local[k][i])
                                         for k in written for i in active) if writable else None
-        plan.donation, changed = (writable, spans), list(range(len(trees)))
+        plan.donation, changed = (writable, spans), list(range(len(local)))
     writable, spans = plan.donation
     if not writable:
         return False
     chosen = set(active)
-    reads = [((plan.labels[k], paths[i]), v) for k in changed for i, v in enumerate(trees[k])
+    reads = [((plan.labels[k], paths[i]), v) for k in changed for i, v in enumerate(local[k])
              if k not in written or i not in chosen]
     for p in plan.op.hypers:
         v = values[p.name]
@@ -473,15 +474,19 @@ def _donate(plan: Plan, trees: list[list[Any]], values: dict[str, Any], changed:
 
 def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Group],
               columns: dict[str, list[Any]], values: dict[str, Any], kinds: tuple[Any, ...],
-              static: dict[str, Any], in_place: bool, writes: tuple[str, ...]) -> dict[str, list[Any]]:
+              static: dict[str, Any], in_place: bool, writes: tuple[str, ...], under: Any) -> dict[str, list[Any]]:
     """The body on the leaves ``idx`` (one part), on ``route``."""
     op = plan.op
     leaves = columns[op.main.name]
     hyp = _hyper_columns(plan, idx, values, kinds, leaves)
     if route == "stacked":
-        read = [n for n in plan.names if n not in writes]
-        job = _stacked.Job(op.body, static, list(writes), read, len(idx), in_place, op.prepass, groups)
-        return _stacked.run(job, columns, hyp)
+        levels, bases, dims = under
+        bases = {n: b if plan.whole else [b[i] for i in idx] for n, b in zip(plan.names, bases)}
+        dims = {n: d if plan.whole else [d[i] for i in idx] for n, d in zip(plan.names, dims)}
+        out = _stacked.run(op.body, op.prepass, static, columns, bases, dims, hyp, levels, writes, in_place, groups)
+        if out is not None:
+            return out
+        route = "composable"  # a tensor wrapped by something else than this vmap
     if route == "composable" or op.output in ("sum", "max") or op.prepass is not None:
         spread = {n: _hyper.cast([v] * len(idx), leaves, plan.sharded) if isinstance(v, torch.Tensor) else v
                   for n, v in hyp.items()}  # a tensor value for every leaf, in its dtype

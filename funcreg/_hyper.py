@@ -81,7 +81,9 @@ def kind(p: Param, value: Any) -> Any:
         return None
     if isinstance(value, torch.Tensor):
         p.number(value)  # a 0-d tensor, or the error that says to vmap instead
-        return _tensor_kind(p, value)
+        if value.layout != torch.strided:
+            _tensor_kind(p, value)  # the error
+        return ("tensor", value.dtype, value.device)
     if isinstance(value, Real) or not p.per_leaf or optree.tree_is_leaf(
             value, none_is_leaf=True, namespace=_tree.NAMESPACE):
         p.number(value)  # the range, or a TypeError for a str, None, a list of one ...
