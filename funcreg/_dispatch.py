@@ -145,7 +145,7 @@ def run_fast(body: Callable[..., Any], groups: list[Group], columns: dict[str, l
     if len(groups) == 1 and len(groups[0].idx) == n and groups[0].pieces is None:  # the common case
         g = groups[0]
         cols = {name: _ops.Owned(col) if owned and name in writes else col for name, col in columns.items()}
-        return _named(body(g.ops(batch), **cols, **hypers(g), **static), writes)
+        return named(body(g.ops(batch), **cols, **hypers(g), **static), writes)
     out = {name: list(columns[name]) if name in columns else [None] * n for name in writes}
     for g in groups:
         ops, h = g.ops(batch), _at(g.idx, hypers, g)
@@ -155,7 +155,7 @@ def run_fast(body: Callable[..., Any], groups: list[Group], columns: dict[str, l
             hp = {name: [_cut(v[at[k]], a, b) for k, a, b in piece] if isinstance(v, list) else v
                   for name, v in h.items()}
             cols = {name: _ops.Owned(col) if owned and name in writes else col for name, col in cols.items()}
-            result = _named(_at([k for k, _, _ in piece], body, ops, **cols, **hp, **static), writes)
+            result = named(_at([k for k, _, _ in piece], body, ops, **cols, **hp, **static), writes)
             for name, values in result.items():
                 if values is cols.get(name):
                     continue  # written in place: the leaves are already the results
@@ -178,7 +178,7 @@ def _at(idx: list[int], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         raise LeafError(idx[e.k], str(e)) from None
 
 
-def _named(result: Any, writes: tuple[str, ...]) -> dict[str, list[Any]]:
+def named(result: Any, writes: tuple[str, ...]) -> dict[str, list[Any]]:
     return result if isinstance(result, dict) else {writes[0]: result}
 
 

@@ -1,27 +1,18 @@
 """The engine: every public operation is an :class:`Op` that :func:`run` executes.
 
-An op describes its inputs by role and name (docs/design.md, "The engine"): the main tree
-(``params``; ``grads`` for ``lambda_max``), further trees matched to it by leaf path
-(:class:`Role`: ``grads``, ``anchor``, a step's state entries), which of them it writes
-(and may donate), its hyperparameters by keyword (:class:`funcreg._hyper.Param`), what
-``where`` means to it, and a body with a keyword signature::
+An op describes its inputs by role and name (docs/design.md): the main tree, further trees
+matched to it by leaf path (:class:`Role`), which of them it writes (and may donate), its
+hyperparameters by keyword (:class:`funcreg._hyper.Param`), what ``where`` means to it, and
+a body with a keyword signature, ``body(ops, *, params, grads, ..., lr, beta1, ...)``
+returning the new leaves of each written role. :func:`run` alone flattens, selects,
+validates, checks donation, groups, dispatches (:mod:`funcreg._dispatch`) and writes back.
+What depends only on the trees' structure, their leaves' metadata, ``where``, the
+hyperparameters' kinds and the flags is a :class:`Plan`, cached (never keyed on values).
 
-    def body(ops, *, params, grads, exp_avg, ..., lr, beta1, ..., decay, maximize):
-        ...
-        return {"params": ..., "exp_avg": ...}   # the new leaves of each written role
-
-:func:`run` alone flattens, selects, validates, checks donation, groups by (device,
-dtype), dispatches (:mod:`funcreg._dispatch`) and writes back. What depends only on the
-trees' structure, their leaves' metadata, ``where``, the hyperparameters' kinds and the
-flags is a :class:`Plan`, cached (LRU, never keyed on values); an op recognizes the plans
-of its last calls by the very same tensors, unmoved (:class:`_Record`), or else by their
-metadata; a user's own ``where`` callable is called on every call.
-
-**Extension points.** ``prepass(ops, **leaves_and_hypers) -> {name: per-leaf list}`` runs
-once on *all* active leaves before the body (never cut into groups, blocks or chunks):
-a reduction across leaves (coupled groups' norms, a DTensor's global norm, a batched SVD)
-made there is never cut wrongly by the elementwise body's grouping. ``LeafError(k, msg)``
-raised by a body is reported naming the k-th leaf it was given.
+Extension points: ``prepass(ops, **leaves_and_hypers) -> {name: per-leaf list}`` runs once
+on *all* active leaves before the body, never cut into groups, blocks or chunks (coupled
+groups' norms, a DTensor's global norm, a batched SVD); ``LeafError(k, msg)`` raised by a
+body is reported naming the k-th leaf it was given.
 """
 
 from __future__ import annotations
@@ -56,16 +47,15 @@ class Role(NamedTuple):
 
 @dataclass(eq=False)
 class Op:
-    """An operation's description; see the module docstring. ``output`` is "trees" (the
-    new written trees, by role), "tree" (a fresh tree, zeros on inactive leaves), "sum"
-    or "max" (of per-leaf values); ``where`` is "select" (only selected leaves are
-    active), "decay" (every leaf is; the body gets ``decay=`` the selection) or "none";
-    ``history``: refuse tensors that would record autograd history unless
-    ``differentiable=True``; ``elementwise``: the body treats every element alike, so a
-    donated CPU call may run in cache-sized blocks; ``pieces``: a donated call is cut at
-    all (a body of one kernel per leaf, or torch's fused kernels, has no scratch to bound);
-    ``check(flat, selected, **static)``: options against leaves, once per plan;
-    ``validate(per_leaf_values)``: the hyperparameters' values, every call."""
+    """An operation's description. ``output``: "trees" (the new written trees, by role),
+    "tree" (a fresh tree, zeros on inactive leaves), "sum" or "max" (of per-leaf values);
+    ``where``: "select" (only selected leaves are active), "decay" (all are; the body gets
+    ``decay=`` the selection, torch.optim's two parameter groups) or "none"; ``history``:
+    refuse inputs that record autograd history unless ``differentiable=True``;
+    ``elementwise``: a donated CPU call may run in cache-sized blocks; ``pieces``: a donated
+    call is cut at all (not for a body of one kernel per leaf); ``check(flat, selected,
+    **static)``: options against leaves, once per plan; ``validate(per_leaf_values)``: the
+    hyperparameters' values, every call."""
 
     name: str
     body: Callable[..., Any]
@@ -95,8 +85,8 @@ class LeafError(Exception):
 
 #: plans kept across calls (least recently used dropped first)
 CACHE_SIZE = 64
-#: plans an op recognizes its calls by without a lookup (two optimizers in one loop, a
-#: pure and a donated call)
+#: plans an op recognizes by their tensors, without a lookup (two optimizers in one loop,
+#: a pure and a donated call)
 RECENT = 4
 _PLANS: collections.OrderedDict[Any, Plan] = collections.OrderedDict()
 
@@ -105,26 +95,25 @@ def run(op: Op, trees: Sequence[Any], hypers: dict[str, Any], *, where: Where = 
         donate: bool = False, differentiable: bool = False, split: bool = True,
         static: tuple[tuple[str, Any], ...] = ()) -> Any:
     """Run ``op`` on ``trees`` (the main tree, then one per :attr:`Op.roles`), with
-    hyperparameters ``hypers`` (by :class:`funcreg._hyper.Param` name) and ``static``
-    keyword arguments for the body (hashable: they key the plan). ``split``: with
-    ``where="decay"``, run the selected leaves apart from the others. Returns per
-    :attr:`Op.output`."""
+    ``hypers`` by :class:`funcreg._hyper.Param` name and ``static`` keyword arguments for
+    the body (hashable: they key the plan). ``split``: with ``where="decay"``, run the
+    selected leaves apart from the others. Returns per :attr:`Op.output`."""
     kinds = tuple(_hyper.kind(p, hypers[p.name]) for p in op.hypers)
     compiling = torch.compiler.is_compiling()
     top = None if compiling else _functorch.peek_interpreter_stack()
-    transformed = compiling or top is not None
     levels = None if top is None else _stacked.levels(top)
     # under vmap alone the engine works on the tensors under the wrappers (the stacked path)
-    sig = (static, kinds, donate, split, "vmap" if levels else transformed, _dispatch.CHUNK, _dispatch.BLOCK_BYTES)
+    sig = (static, kinds, donate, split, "vmap" if levels else compiling or top is not None,
+           _dispatch.CHUNK, _dispatch.BLOCK_BYTES)
     quick = [_tree.structure(t) for t in trees]
     peeled = [_stacked.peel(q[1], levels) for q in quick] if levels else None
-    where = _Where(where)  # a user's callable is called once per call, however often it is read
+    where = _Where(where)
     plan, changed = (None, None) if compiling else _recall(op, sig, trees, quick, peeled, where)
     if plan is None:
         plan = _plan(op, sig, trees, kinds, where, hypers, peeled)
         if not compiling:
             _remember(op, plan, quick, peeled)
-    under = None if peeled is None else (levels, plan.align([b for b, _ in peeled]), plan.align([d for _, d in peeled]))
+    under = peeled and (levels, plan.align([b for b, _ in peeled]), plan.align([d for _, d in peeled]))
     return _execute(plan, plan.align([q[1] for q in quick]), hypers, differentiable, changed, under)
 
 
@@ -140,8 +129,8 @@ def _meta(x: Any) -> Any:
 
 
 def _metas(leaves: list[Any], peeled: Any) -> list[Any]:
-    """The leaves' :func:`_meta`; under ``vmap`` (``peeled``: the tensors under the wrappers
-    and their batch dims), those of the tensors under them with their batch dims."""
+    """The leaves' metadata; under ``vmap`` (``peeled``: the tensors under the wrappers
+    and their batch dims), that of the tensors under them, with their batch dims."""
     return [_meta(x) for x in leaves] if peeled is None else list(zip(map(_meta, peeled[0]), peeled[1]))
 
 
@@ -150,27 +139,26 @@ def _none() -> None:
 
 
 class _Record:
-    """The tensors a plan last ran on (weakly held), with their version counters and
-    addresses: the same tensors, unmoved, need no second look. A version counter moves
-    with every in-place op, metadata changes such as ``resize_`` or ``t_`` included; an
-    address with an assignment of new storage to ``.data``. Under ``vmap`` the leaves are
-    wrappers made for the call: the record holds the tensors under them, and ``dims``,
-    their batch dims."""
+    """The tensors a plan last ran on (weakly held), their version counters and addresses:
+    the same tensors, unmoved, need no second look (a version counter moves with every
+    in-place op, ``resize_`` or ``t_`` included; an address with new storage assigned to
+    ``.data``). Under ``vmap``: the tensors under the wrappers made for the call, and
+    ``dims``, their batch dims."""
 
     __slots__ = ("refs", "versions", "ptrs", "dims")
 
     def __init__(self, leaves: list[Any], dims: Any = None):
         self.refs, self.dims = [_none if x is None else weakref.ref(x) for x in leaves], dims
+        self.versions = self.ptrs = None  # an inference tensor has no version: never recognized
         try:
             self.versions, self.ptrs = _versions(leaves), _ptrs(leaves)
-        except RuntimeError:  # an inference tensor has no version counter: never recognized
-            self.versions = self.ptrs = None
+        except RuntimeError:
+            pass
 
     def holds(self, leaves: list[Any], dims: Any = None) -> bool:
-        if dims != self.dims or not all(map(operator.is_, [r() for r in self.refs], leaves)):
-            return False
         try:
-            return _versions(leaves) == self.versions and _ptrs(leaves) == self.ptrs
+            return (dims == self.dims and all(map(operator.is_, [r() for r in self.refs], leaves))
+                    and _versions(leaves) == self.versions and _ptrs(leaves) == self.ptrs)
         except RuntimeError:
             return False
 
@@ -196,81 +184,43 @@ def _ptrs(xs: list[Any]) -> list[int | None]:
         return [None if x is None else _donation._local(x).data_ptr() for x in xs]
 
 
-# ------------------------------------------------------------------------------ plans
-class Plan:
-    """What a call needs that depends only on structure, metadata, ``where``, the
-    hyperparameters' kinds and the flags (``sig``): the main tree's paths and spec, the
-    role trees' order (``perms``: each one's leaves in the main tree's order), the
-    selection, the active leaves split into ``parts`` (decayed or not) with their
-    fast-path groups, where each leaf's value sits in a per-leaf hyperparameter tree
-    (``hyper_at``), and (``records``, ``donation``) what the last calls saw and checked.
-    A cached plan holds no tensor of the call that built it."""
-
-    def __init__(self, op: Op, sig: Any, flat: _tree.Flat, perms: list[list[int] | None], mask: list[bool],
-                 active: list[int], parts: list[tuple[dict[str, Any], list[int], list[_dispatch.Group]]],
-                 hyper_at: dict[str, dict[int, int]]):
-        self.op, self.sig, self.perms, self.mask, self.active = op, sig, perms, mask, active
-        self.parts, self.hyper_at = parts, hyper_at
-        self.paths, self.spec = flat.paths, flat.spec
-        self.names = [op.main.name, *(r.name for r in op.roles)]
-        self.labels = [op.main.label, *(r.label for r in op.roles)]
-        self.written = [self.names.index(n) for n in op.writes]
-        self.sharded = _sharding.any_dtensor(flat.leaves)
-        self.stackable = op.output in ("trees", "tree") and not self.sharded
-        # one part of every leaf, in order: the trees' own lists serve as the body's columns
-        self.whole = len(parts) == 1 and parts[0][1] == list(range(len(flat.leaves)))
-        self.key: Any = None
-        self.fps: list[Any] = []
-        self.metas: list[list[Any]] = []
-        self.wkey: Any = None
-        self.records: list[_Record] | None = None
-        self.donation: tuple[bool, _donation.Spans | None] | None = None
-
-    def align(self, trees: list[list[Any]]) -> list[list[Any]]:
-        """Each tree's leaves in the main tree's order."""
-        return [leaves if perm is None else [leaves[j] for j in perm] for leaves, perm in zip(trees, self.perms)]
-
-
 class _Where:
-    """A call's ``where``, and the selection it made, once made."""
+    """A call's ``where``, and the selection it made, once made (a user's callable is
+    called once per call, however often the selection is read)."""
 
     def __init__(self, where: Where):
-        self.where = where
-        self.mask: list[bool] | None = None
+        self.where, self.mask = where, None
 
+    def key(self, op: Op, flat: Callable[[], _tree.Flat]) -> Any:
+        """What a plan depends on about ``where``: funcreg's selectors are pure functions of
+        (path, metadata), a tree of bools is its values, a user's callable its answer now."""
+        w = self.where
+        if w is None or op.where == "none":
+            return None
+        if getattr(w, "_key", None) is not None:
+            return ("selector", w._key)
+        if callable(w):
+            return ("mask", tuple(self.select(op, flat())))
+        fp, leaves = _tree.structure(w)
+        return ("tree", fp, tuple(leaves), tuple(map(type, leaves)))
 
-def _where_key(op: Op, flat: Callable[[], _tree.Flat], where: _Where) -> Any:
-    """What a plan depends on about ``where``: funcreg's selectors are pure functions of
-    (path, metadata), a tree of bools is its values, and a user's callable its answer now."""
-    w = where.where
-    if w is None or op.where == "none":
-        return None
-    key = getattr(w, "_key", None)
-    if key is not None:
-        return ("selector", key)
-    if callable(w):
-        return ("mask", tuple(_mask(op, flat(), where)))
-    fp, leaves = _tree.structure(w)
-    return ("tree", fp, tuple(leaves), tuple(map(type, leaves)))
-
-
-def _mask(op: Op, flat: _tree.Flat, where: _Where) -> list[bool]:
-    if op.where == "none" or (op.where == "decay" and where.where is None):
-        return [True] * len(flat.leaves)
-    if where.mask is None:
-        where.mask = selection(flat, where.where)
-    return where.mask
+    def select(self, op: Op, flat: _tree.Flat) -> list[bool]:
+        if op.where == "none" or (op.where == "decay" and self.where is None):
+            return [True] * len(flat.leaves)
+        if self.mask is None:
+            self.mask = selection(flat, self.where)
+        return self.mask
 
 
 def _recall(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[Any]]], peeled: Any,
             where: _Where) -> tuple[Plan | None, list[int] | None]:
     """The plan this call can reuse, and the trees whose leaves it had not seen as they are
-    (``None``: none of them seen)."""
+    (``None``: none of them)."""
     own = peeled or [(leaves, None) for _, leaves in quick]
     for plan in op.recent:
         if (plan.sig != sig or len(plan.fps) != len(quick)
                 or not all(fp is q[0] or fp == q[0] for fp, q in zip(plan.fps, quick))
-                or _where_key(op, lambda: _tree.Flat(plan.paths, quick[0][1], plan.spec), where) != plan.wkey):
+                or where.key(op, lambda: _tree.Flat(plan.paths, quick[0][1], plan.spec)) != plan.wkey):
             continue
         records = plan.records
         changed = [k for k in range(len(quick)) if records is None or not records[k].holds(*own[k])]
@@ -278,15 +228,13 @@ def _recall(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[
             continue
         for k in changed if records is not None else ():
             records[k] = _Record(*own[k])
-        if op.recent[0] is not plan:
-            op.recent = [plan, *(p for p in op.recent if p is not plan)]
+        op.recent = [plan, *(p for p in op.recent if p is not plan)]
         return plan, changed
     fps = tuple(q[0] for q in quick)
     try:
-        wkey = _where_key(op, lambda: _tree.Flat(_tree.paths_of(trees[0], fps[0], op.main.label),
-                                                 quick[0][1], fps[0]), where)
-        metas = tuple(tuple(_metas(q[1], peeled and peeled[k])) for k, q in enumerate(quick))
-        plan = _PLANS.get((op, sig, wkey, fps, metas))
+        wkey = where.key(op, lambda: _tree.Flat(_tree.paths_of(trees[0], fps[0], op.main.label), quick[0][1], fps[0]))
+        plan = _PLANS.get((op, sig, wkey, fps, tuple(tuple(_metas(q[1], peeled and peeled[k]))
+                                                     for k, q in enumerate(quick))))
     except Exception:  # unhashable, or a where that fails: building the plan says why
         return None, None
     if plan is not None:
@@ -296,27 +244,55 @@ def _recall(op: Op, sig: Any, trees: Sequence[Any], quick: list[tuple[Any, list[
 
 
 def _remember(op: Op, plan: Plan, quick: list[tuple[Any, list[Any]]], peeled: Any) -> None:
-    if plan.key is None:
-        return
-    op.recent = [plan, *(p for p in op.recent if p is not plan)][:RECENT]
-    # under a transform other than vmap the leaves are wrappers made for this call: nothing to hold
-    plan.records = None if plan.sig[4] is True else [_Record(*own) for own in peeled or [(q[1], None) for q in quick]]
-    plan.donation = None
+    if plan.key is not None:
+        op.recent = [plan, *(p for p in op.recent if p is not plan)][:RECENT]
+        # under a transform other than vmap the leaves are wrappers made for the call: none to hold
+        plan.records = None if plan.sig[4] is True else [_Record(*own) for own in peeled or
+                                                         [(leaves, None) for _, leaves in quick]]
+        plan.donation = None
+
+
+# ------------------------------------------------------------------------------ plans
+class Plan:
+    """What a call needs that depends only on its signature ``sig``: the main tree's
+    paths and spec, the role trees' order (``perms``), the selection, the active leaves
+    split into ``parts`` (decayed or not) with their fast-path groups, where each leaf's
+    value sits in a per-leaf hyperparameter tree (``hyper_at``), and what the last calls
+    saw and checked (``records``, ``donation``); never a tensor of the call that built it."""
+
+    def __init__(self, op: Op, sig: Any, flat: _tree.Flat, perms: list[list[int] | None],
+                 active: list[int], parts: list[tuple[dict[str, Any], list[int], list[_dispatch.Group]]],
+                 hyper_at: dict[str, dict[int, int]]):
+        self.op, self.sig, self.perms, self.active, self.parts, self.hyper_at = op, sig, perms, active, parts, hyper_at
+        self.paths, self.spec = flat.paths, flat.spec
+        self.names = [op.main.name, *(r.name for r in op.roles)]
+        self.labels = [op.main.label, *(r.label for r in op.roles)]
+        self.written = [self.names.index(n) for n in op.writes]
+        self.sharded = _sharding.any_dtensor(flat.leaves)
+        self.stackable = op.output in ("trees", "tree") and not self.sharded  # DTensors: per leaf
+        # one part of every leaf, in order: the trees' own lists serve as the body's columns
+        self.whole = len(parts) == 1 and parts[0][1] == list(range(len(flat.leaves)))
+        self.key = self.wkey = self.records = self.donation = None
+        self.fps: list[Any] = []
+        self.metas: list[list[Any]] = []
+
+    def align(self, trees: list[list[Any]]) -> list[list[Any]]:
+        """Each tree's leaves in the main tree's order."""
+        return [leaves if perm is None else [leaves[j] for j in perm] for leaves, perm in zip(trees, self.perms)]
 
 
 def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where: _Where,
-          hypers: dict[str, Any], peeled: Any = None) -> Plan:
+          hypers: dict[str, Any], peeled: Any) -> Plan:
     """Flatten, select and validate; group for the fast path (see :class:`Plan`)."""
     static, _, donate, split = sig[:4]
-    main = op.main
     spec, leaves = _tree.structure(trees[0])
-    flat = _tree.Flat(_tree.paths_of(trees[0], spec, main.label), leaves, spec)
+    flat = _tree.Flat(_tree.paths_of(trees[0], spec, op.main.label), leaves, spec)
     for path, x in zip(flat.paths, leaves):
-        _tree.check_leaf(main.label, path, x)
+        _tree.check_leaf(op.main.label, path, x)
         if op.where == "decay" and not x.is_floating_point():
-            raise TypeError(f"{op.name}: {main.label} leaf {path!r} has dtype {x.dtype}; only "
+            raise TypeError(f"{op.name}: {op.main.label} leaf {path!r} has dtype {x.dtype}; only "
                             "floating-point parameters can be optimized")
-    mask = _mask(op, flat, where)
+    mask = where.select(op, flat)
     checked = [i for i, m in enumerate(mask) if m] if op.where == "select" else list(range(len(leaves)))
     if op.check is not None:
         op.check(flat, checked, **dict(static))
@@ -330,29 +306,24 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
         perms.append(_perm(tree, flat, role.label))
     nones = [c for r, c in zip(op.roles, columns[1:]) if r.none]
     active = [i for i in checked if all(c[i] is not None for c in nones)]
-    if op.where == "decay" and split:
-        split_parts = [({"decay": d}, [i for i in active if mask[i] == d]) for d in (True, False)]
-    else:
-        split_parts = [({"decay": False} if op.where == "decay" else {}, active)]
-    hyper_at, per_leaf = {}, {}
-    for p, k in zip(op.hypers, kinds):
-        if isinstance(k, tuple) and k[0] == "tree":
-            hyper_at[p.name] = dict(zip(active, _hyper.check_tree(p, k, flat, active)))
-            values = _tree.structure(hypers[p.name])[1]
-            per_leaf[p.name] = {i: values[j] for i, j in hyper_at[p.name].items()}
+    hyper_at = {p.name: dict(zip(active, _hyper.check_tree(p, k, flat, active)))
+                for p, k in zip(op.hypers, kinds) if isinstance(k, tuple) and k[0] == "tree"}
+    beside = [c for r, c in zip(op.roles, columns[1:]) if r.check is None]  # what a block cuts alike
+    beside += [[values[at[i]] if i in at else None for i in range(len(leaves))]
+               for name, at in hyper_at.items() for values in [_tree.structure(hypers[name])[1]]]
     parts = []
-    for extra, idx in split_parts:
+    for extra, idx in ([({"decay": d}, [i for i in active if mask[i] == d]) for d in (True, False)]
+                       if op.where == "decay" and split else [({"decay": False} if op.where == "decay" else {}, active)]):
         if idx:
-            beside = [[c[i] for i in idx] for r, c in zip(op.roles, columns[1:]) if r.check is None]
-            beside += [[v[i] for i in idx] for v in per_leaf.values()]
-            parts.append((extra, idx, _dispatch.groups([leaves[i] for i in idx], beside, donate=donate and op.pieces,
-                                                       elementwise=op.elementwise and op.prepass is None)))
-    plan = Plan(op, sig, flat, perms, mask, active, parts, hyper_at)
+            groups = _dispatch.groups([leaves[i] for i in idx], [[c[i] for i in idx] for c in beside],
+                                      donate=donate and op.pieces, elementwise=op.elementwise and op.prepass is None)
+            parts.append((extra, idx, groups))
+    plan = Plan(op, sig, flat, perms, active, parts, hyper_at)
     if torch.compiler.is_compiling():  # traced once per graph: nothing to recognize it by
         return plan
     plan.fps = [spec, *(_tree.structure(t)[0] for t in trees[1:])]
     plan.metas = [_metas(_tree.structure(t)[1], peeled and peeled[k]) for k, t in enumerate(trees)]
-    plan.wkey = _where_key(op, lambda: flat, where)
+    plan.wkey = where.key(op, lambda: flat)
     key = (op, sig, plan.wkey, tuple(plan.fps), tuple(tuple(m) for m in plan.metas))
     try:
         _PLANS[key] = plan
@@ -378,8 +349,8 @@ def _perm(tree: Any, flat: _tree.Flat, label: str) -> list[int] | None:
 # -------------------------------------------------------------------------- execution
 def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differentiable: bool,
              changed: list[int] | None, under: Any) -> Any:
-    """The call on ``trees`` (each in the main tree's order; under ``vmap``, ``under`` holds
-    the levels, and the tensors under the leaves and their batch dims, in that order)."""
+    """The call on ``trees`` (each in the main tree's order; under ``vmap``, ``under``: the
+    levels, and the tensors under the leaves and their batch dims, in that order)."""
     op, active, names = plan.op, plan.active, plan.names
     static, kinds, donate, _, transformed = plan.sig[:5]
     values = {p.name: hypers[p.name] for p in op.hypers}
@@ -393,22 +364,22 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
             traced = True
     route = _dispatch.route(transformed=transformed, traced=traced, stackable=plan.stackable and under is not None)
     writes = op.writes or (op.main.name,)
-    in_place = donate and bool(op.writes) and _donate(plan, under[1] if under else trees, under and under[2], values,
-                                                      changed, traced)
+    in_place = donate and bool(op.writes) and _donate(plan, under[1] if under else trees, under and under[2],
+                                                      values, changed, traced)
     try:
         if op.validate is not None:
             per_leaf = _hyper_columns(plan, active, values, kinds, [trees[0][i] for i in active])
             op.validate({n: _ops.each(v, len(active)) for n, v in per_leaf.items()})
     except LeafError as e:
-        raise _named(op, plan.labels[0], plan.paths[active[e.k]], e) from None
+        raise _named(plan, active[e.k], e) from None
     out = {n: list(trees[names.index(n)]) for n in writes}
     for extra, idx, groups in plan.parts:
         columns = {n: t if plan.whole else [t[i] for i in idx] for n, t in zip(names, trees)}
         try:
-            result = _run_part(plan, route, idx, groups, columns, values, kinds,
-                               {**dict(static), **extra}, in_place, writes, under)
+            result = _run_part(plan, route, idx, groups, columns, values, kinds, {**dict(static), **extra},
+                               in_place, writes, under)
         except LeafError as e:
-            raise _named(op, plan.labels[0], plan.paths[idx[e.k]], e) from None
+            raise _named(plan, idx[e.k], e) from None
         for n in writes:
             new = _donation.commit(columns[n], result[n]) if in_place and n in op.writes else result[n]
             if plan.whole:
@@ -416,16 +387,15 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
             else:
                 for i, v in zip(idx, new):
                     out[n][i] = v
-    if in_place and plan.records is not None:
-        for k in plan.written:
-            plan.records[k].written()
+    for k in plan.written if in_place and plan.records is not None else ():
+        plan.records[k].written()
     return _output(plan, out, trees)
 
 
-def _named(op: Op, label: str, path: str, e: LeafError) -> ValueError:
-    leaf, message = f"{label} leaf {path!r}", str(e)
-    return ValueError(f"{op.name}: " + (message.replace("{leaf}", leaf) if "{leaf}" in message
-                                         else f"{leaf}: {message}"))
+def _named(plan: Plan, i: int, e: LeafError) -> ValueError:
+    leaf, message = f"{plan.labels[0]} leaf {plan.paths[i]!r}", str(e)
+    return ValueError(f"{plan.op.name}: " + (message.replace("{leaf}", leaf) if "{leaf}" in message
+                                              else f"{leaf}: {message}"))
 
 
 def _refuse_history(plan: Plan, rows: list[list[Any]]) -> None:
@@ -456,20 +426,19 @@ def _donate(plan: Plan, local: list[list[Any]], dims: list[list[Any]] | None, va
                                         for k in written for i in active) if writable else None
         plan.donation, changed = (writable, spans), list(range(len(local)))
     writable, spans = plan.donation
-    if not writable:
-        return False
-    chosen = set(active)
-    reads = [((plan.labels[k], paths[i]), v) for k in changed for i, v in enumerate(local[k])
-             if k not in written or i not in chosen]
-    for p in plan.op.hypers:
-        v = values[p.name]
-        if isinstance(v, torch.Tensor):
-            reads.append(((p.name, paths[active[0]] if active else None), v))
-        elif p.name in plan.hyper_at:
-            leaves = _tree.structure(v)[1]
-            reads += [((p.name, paths[i]), leaves[j]) for i, j in plan.hyper_at[p.name].items()]
-    _donation.check_reads(spans, reads)
-    return True
+    if writable:
+        chosen = set(active)
+        reads = [((plan.labels[k], paths[i]), v) for k in changed for i, v in enumerate(local[k])
+                 if k not in written or i not in chosen]
+        for p in plan.op.hypers:
+            v = values[p.name]
+            if isinstance(v, torch.Tensor):
+                reads.append(((p.name, paths[active[0]] if active else None), v))
+            elif p.name in plan.hyper_at:
+                leaves = _tree.structure(v)[1]
+                reads += [((p.name, paths[i]), leaves[j]) for i, j in plan.hyper_at[p.name].items()]
+        _donation.check_reads(spans, reads)
+    return writable
 
 
 def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Group],
@@ -481,22 +450,23 @@ def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Gro
     hyp = _hyper_columns(plan, idx, values, kinds, leaves)
     if route == "stacked":
         levels, bases, dims = under
-        bases = {n: b if plan.whole else [b[i] for i in idx] for n, b in zip(plan.names, bases)}
-        dims = {n: d if plan.whole else [d[i] for i in idx] for n, d in zip(plan.names, dims)}
-        out = _stacked.run(op.body, op.prepass, static, columns, bases, dims, hyp, levels, writes, in_place, groups)
+        sub = (lambda t: t) if plan.whole else (lambda t: [t[i] for i in idx])
+        out = _stacked.run(op.body, op.prepass, static, columns, {n: sub(b) for n, b in zip(plan.names, bases)},
+                           {n: sub(d) for n, d in zip(plan.names, dims)}, hyp, levels, writes, in_place, groups)
         if out is not None:
             return out
-        route = "composable"  # a tensor wrapped by something else than this vmap
-    if route == "composable" or op.output in ("sum", "max") or op.prepass is not None:
+        route = "composable"  # a tensor wrapped by a transform that has ended
+    per_leaf = route == "composable" or op.output in ("sum", "max")
+    if per_leaf or op.prepass is not None:
         spread = {n: _hyper.cast([v] * len(idx), leaves, plan.sharded) if isinstance(v, torch.Tensor) else v
                   for n, v in hyp.items()}  # a tensor value for every leaf, in its dtype
-        ops = _ops.PER_LEAF if route == "composable" or op.output in ("sum", "max") else _ops.Foreach()
+        ops = _ops.PER_LEAF if per_leaf else _ops.Foreach()
         if op.prepass is not None:  # once, on every leaf of the part: a reduction across leaves is whole
-            extra = op.prepass(ops, **columns, **spread, **static)
-            hyp.update(extra)
-            spread.update(extra)
-        if ops is _ops.PER_LEAF:
-            return _dispatch._named(op.body(ops, **columns, **spread, **static), writes)
+            more = op.prepass(ops, **columns, **spread, **static)
+            hyp.update(more)
+            spread.update(more)
+        if per_leaf:
+            return _dispatch.named(op.body(ops, **columns, **spread, **static), writes)
 
     def hypers_of(g: _dispatch.Group) -> dict[str, Any]:
         out = {}
@@ -504,7 +474,7 @@ def _run_part(plan: Plan, route: str, idx: list[int], groups: list[_dispatch.Gro
             if isinstance(v, list) and len(g.idx) < len(idx):
                 v = [v[k] for k in g.idx]
             elif isinstance(v, torch.Tensor):  # in the group's dtype (per leaf for DTensors)
-                sub = [leaves[k] for k in (g.idx if g.dtensor else g.idx[:1])]
+                sub = [leaves[k] for k in g.idx] if g.dtensor else [leaves[g.idx[0]]]
                 v = _hyper.cast([v] * len(sub), sub, g.dtensor) if g.dtensor else _hyper.cast([v], sub, False)[0]
             out[n] = v
         return out
@@ -518,9 +488,9 @@ def _hyper_columns(plan: Plan, idx: list[int], values: dict[str, Any], kinds: tu
     (a tree's values, tensors cast to their leaf's dtype and device)."""
     out: dict[str, Any] = {}
     for p, k in zip(plan.op.hypers, kinds):
-        v = values[p.name]
-        if p.name in plan.hyper_at:
-            tree_leaves, at = _tree.structure(v)[1], plan.hyper_at[p.name]
+        v, at = values[p.name], plan.hyper_at.get(p.name)
+        if at is not None:
+            tree_leaves = _tree.structure(v)[1]
             out[p.name] = _hyper.cast([tree_leaves[at[i]] for i in idx], leaves, plan.sharded)
         else:
             out[p.name] = float(v) if k == _hyper.NUMBER else v
@@ -531,18 +501,15 @@ def _output(plan: Plan, out: dict[str, list[Any]], trees: list[list[Any]]) -> An
     op = plan.op
     if op.output == "trees":
         return {n: _tree.unflatten(plan.spec, out[n]) for n in op.writes}
-    new = out[op.main.name]
+    new, chosen = out[op.main.name], set(plan.active)
     if op.output == "tree":
-        chosen = set(plan.active)
         return _tree.unflatten(plan.spec, [new[i] if i in chosen else torch.zeros_like(x)
                                            for i, x in enumerate(trees[0])])
     terms = [new[i] for i in plan.active]
     if op.output == "max":
-        device = terms[0].device
-        return torch.stack([_sharding.to_plain(v).to(device, torch.float64) for v in terms]).amax()
+        return torch.stack([_sharding.to_plain(v).to(terms[0].device, torch.float64) for v in terms]).amax()
     if _sharding.any_dtensor(terms):
         # the DTensor leaves' terms are partial sums: add them up, then reduce once
         sharded = [t for t in terms if _sharding.is_dtensor(t)]
-        plain = [t for t in terms if not _sharding.is_dtensor(t)]
-        terms = [_sharding.to_plain(sum(sharded[1:], sharded[0])), *plain]
+        terms = [_sharding.to_plain(sum(sharded[1:], sharded[0])), *(t for t in terms if not _sharding.is_dtensor(t))]
     return sum(terms[1:], terms[0])
