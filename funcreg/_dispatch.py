@@ -3,13 +3,12 @@
 * **fast**: ``torch._foreach_*`` (and fused) kernels, once per (device, dtype) group (as
   torch.optim groups tensors; DTensors in groups of their own). A donated call of a body
   with scratch goes in pieces: an elementwise body cuts a CPU leaf larger than
-  :data:`BLOCK_BYTES` into flat views of that size (the whole computation of a block while
-  it is in cache, and scratch of one block), any other body goes in chunks of at most
-  :data:`CHUNK` elements;
+  :data:`BLOCK_BYTES` into flat views (its whole computation while a block is in cache,
+  and scratch of one block), any other body goes in chunks of at most :data:`CHUNK`
+  elements;
 * **composable**: plain per-leaf ops, for ``grad``, ``jacrev``, autograd history and
   ``torch.compile`` (Inductor fuses them by itself);
-* **stacked**: under ``vmap`` alone, the fast path on the stacked ensemble tensors
-  (:mod:`funcreg._stacked`).
+* **stacked**: under ``vmap`` alone, the fast path on the stacked tensors (:mod:`funcreg._stacked`).
 
 Tests force a route with :func:`forced`.
 """
@@ -33,8 +32,6 @@ CHUNK = 1 << 23
 #: a donated elementwise call goes through a CPU group in blocks of about this many bytes
 BLOCK_BYTES = 1 << 20
 
-_functorch = torch._C._functorch
-
 
 @contextlib.contextmanager
 def forced(path: Path | None) -> Iterator[None]:
@@ -52,15 +49,13 @@ def forced(path: Path | None) -> Iterator[None]:
 
 def route(*, transformed: bool, traced: bool, stackable: bool) -> str:
     """"fast", "composable" or "stacked" for a call: ``transformed`` when torch.func or
-    Dynamo is active, ``traced`` when an input records autograd history."""
+    Dynamo is active, ``traced`` when an input records autograd history, ``stackable`` when
+    the call can take the stacked path (under ``vmap`` alone)."""
     if _forced is not None:
         return _forced
-    if torch.compiler.is_compiling():
-        return "composable"
-    if transformed:
-        only_vmap = all(level.key() == _functorch.TransformType.Vmap for level in _functorch.get_interpreter_stack())
-        return "stacked" if stackable and only_vmap and not traced else "composable"
-    return "composable" if traced else "fast"
+    if transformed or traced:
+        return "stacked" if stackable and not traced else "composable"
+    return "fast"
 
 
 Piece = list[tuple[int, "int | None", "int | None"]]  # (leaf, start, end): a leaf or a flat slice
@@ -83,8 +78,7 @@ class Group(NamedTuple):
         return cls(fused=self.fused, batch=batch, dtensor=self.dtensor)
 
 
-def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool,
-           elementwise: bool) -> list[Group]:
+def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool, elementwise: bool) -> list[Group]:
     """Group ``leaves`` (with ``others``, the lists the body gets beside them) for the fast
     path, and cut a donated call into pieces (``donate``)."""
     keyed: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
@@ -99,22 +93,16 @@ def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool,
         if donate and elementwise and device.type == "cpu" and not dtensor:
             pieces = _blocks(idx, leaves, others)
         elif donate:
-            pieces = _chunks(idx, leaves)
+            pieces = [[]]  # chunks
+            size = 0
+            for k in idx:
+                if pieces[-1] and size + leaves[k].numel() > CHUNK:
+                    pieces.append([])
+                    size = 0
+                pieces[-1].append((k, None, None))
+                size += leaves[k].numel()
         out.append(Group(idx, device, dtype, dtensor, fused, pieces))
     return out
-
-
-def _chunks(idx: list[int], leaves: list[torch.Tensor]) -> list[Piece]:
-    chunks: list[Piece] = [[]]
-    size = 0
-    for k in idx:
-        n = leaves[k].numel()
-        if chunks[-1] and size + n > CHUNK:
-            chunks.append([])
-            size = 0
-        chunks[-1].append((k, None, None))
-        size += n
-    return chunks
 
 
 def _blocks(idx: list[int], leaves: list[torch.Tensor], others: list[list[Any]]) -> list[Piece] | None:
@@ -179,6 +167,7 @@ def _at(idx: list[int], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
 
 
 def named(result: Any, writes: tuple[str, ...]) -> dict[str, list[Any]]:
+    """A body's result by written role (a body that writes one role may return its list)."""
     return result if isinstance(result, dict) else {writes[0]: result}
 
 

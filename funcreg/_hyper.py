@@ -70,10 +70,10 @@ def _tensor_kind(p: Param, v: torch.Tensor, where: str = "") -> tuple[Any, ...]:
 
 
 def kind(p: Param, value: Any) -> Any:
-    """What ``value`` is, for the plan's key (``None``, :data:`NUMBER`, a tensor's dtype,
-    device and shape, or a per-leaf tree's structure and its leaves' kinds); Python numbers
-    are range-checked here, on every call. Raises ``TypeError``/``ValueError`` for a value
-    that ``p`` does not allow."""
+    """What ``value`` is, for the plan's key (``None``, :data:`NUMBER`, a 0-d tensor's dtype
+    and device, or a per-leaf tree's structure and its leaves' kinds); Python numbers are
+    range-checked here, on every call. Raises ``TypeError``/``ValueError`` for a value that
+    ``p`` does not allow."""
     if type(value) is float and math.isfinite(value) and p.low <= value and (
             value < p.high if p.high_open else value <= p.high):
         return NUMBER  # the common case, checked without a call

@@ -365,18 +365,16 @@ class Foreach:
         return _cow(torch._foreach_sub_, torch._foreach_sub, xs, clamped)
 
     def hard_threshold_(self, xs: Tensors, t: Column) -> Tensors:
-        """As :meth:`PerLeaf.hard_threshold_`, one masked fill per leaf: there is no foreach
-        form, and a multiply by the mask would turn inf into nan."""
-        out = xs if owned(xs) else Owned()
+        """As :meth:`PerLeaf.hard_threshold_`; in place, one masked fill per leaf: there is
+        no foreach form, and a multiply by the mask would turn inf into nan."""
+        if not owned(xs):
+            return Owned(PER_LEAF.hard_threshold_(xs, t))
         for x, v in zip(xs, each(t, len(xs))):
-            dropped = x.abs() <= v
-            y = x.masked_fill_(dropped, 0) if out is xs else x.masked_fill(dropped, 0)
+            x.masked_fill_(x.abs() <= v, 0)
             nan = _nan_of(v, x)
             if nan is not None:
-                y.add_(nan)
-            if out is not xs:
-                out.append(y)
-        return out
+                x.add_(nan)
+        return xs
 
     def firm_threshold_(self, xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
         """As :meth:`PerLeaf.firm_threshold_`, a leaf at a time (five kernels, the two clamps'
