@@ -3,13 +3,12 @@
 * **fast**: ``torch._foreach_*`` (and fused) kernels, once per (device, dtype) group (as
   torch.optim groups tensors; DTensors in groups of their own). A donated call of a body
   with scratch goes in pieces: an elementwise body cuts a CPU leaf larger than
-  :data:`BLOCK_BYTES` into flat views of that size (the whole computation of a block while
-  it is in cache, and scratch of one block), any other body goes in chunks of at most
-  :data:`CHUNK` elements;
+  :data:`BLOCK_BYTES` into flat views (its whole computation while a block is in cache,
+  and scratch of one block), any other body goes in chunks of at most :data:`CHUNK`
+  elements;
 * **composable**: plain per-leaf ops, for ``grad``, ``jacrev``, autograd history and
   ``torch.compile`` (Inductor fuses them by itself);
-* **stacked**: under ``vmap`` alone, the fast path on the stacked ensemble tensors
-  (:mod:`funcreg._stacked`).
+* **stacked**: under ``vmap`` alone, the fast path on the stacked tensors (:mod:`funcreg._stacked`).
 
 Tests force a route with :func:`forced`.
 """
@@ -17,9 +16,7 @@ Tests force a route with :func:`forced`.
 from __future__ import annotations
 
 import contextlib
-import operator
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import torch
 
@@ -34,8 +31,6 @@ CHUNK = 1 << 23
 
 #: a donated elementwise call goes through a CPU group in blocks of about this many bytes
 BLOCK_BYTES = 1 << 20
-
-_functorch = torch._C._functorch
 
 
 @contextlib.contextmanager
@@ -54,23 +49,19 @@ def forced(path: Path | None) -> Iterator[None]:
 
 def route(*, transformed: bool, traced: bool, stackable: bool) -> str:
     """"fast", "composable" or "stacked" for a call: ``transformed`` when torch.func or
-    Dynamo is active, ``traced`` when an input records autograd history."""
+    Dynamo is active, ``traced`` when an input records autograd history, ``stackable`` when
+    the call can take the stacked path (under ``vmap`` alone)."""
     if _forced is not None:
         return _forced
-    if torch.compiler.is_compiling():
-        return "composable"
-    if transformed:
-        only_vmap = all(level.key() == _functorch.TransformType.Vmap
-                        for level in _functorch.get_interpreter_stack())
-        return "stacked" if stackable and only_vmap and not traced else "composable"
-    return "composable" if traced else "fast"
+    if transformed or traced:
+        return "stacked" if stackable and not traced else "composable"
+    return "fast"
 
 
 Piece = list[tuple[int, "int | None", "int | None"]]  # (leaf, start, end): a leaf or a flat slice
 
 
-@dataclass
-class Group:
+class Group(NamedTuple):
     """Leaves ``idx`` (positions in the list the body gets) of one (device, dtype); ``fused``:
     all contiguous plain tensors on a real device, what torch's fused kernels take;
     ``pieces``: how a donated call cuts it (``None``: whole)."""
@@ -87,8 +78,7 @@ class Group:
         return cls(fused=self.fused, batch=batch, dtensor=self.dtensor)
 
 
-def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool,
-           elementwise: bool) -> list[Group]:
+def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool, elementwise: bool) -> list[Group]:
     """Group ``leaves`` (with ``others``, the lists the body gets beside them) for the fast
     path, and cut a donated call into pieces (``donate``)."""
     keyed: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
@@ -98,28 +88,21 @@ def groups(leaves: list[torch.Tensor], others: list[list[Any]], *, donate: bool,
     out = []
     for (device, dtype, dtensor), idx in keyed.items():
         beside = [col[k] for col in (leaves, *others) for k in idx]
-        fused = device.type != "meta" and all(
-            t.is_contiguous() for t in beside if isinstance(t, torch.Tensor))
+        fused = device.type != "meta" and all(t.is_contiguous() for t in beside if isinstance(t, torch.Tensor))
         pieces = None
         if donate and elementwise and device.type == "cpu" and not dtensor:
             pieces = _blocks(idx, leaves, others)
         elif donate:
-            pieces = _chunks(idx, leaves)
+            pieces = [[]]  # chunks
+            size = 0
+            for k in idx:
+                if pieces[-1] and size + leaves[k].numel() > CHUNK:
+                    pieces.append([])
+                    size = 0
+                pieces[-1].append((k, None, None))
+                size += leaves[k].numel()
         out.append(Group(idx, device, dtype, dtensor, fused, pieces))
     return out
-
-
-def _chunks(idx: list[int], leaves: list[torch.Tensor]) -> list[Piece]:
-    chunks: list[Piece] = [[]]
-    size = 0
-    for k in idx:
-        n = leaves[k].numel()
-        if chunks[-1] and size + n > CHUNK:
-            chunks.append([])
-            size = 0
-        chunks[-1].append((k, None, None))
-        size += n
-    return chunks
 
 
 def _blocks(idx: list[int], leaves: list[torch.Tensor], others: list[list[Any]]) -> list[Piece] | None:
@@ -147,28 +130,20 @@ def run_fast(body: Callable[..., Any], groups: list[Group], columns: dict[str, l
     by keyword, ``n`` long; ``hypers(group)``: the hyperparameter columns of a group;
     ``writes``: the columns the body returns new values for (it may write into them when
     ``owned``). Returns those new values by name, in leaf order."""
-    out: dict[str, list[Any]] = {name: list(columns[name]) if name in columns else [None] * n
-                                 for name in writes}
+    if len(groups) == 1 and len(groups[0].idx) == n and groups[0].pieces is None:  # the common case
+        g = groups[0]
+        cols = {name: _ops.Owned(col) if owned and name in writes else col for name, col in columns.items()}
+        return named(body(g.ops(batch), **cols, **hypers(g), **static), writes)
+    out = {name: list(columns[name]) if name in columns else [None] * n for name in writes}
     for g in groups:
-        ops = g.ops(batch)
-        h = _at(g.idx, hypers, g)
-        if len(groups) == 1 and len(g.idx) == n and g.pieces is None:  # the common case
-            cols = {name: _ops.Owned(col) if owned and name in writes else col
-                    for name, col in columns.items()}
-            return _named(body(ops, **cols, **h, **static), writes)
+        ops, h = g.ops(batch), _at(g.idx, hypers, g)
         at = {k: j for j, k in enumerate(g.idx)}
         for piece in g.pieces or [[(k, None, None) for k in g.idx]]:
-            ks = [k for k, _, _ in piece]
-            if all(a is None for _, a, _ in piece):  # whole leaves: no views to make
-                take, pos = _getter(ks), _getter([at[k] for k in ks])
-                cols = {name: take(col) for name, col in columns.items()}
-                hp = {name: pos(v) if isinstance(v, list) else v for name, v in h.items()}
-            else:
-                cols = {name: [_cut(col[k], a, b) for k, a, b in piece] for name, col in columns.items()}
-                hp = {name: [_cut(v[at[k]], a, b) for k, a, b in piece] if isinstance(v, list) else v
-                      for name, v in h.items()}
+            cols = {name: [_cut(col[k], a, b) for k, a, b in piece] for name, col in columns.items()}
+            hp = {name: [_cut(v[at[k]], a, b) for k, a, b in piece] if isinstance(v, list) else v
+                  for name, v in h.items()}
             cols = {name: _ops.Owned(col) if owned and name in writes else col for name, col in cols.items()}
-            result = _named(_at(ks, body, ops, **cols, **hp, **static), writes)
+            result = named(_at([k for k, _, _ in piece], body, ops, **cols, **hp, **static), writes)
             for name, values in result.items():
                 if values is cols.get(name):
                     continue  # written in place: the leaves are already the results
@@ -178,12 +153,6 @@ def run_fast(body: Callable[..., Any], groups: list[Group], columns: dict[str, l
                     elif v is not view:  # a block of a leaf: its result goes into the slice
                         view.copy_(v)
     return out
-
-
-def _getter(ks: list[int]) -> Callable[[list[Any]], list[Any]]:
-    """``lambda col: [col[k] for k in ks]``, in C."""
-    get = operator.itemgetter(*ks)
-    return (lambda col: [get(col)]) if len(ks) == 1 else (lambda col: list(get(col)))
 
 
 def _at(idx: list[int], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -197,7 +166,8 @@ def _at(idx: list[int], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         raise LeafError(idx[e.k], str(e)) from None
 
 
-def _named(result: Any, writes: tuple[str, ...]) -> dict[str, list[Any]]:
+def named(result: Any, writes: tuple[str, ...]) -> dict[str, list[Any]]:
+    """A body's result by written role (a body that writes one role may return its list)."""
     return result if isinstance(result, dict) else {writes[0]: result}
 
 

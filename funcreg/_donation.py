@@ -1,25 +1,21 @@
-"""Donation: when a call may write into the inputs it was given, the checks before it does,
-and the write (docs/design.md, "Ownership and donation"). Every donating operation (the
-engine's, and ``fr.distributed.all_reduce``) goes through this one protocol.
+"""Donation: the checks before a call writes into the inputs it was given, and the write
+(docs/design.md, "Ownership and donation"). Every donating operation (the engine's, and
+``fr.distributed.all_reduce``) goes through this one protocol.
 
 A call made with ``donate=True`` may put its results into the storage of the inputs it
-donates. On the fast path the family math writes into them directly
-(:class:`funcreg._ops.Owned`); where it computes out of place :func:`commit` copies the
-results in, which is an in-place update wherever the caller's transforms allow one
-(:func:`can_write`): eagerly; under ``torch.compile`` (functionalization makes it an update
-of the input buffers); under ``vmap`` for leaves batched at the current level; never under
-``grad``, ``jacrev`` or ``jvp``, where the call returns fresh tensors with the pure values.
-
-Before anything is written, :func:`written_spans` and :func:`check_reads` refuse a
-donation that cannot be honoured: a written leaf that requires grad in grad mode, whose
-elements overlap each other (an expanded view), or whose memory overlaps another written
-leaf or any tensor the call reads (byte ranges: interleaved views of one buffer count).
+donates: on the fast path the family math writes into them directly
+(:class:`funcreg._ops.Owned`), elsewhere :func:`commit` copies the results in. Before
+anything is written, :func:`written_spans` and :func:`check_reads` refuse a donation that
+cannot be honoured: a written leaf that requires grad in grad mode, an inference tensor,
+one whose elements overlap each other (an expanded view), or whose memory overlaps
+another written leaf or any tensor the call reads (byte ranges: interleaved views of one
+buffer count). Errors name the leaf.
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
 
@@ -30,33 +26,18 @@ _functorch = torch._C._functorch
 Label = tuple[str, "str | None"]  # (what: "params", "state['exp_avg']", "lr"...; leaf path)
 
 
-def can_write(donated: Sequence[torch.Tensor]) -> bool:
-    """Whether a donated call may write its results into ``donated`` now."""
-    if torch.compiler.is_compiling():
-        return True
-    stack = _functorch.get_interpreter_stack()
-    if not stack:
-        return True
-    if any(level.key() != _functorch.TransformType.Vmap for level in stack):
-        return False
-    current = _functorch.current_level()
-    return all(_functorch.is_batchedtensor(d) and _functorch.maybe_get_level(d) == current
-               for d in donated)
-
-
-class Spans:
+class Spans(NamedTuple):
     """The byte ranges of the written leaves, sorted and disjoint, for :func:`check_reads`."""
 
-    def __init__(self, spans: list[tuple[int, int, Label]]):
-        self.starts = [s for s, _, _ in spans]
-        self.ends = [e for _, e, _ in spans]
-        self.labels = [label for _, _, label in spans]
+    starts: list[int]
+    ends: list[int]
+    labels: list[Label]
 
 
 def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
     """Check the leaves a donated call will overwrite; raises ``ValueError`` naming the leaf."""
-    grad_on = torch.is_grad_enabled()
-    compiling = torch.compiler.is_compiling()
+    grad_on, compiling = torch.is_grad_enabled(), torch.compiler.is_compiling()
+    inference = compiling or torch.is_inference_mode_enabled()  # Dynamo traces neither
     spans: list[tuple[int, int, Label]] = []
     for label, t in written:
         if grad_on and t.requires_grad:
@@ -67,7 +48,7 @@ def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
                 "torch.no_grad()")
         if compiling:
             continue  # traced tensors have no addresses to compare
-        if not torch.is_inference_mode_enabled() and t.is_inference():
+        if not inference and t.is_inference():
             raise ValueError(
                 f"cannot donate {_name(label)}: it is an inference tensor, which only code "
                 "under torch.inference_mode() may write; donate a .clone() of it or call "
@@ -76,17 +57,17 @@ def written_spans(written: Iterable[tuple[Label, torch.Tensor]]) -> Spans:
         span = _span(local)
         if span is None:
             continue  # empty and meta tensors have no memory
-        if not local.is_contiguous() and _may_overlap_itself(local):
+        if span[2] and _may_overlap_itself(local):
             raise ValueError(
                 f"cannot donate {_name(label)}: its elements may overlap in memory (an "
                 "expanded, stride-0 or as_strided view), so one write could land on several "
                 "of them; donate a .clone() of it")
-        spans.append((*span, label))
+        spans.append((span[0], span[1], label))
     spans.sort(key=lambda s: s[0])
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
         if start < end:
             raise _shared(second, first)
-    return Spans(spans)
+    return Spans([s for s, _, _ in spans], [e for _, e, _ in spans], [label for _, _, label in spans])
 
 
 def check_reads(spans: Spans, read: Iterable[tuple[Label, object]]) -> None:
@@ -102,11 +83,10 @@ def check_reads(spans: Spans, read: Iterable[tuple[Label, object]]) -> None:
                 "results would carry autograd history into the donated tensors; detach it, "
                 "call under torch.no_grad(), or use donate=False")
         span = _span(_local(t)) if spans.starts else None
-        if span is None:
-            continue
-        k = bisect.bisect_left(spans.starts, span[1]) - 1  # the last written span starting before its end
-        if k >= 0 and spans.ends[k] > span[0]:
-            raise _shared(spans.labels[k], label)
+        if span is not None:
+            k = bisect.bisect_left(spans.starts, span[1]) - 1  # the last written span starting before its end
+            if k >= 0 and spans.ends[k] > span[0]:
+                raise _shared(spans.labels[k], label)
 
 
 def commit(donated: Sequence[torch.Tensor], results: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -129,7 +109,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     if type(t) is torch.Tensor and not _functorch.is_functorch_wrapped_tensor(t):
         return t  # the common case, a plain tensor
     t = _sharding.unwrap(t)
-    while _sharding.loaded() and _sharding.is_dtensor(t):
+    while _sharding.is_dtensor(t):
         t = _sharding.unwrap(t._local_tensor)
     return t
 
@@ -150,17 +130,15 @@ def _may_overlap_itself(t: torch.Tensor) -> bool:
     return False
 
 
-def _span(t: torch.Tensor) -> tuple[int, int] | None:
-    """The byte range ``[start, end)`` that plain tensor ``t``'s elements can touch; ``None``
-    if it has none (empty, or on the meta device)."""
+def _span(t: torch.Tensor) -> tuple[int, int, bool] | None:
+    """The byte range ``[start, end)`` that plain tensor ``t``'s elements can touch, and
+    whether it has gaps; ``None`` if it has none (empty, or on the meta device)."""
     n = t.numel()
     if n == 0 or t.is_meta:
         return None
-    start = t.data_ptr()
-    if t.is_contiguous():
-        return start, start + n * t.element_size()
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    return start, start + extent * t.element_size()
+    start, gaps = t.data_ptr(), not t.is_contiguous()
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) if gaps else n
+    return start, start + extent * t.element_size(), gaps
 
 
 def _name(label: Label) -> str:

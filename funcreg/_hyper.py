@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Union
+from typing import Any
 
 import optree
 import torch
 
 from funcreg import _sharding, _tree
 
-Hyper = Union[float, torch.Tensor]
 NUMBER = "number"
 
 
@@ -41,9 +40,8 @@ class Param:
     optional: bool = False
     why: str = ""
 
-    def number(self, value: Any, where: str = "") -> float:
-        return number(self.name, value, low=self.low, high=self.high, high_open=self.high_open,
-                      where=where)
+    def number(self, value: Any, where: str = "") -> Any:
+        return number(self.name, value, low=self.low, high=self.high, high_open=self.high_open, where=where)
 
 
 def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
@@ -52,17 +50,14 @@ def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
     at = f" for leaf {where!r}" if where else ""
     if isinstance(value, torch.Tensor):
         if value.ndim != 0:
-            raise ValueError(
-                f"{name}{at} must be a number or a 0-d tensor, got a tensor of shape "
-                f"{tuple(value.shape)}; batch it with torch.func.vmap instead")
+            raise ValueError(f"{name}{at} must be a number or a 0-d tensor, got a tensor of shape "
+                             f"{tuple(value.shape)}; batch it with torch.func.vmap instead")
         return value
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}{at} must be a number or a tensor, not {type(value).__name__}")
     value = float(value)
-    above = value >= high if high_open else value > high
-    if not math.isfinite(value) or value < low or above:
-        bound = ")" if high_open else "]"
-        span = "" if (low, high) == (-math.inf, math.inf) else f" in [{low}, {high}{bound}"
+    if not math.isfinite(value) or value < low or (value >= high if high_open else value > high):
+        span = "" if (low, high) == (-math.inf, math.inf) else f" in [{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{name}{at} must be a finite number{span}, got {value}")
     return value
 
@@ -75,15 +70,20 @@ def _tensor_kind(p: Param, v: torch.Tensor, where: str = "") -> tuple[Any, ...]:
 
 
 def kind(p: Param, value: Any) -> Any:
-    """What ``value`` is, for the plan's key (``None``, :data:`NUMBER`, a tensor's dtype,
-    device and shape, or a per-leaf tree's structure and its leaves' kinds); Python numbers
-    are range-checked here, on every call. Raises ``TypeError``/``ValueError`` for a value
-    that ``p`` does not allow."""
+    """What ``value`` is, for the plan's key (``None``, :data:`NUMBER`, a 0-d tensor's dtype
+    and device, or a per-leaf tree's structure and its leaves' kinds); Python numbers are
+    range-checked here, on every call. Raises ``TypeError``/``ValueError`` for a value that
+    ``p`` does not allow."""
+    if type(value) is float and math.isfinite(value) and p.low <= value and (
+            value < p.high if p.high_open else value <= p.high):
+        return NUMBER  # the common case, checked without a call
     if value is None and p.optional:
         return None
     if isinstance(value, torch.Tensor):
         p.number(value)  # a 0-d tensor, or the error that says to vmap instead
-        return _tensor_kind(p, value)
+        if value.layout != torch.strided:
+            _tensor_kind(p, value)  # the error
+        return ("tensor", value.dtype, value.device)
     if isinstance(value, Real) or not p.per_leaf or optree.tree_is_leaf(
             value, none_is_leaf=True, namespace=_tree.NAMESPACE):
         p.number(value)  # the range, or a TypeError for a str, None, a list of one ...
@@ -130,10 +130,11 @@ def check_tree(p: Param, k: Any, flat: _tree.Flat, active: list[int]) -> list[in
     return out
 
 
-def cast(values: list[Any], leaves: list[torch.Tensor]) -> list[Any]:
+def cast(values: list[Any], leaves: list[torch.Tensor], sharded: bool = True) -> list[Any]:
     """Tensor values cast to their leaf's dtype and device, once per distinct pair (and,
-    beside DTensor leaves inside a torch.func transform, as Replicate DTensors)."""
-    if _sharding.any_dtensor(leaves):
+    beside DTensor leaves inside a torch.func transform, as Replicate DTensors; ``sharded``
+    False says there are none)."""
+    if sharded and _sharding.any_dtensor(leaves):
         values = _sharding.replicated(values, leaves)
     if torch.compiler.is_compiling():  # no id() caches: Dynamo would guard on identity
         return [v.to(dtype=x.dtype, device=x.device) if isinstance(v, torch.Tensor) else v

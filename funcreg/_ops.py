@@ -1,29 +1,21 @@
 """The vocabulary every family, step and projection is written in, and its implementations.
 
 A body (see :mod:`funcreg._engine`) is a short function of lists of leaves (``params``,
-``grads``, ``exp_avg``...) and hyperparameter columns, written against the ops below
-and run on one of
+``grads``, ``exp_avg``...) and hyperparameter columns, written against the ops below and
+run on :class:`Foreach` (:class:`ForeachCPU` for CPU groups: ``torch._foreach_*`` over one
+(device, dtype) group, the fast path and, with ``batch`` leading ensemble dims, the stacked
+path) or on :data:`PER_LEAF` (plain out-of-place ops that ``vmap``, ``grad``, ``jacrev``
+and ``torch.compile`` trace: the composable path).
 
-* :class:`Foreach` (:class:`ForeachCPU` for CPU groups): ``torch._foreach_*`` kernels over
-  the leaves of one (device, dtype) group, the fast path; also the stacked path under
-  ``vmap``, where ``batch`` leading dims of every leaf are ensemble members;
-* :data:`PER_LEAF`: plain out-of-place tensor ops, one leaf at a time, which ``vmap``,
-  ``grad``, ``jacrev`` and ``torch.compile`` trace, the composable path.
+**Ownership** (docs/design.md). A list of leaves is borrowed (a plain ``list``) or owned
+(:class:`Owned`: allocated by the call, or donated). An op whose name ends in ``_`` writes
+into its *first* argument when that is owned and returns it, and otherwise computes the
+same values into fresh tensors, which the call then owns; it never writes into any other
+argument. Ops without ``_`` always allocate; :data:`PER_LEAF` never writes in place.
 
-**Ownership** (docs/design.md, "Ownership and donation"). A list of leaves is borrowed (a
-plain ``list``: the caller's tensors) or owned (:class:`Owned`: tensors the call may
-overwrite, because it allocated them or because they were donated). An op whose name ends
-in ``_`` writes into its *first* argument when that is owned and returns it, and otherwise
-computes the same values into fresh tensors, which the call then owns; it never writes into
-any other argument. So ``exp_avg = ops.lerp_(exp_avg, grads, 1 - beta1)`` is torch.optim's
-``_foreach_lerp_`` on donated state and ``_foreach_lerp`` into a fresh tree otherwise. Ops
-without ``_`` always allocate. :data:`PER_LEAF` never writes in place.
-
-**Columns.** A hyperparameter column is a Python number (one value for every leaf), a
-tensor (one 0-d value for every leaf, cast to the group's dtype and device), or a list with
-one number or tensor per leaf (a per-leaf tree, a per-element λ, Adam's bias corrections).
-:func:`derive` computes a derived column (``1 - beta1``, ``lam * step``) once per distinct
-value; :func:`each` spells a column out per leaf.
+**Columns.** A hyperparameter column is a Python number, a tensor (one 0-d value for every
+leaf) or a list with one number or tensor per leaf; :func:`derive` computes a derived
+column (``1 - beta1``) once per distinct value, :func:`each` spells one out per leaf.
 """
 
 from __future__ import annotations
@@ -115,27 +107,24 @@ def _nan_of(t: Hyper, x: torch.Tensor) -> torch.Tensor | None:
 
 
 class PerLeaf:
-    """Composable implementation: per-leaf out-of-place tensor ops; ownership is ignored."""
+    """Composable implementation: per-leaf out-of-place tensor ops; ownership is ignored.
+    ``bcast``, ``scalar`` and ``counts`` shape a member's values against its leaf on the
+    stacked path (:class:`Foreach`); here, where ``vmap`` hides the members, they are
+    the identity."""
 
     fused = False  # torch's fused optimizer kernels are never traced
-    batch = 0  # leading ensemble dims of every leaf (vmap hides them here)
+    batch = 0
     dtensor = False
 
     def bcast(self, xs: list[Any], like: Tensors) -> list[Any]:
-        """A member's 0-d values (a step count, a bias correction) shaped to broadcast
-        against its leaf: as they are here."""
         return xs
 
     def scalar(self, h: Hyper, like: torch.Tensor) -> Hyper:
-        """A member's scalar hyperparameter shaped to broadcast against ``like``, a tensor
-        computed from a leaf (singular values, a Gram matrix): as it is here."""
         return h
 
     def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None:
-        """Each leaf's step count as one 0-d value: as they are here."""
         return xs
 
-    # ------------------------------------------------------------- allocating ops
     def sign(self, xs: Tensors) -> Tensors:
         return [torch.sign(x) for x in xs]
 
@@ -145,26 +134,27 @@ class PerLeaf:
     def sqrt(self, xs: Tensors) -> Tensors:
         return [torch.sqrt(x) for x in xs]
 
+    def reciprocal_(self, xs: Tensors) -> Tensors:
+        return [torch.reciprocal(x) for x in xs]
+
     def sub(self, xs: Tensors, ys: Tensors) -> Tensors:
         return [x - y for x, y in zip(xs, ys)]
 
-    def mul(self, xs: Tensors, h: Column) -> Tensors:
+    def mul_(self, xs: Tensors, h: Column) -> Tensors:
         return [_keep(x, x * v) for x, v in zip(xs, each(h, len(xs)))]
+
+    mul = mul_
 
     def one_minus_pow(self, base: Column, exponents: Tensors) -> Tensors:
         """``1 - b ** e`` for each 0-d exponent (Adam's bias corrections)."""
         return [1 - b**e for b, e in zip(each(base, len(exponents)), exponents)]
 
-    # ----------------------------------------- what torch's in-place ops compute
     def add_(self, xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
         """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
         ys = each(ys, len(xs))  # type: ignore[arg-type]
         if alpha is None:
             return [_keep(x, x + y) for x, y in zip(xs, ys)]
         return [_keep(x, x + a * y) for x, y, a in zip(xs, ys, each(alpha, len(xs)))]
-
-    def mul_(self, xs: Tensors, h: Column) -> Tensors:
-        return [_keep(x, x * v) for x, v in zip(xs, each(h, len(xs)))]
 
     def div_(self, xs: Tensors, h: Column) -> Tensors:
         return [_keep(x, x / v) for x, v in zip(xs, each(h, len(xs)))]
@@ -183,9 +173,6 @@ class PerLeaf:
     def maximum_(self, xs: Tensors, ys: Tensors) -> Tensors:
         return [torch.maximum(x, y) for x, y in zip(xs, ys)]
 
-    def reciprocal_(self, xs: Tensors) -> Tensors:
-        return [torch.reciprocal(x) for x in xs]
-
     def sign_(self, xs: Tensors) -> Tensors:
         return [torch.sign(x) for x in xs]
 
@@ -195,9 +182,8 @@ class PerLeaf:
     def clamp_(self, xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
         """``clamp(x, low, high)``; a bound of ``None`` is no bound."""
         n = len(xs)
-        lows = each(low, n) if low is not None else [None] * n
-        highs = each(high, n) if high is not None else [None] * n
-        return [_keep(x, _clamp(x, a, b)) for x, a, b in zip(xs, lows, highs)]  # type: ignore[arg-type]
+        lows, highs = ([None] * n if b is None else each(b, n) for b in (low, high))
+        return [_keep(x, _clamp(x, a, b)) for x, a, b in zip(xs, lows, highs)]
 
     def soft_threshold_(self, xs: Tensors, t: Column) -> Tensors:
         """``x - clamp(x, -t, t)``: exact zeros where ``|x| <= t``, ties included."""
@@ -260,41 +246,38 @@ class Foreach:
     path); ``dtensor``: the group's leaves are DTensors."""
 
     def __init__(self, *, fused: bool = False, batch: int = 0, dtensor: bool = False):
-        self.fused = fused
-        self.batch = batch
-        self.dtensor = dtensor
+        self.fused, self.batch, self.dtensor = fused, batch, dtensor
 
     def bcast(self, xs: list[Any], like: Tensors) -> list[Any]:
-        """A member's 0-d values shaped to broadcast against its leaf (the stacked path
-        gives both ``batch`` leading dims)."""
+        """A member's 0-d values (a step count, a bias correction: ``batch`` leading dims)
+        shaped to broadcast against its leaf."""
         if not self.batch:
             return xs
         return [x.reshape(*x.shape, *[1] * (w.ndim - x.ndim)) if isinstance(x, torch.Tensor) else x
                 for x, w in zip(xs, like)]
 
-    def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None:
-        """Each leaf's step count as one 0-d value, what torch's fused kernels take: on the
-        stacked path a view of the first member's, when every member's count is the same
-        (read on the host, on CPU only, as torch.optim's CPU step reads its counts; not
-        read again with ``check=False``), else ``None``."""
-        if not self.batch:
-            return xs
-        if check:
-            if xs[0].device.type != "cpu":
-                return None
-            flat = torch.stack([x.reshape(-1) for x in xs])
-            if not bool((flat == flat[:, :1]).all()):
-                return None
-        return [x.reshape(-1)[0] for x in xs]
-
     def scalar(self, h: Hyper, like: torch.Tensor) -> Hyper:
         """A member's scalar hyperparameter (``batch`` leading dims, then ones) shaped to
-        broadcast against ``like``, a tensor with the same leading dims."""
+        broadcast against ``like``, a tensor with the same leading dims (singular values)."""
         if not self.batch or not isinstance(h, torch.Tensor) or h.ndim <= self.batch:
             return h
         return h.reshape(*h.shape[:self.batch], *[1] * (like.ndim - self.batch))
 
-    # ------------------------------------------------------------- allocating ops
+    def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None:
+        """Each leaf's step count as one 0-d value, what torch's fused kernels take. On the
+        stacked path: the first member's, when every member's count is the same (read on
+        the host, on CPU only, as torch.optim's CPU step reads its counts; not read with
+        ``check=False``), else ``None``."""
+        if not self.batch:
+            return xs
+        if check and xs[0].device.type != "cpu":
+            return None
+        members = torch.stack(xs)  # one row per leaf (few kernels: each costs more than the data)
+        members = members if members.ndim == 2 else members.flatten(1)
+        if check and any(row.count(row[0]) != len(row) for row in members.tolist()):
+            return None
+        return list(members[:, 0].unbind())
+
     def sign(self, xs: Tensors) -> Tensors:
         return Owned(torch._foreach_sign(xs))
 
@@ -318,7 +301,6 @@ class Foreach:
         torch._foreach_add_(out, 1.0)
         return out
 
-    # --------------------------------------------------- in place on owned leaves
     def add_(self, xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
         """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
         if not isinstance(ys, (list, tuple)) or not all(isinstance(y, torch.Tensor) for y in ys):
@@ -371,8 +353,8 @@ class Foreach:
         return _cow(torch._foreach_sqrt_, torch._foreach_sqrt, xs)
 
     def clamp_(self, xs: Tensors, low: Column | None, high: Column | None) -> Tensors:
-        """``clamp(x, low, high)``; a bound of ``None`` is no bound."""
-        # numbers go to clamp_min/clamp_max, tensors to maximum/minimum
+        """``clamp(x, low, high)``; a bound of ``None`` is no bound: numbers go to
+        clamp_min/clamp_max, tensors to maximum/minimum."""
         for bound, numbers, tensors in (
                 (low, (torch._foreach_clamp_min_, torch._foreach_clamp_min),
                  (torch._foreach_maximum_, torch._foreach_maximum)),
@@ -390,24 +372,21 @@ class Foreach:
             clamped = torch._foreach_maximum(xs, torch._foreach_neg(arg))
             torch._foreach_minimum_(clamped, arg)
         else:
-            low = -arg if isinstance(arg, float) else [-v for v in arg]
-            clamped = torch._foreach_clamp_min(xs, low)
+            clamped = torch._foreach_clamp_min(xs, -arg if isinstance(arg, float) else [-v for v in arg])
             torch._foreach_clamp_max_(clamped, arg)
         return _cow(torch._foreach_sub_, torch._foreach_sub, xs, clamped)
 
     def hard_threshold_(self, xs: Tensors, t: Column) -> Tensors:
-        """As :meth:`PerLeaf.hard_threshold_`, one masked fill per leaf: there is no foreach
-        form, and a multiply by the mask would turn inf into nan."""
-        out = xs if owned(xs) else Owned()
+        """As :meth:`PerLeaf.hard_threshold_`; in place, one masked fill per leaf: there is
+        no foreach form, and a multiply by the mask would turn inf into nan."""
+        if not owned(xs):
+            return Owned(PER_LEAF.hard_threshold_(xs, t))
         for x, v in zip(xs, each(t, len(xs))):
-            dropped = x.abs() <= v
-            y = x.masked_fill_(dropped, 0) if out is xs else x.masked_fill(dropped, 0)
+            x.masked_fill_(x.abs() <= v, 0)
             nan = _nan_of(v, x)
             if nan is not None:
-                y.add_(nan)
-            if out is not xs:
-                out.append(y)
-        return out
+                x.add_(nan)
+        return xs
 
     def firm_threshold_(self, xs: Tensors, low: Column, high: Column, c: Column) -> Tensors:
         """As :meth:`PerLeaf.firm_threshold_`, a leaf at a time (five kernels, the two clamps'
@@ -416,8 +395,7 @@ class Foreach:
         n = len(xs)
         out = xs if owned(xs) else Owned()
         for x, a, b, k in zip(xs, each(low, n), each(high, n), each(c, n)):
-            outer = _clamp(x, -b, b)
-            inner = _clamp(x, -a, a)
+            outer, inner = _clamp(x, -b, b), _clamp(x, -a, a)
             torch.sub(outer, inner, out=inner)  # clamp(±high) - clamp(±low), into scratch
             y = x.sub_(outer) if out is xs else torch.sub(x, outer, out=outer)
             if isinstance(k, torch.Tensor):

@@ -46,9 +46,11 @@ def stacked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = _stacked.run
 
-    def spy(job: Any, *args: Any) -> Any:
-        calls.append(job.n)
-        return real(job, *args)
+    def spy(*args: Any) -> Any:
+        out = real(*args)
+        if out is not None:
+            calls.append(len(next(iter(out.values()))))
+        return out
 
     monkeypatch.setattr(_stacked, "run", spy)
     return calls
@@ -198,3 +200,53 @@ def test_grad_and_jacrev_take_the_per_leaf_path(stacked: list[int]) -> None:
     vmap(torch.func.grad(loss))(_tree(13, (K,)))
     torch.func.jacrev(lambda a: fr.l1.prox(params, a, 1.0)["a.weight"])(torch.tensor(0.2, dtype=F64))
     assert not stacked
+
+
+def test_nested_vmap_with_batch_dims_anywhere_and_levels_that_batch_nothing(stacked: list[int]) -> None:
+    """Each level's batch dim brought to the front wherever it sits (the inner level's at
+    the end of some leaves), a leaf batched at neither level, and an outer level that
+    batches none of the call's tensors."""
+    params = _tree(14, (K, 2))
+    moved = {k: (v.movedim(1, -1) if v.ndim > 2 else v) for k, v in params.items()}
+    inner = {k: (-1 if v.ndim > 2 else 0) for k, v in params.items()}
+    shared = _tree(15)["c.weight"]
+
+    def f(p: Any, lam: torch.Tensor) -> Any:
+        return vmap(lambda q: fr.group_lasso.prox({**q, "shared": shared}, lam, 0.5, dim=-1), in_dims=(inner,))(p)
+
+    got = _both(f, moved, LAMS, stacked=stacked)
+    for i in range(K):
+        for j in range(2):
+            member = {k: v[i, j] for k, v in params.items()}
+            want = fr.group_lasso.prox({**member, "shared": shared}, LAMS[i], 0.5, dim=-1)
+            _close({k: v[i, j] for k, v in got.items()}, want, f"member {i}, inner {j}")
+    before = len(stacked)
+    got = vmap(lambda _: vmap(lambda p: fr.l1.prox(p, 0.3, 1.0))(params))(torch.arange(2))
+    assert len(stacked) > before
+    _close({k: v[1] for k, v in got.items()}, fr.l1.prox(params, 0.3, 1.0), "outer level batching nothing")
+
+
+def test_a_torch_without_the_functorch_primitives_takes_the_per_leaf_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stacked path rests on private functorch primitives: on a torch without one of
+    them, vmap gives the same results on the per-leaf path, not an error."""
+    import importlib
+
+    monkeypatch.delattr(torch._C._functorch, "_unwrap_batched")
+    try:
+        importlib.reload(_stacked)
+        assert not _stacked.AVAILABLE
+        calls: list[Any] = []
+        monkeypatch.setattr(_stacked, "run", lambda *args: calls.append(args))
+        params, grads, lrs = _tree(16, (K,)), _tree(17, (K,)), torch.tensor([0.01, 0.1, 0.3], dtype=F64)
+        got = vmap(lambda p, a: fr.l1.prox(p, a, 1.0))(params, LAMS)
+        _close(got, _stack([fr.l1.prox(_member(params, i), LAMS[i], 1.0) for i in range(K)]), "prox")
+        state = fr.replicate(fr.adam.init(_member(params, 0)), K)
+        got, _ = vmap(lambda p, g, s, lr: fr.adam.step(p, g, s, lr=lr, donate=True))(params, grads, state, lrs)
+        one = fr.adam.init(_member(params, 0))
+        _close(got, _stack([fr.adam.step(_member(params, i), _member(grads, i), one, lr=lrs[i])[0]
+                            for i in range(K)]), "donated step")
+        assert not calls
+    finally:
+        monkeypatch.undo()
+        importlib.reload(_stacked)
+    assert _stacked.AVAILABLE

@@ -20,6 +20,7 @@ from funcreg._engine import Op, Role
 from funcreg._hyper import Param
 from funcreg._tree import flatten, require_tensors
 
+
 def _count(op: str, what: str, path: str, leaf: torch.Tensor, v: Any) -> None:
     """A step count: a 0-d floating tensor on the leaf's device, as ``init`` makes it."""
     if not isinstance(v, torch.Tensor) or v.ndim != 0:
@@ -84,23 +85,13 @@ def zero_state(params: Any, buffers: tuple[str, ...]) -> dict[str, Any]:
     device (as torch.optim keeps it), and a zero tree like params for each of ``buffers``."""
     flat = flatten(params)
     require_tensors(flat)
-    # the same refusal as the steps', so that a bad tree fails at init, not a step later
-    for path, leaf in zip(flat.paths, flat.leaves):
+    for path, leaf in zip(flat.paths, flat.leaves):  # the steps' refusal, at init, not a step later
         if not leaf.is_floating_point():
-            raise TypeError(
-                f"init: params leaf {path!r} has dtype {leaf.dtype}; only floating-point "
-                "parameters can be optimized (keep integer and bool buffers out of params)"
-            )
+            raise TypeError(f"init: params leaf {path!r} has dtype {leaf.dtype}; only floating-point "
+                            "parameters can be optimized (keep integer and bool buffers out of params)")
     # the counts of the leaves on one device are the elements of one buffer, so that a
     # donated step advances them all with one kernel (each is still its own 0-d tensor)
-    counts = {d: torch.zeros(n, dtype=torch.float32, device=d)
+    counts = {d: iter(torch.zeros(n, dtype=torch.float32, device=d).unbind())
               for d, n in collections.Counter(p.device for p in flat.leaves).items()}
-    seen: collections.Counter[torch.device] = collections.Counter()
-    steps = []
-    for p in flat.leaves:
-        steps.append(counts[p.device][seen[p.device]])
-        seen[p.device] += 1
-    out = {"step": flat.unflatten(steps)}
-    for name in buffers:
-        out[name] = flat.unflatten([torch.zeros_like(p) for p in flat.leaves])
-    return out
+    return {"step": flat.unflatten([next(counts[p.device]) for p in flat.leaves]),
+            **{name: flat.unflatten([torch.zeros_like(p) for p in flat.leaves]) for name in buffers}}

@@ -58,6 +58,8 @@ class Penalty:
         lam = Param("lam", per_leaf=True, per_element=self.elementwise, why=why)
         step = Param("step", per_leaf=True, per_element=self.elementwise, why=why)
         roles = tuple(Role(t, t) for t in self.trees)
+        self._not_static = {p.name for p in self.hypers} | set(self.trees)
+        self._complete = all(v is not self.REQUIRED for v in self.options.values())
         common = dict(hypers=(lam, *self.hypers), roles=roles, check=self._check, prepass=self._prepass)
         self._ops = {
             "value": Op(f"fr.{self.name}", _each(self._value), PARAMS, output="sum", history=False,
@@ -159,10 +161,9 @@ class Penalty:
              options: dict[str, Any], **flags: Any) -> Any:
         full = self._options(options)
         self._check_numbers(full)
-        hyper_names = {p.name for p in self.hypers}
-        static = tuple((k, v) for k, v in full.items() if k not in hyper_names and k not in self.trees)
+        static = tuple((k, v) for k, v in full.items() if k not in self._not_static)
         op = self._ops[what]
-        hypers = {**hypers, **{p.name: full[p.name] for p in op.hypers if p.name in hyper_names}}
+        hypers.update((p.name, full[p.name]) for p in self.hypers if p in op.hypers)
         return _engine.run(op, [*trees, *(full[t] for t in self.trees)], hypers, where=where,
                            static=static, **flags)
 
@@ -173,6 +174,8 @@ class Penalty:
     def _options(self, options: dict[str, Any]) -> dict[str, Any]:
         """The family's keyword arguments, defaults filled in; unknown or missing ones are
         a TypeError."""
+        if not options and self._complete:
+            return self.options
         unknown = set(options) - set(self.options)
         if unknown:
             raise TypeError(f"{self.name}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
