@@ -28,17 +28,16 @@ import importlib
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 import funcreg as fr
-
-from _cli import parse
 import peers.funcreg
 import peers.optax
 import peers.torch_optim
 import peers.torchopt
+from _cli import parse
 from peers import _probe
 from peers._probe import Cell, brief
 

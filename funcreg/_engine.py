@@ -22,8 +22,9 @@ import collections
 import functools
 import operator
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -315,7 +316,8 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
                for name, at in hyper_at.items() for values in [_tree.structure(hypers[name])[1]]]
     parts = []
     for extra, idx in ([({"decay": d}, [i for i in active if mask[i] == d]) for d in (True, False)]
-                       if op.where == "decay" and split else [({"decay": False} if op.where == "decay" else {}, active)]):
+                       if op.where == "decay" and split
+                       else [({"decay": False} if op.where == "decay" else {}, active)]):
         if idx:
             groups = _dispatch.groups([leaves[i] for i in idx], [[c[i] for i in idx] for c in beside],
                                       donate=donate and op.pieces, elementwise=op.elementwise and op.prepass is None)

@@ -20,15 +20,16 @@ column (``1 - beta1``) once per distinct value, :func:`each` spells one out per 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from funcreg import _sharding
 
 Tensors = list[torch.Tensor]
-Hyper = Union[float, torch.Tensor]
-Column = Union[float, torch.Tensor, Sequence[Hyper]]
+Hyper = float | torch.Tensor
+Column = float | torch.Tensor | Sequence[Hyper]
 
 
 class Owned(list):
@@ -464,4 +465,4 @@ def _in_place_only(xs: Tensors) -> Tensors:
 
 
 PER_LEAF = PerLeaf()
-Ops = Union[PerLeaf, Foreach]
+Ops = PerLeaf | Foreach

@@ -33,7 +33,8 @@ path) allow; under ``grad``, ``jacrev`` or ``torch.compile`` it is refused.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -26,7 +26,8 @@ warns with the reason.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.func import grad_and_value, vmap

@@ -4,7 +4,8 @@ criterion that decides when each member has converged."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.func import grad, vmap

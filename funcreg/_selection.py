@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import optree
 import torch
 
 from funcreg._tree import NAMESPACE, Flat, leaves_like
 
-Where = Union[None, Callable[[str, torch.Tensor], bool], Any]
+Where = Callable[[str, torch.Tensor], bool] | Any | None
 
 
 def selection(flat: Flat, where: Where, *, allow_empty: bool = False) -> list[bool]:

@@ -15,7 +15,8 @@ triple the cost of each small op. These primitives are private: on a torch witho
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

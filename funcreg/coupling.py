@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -132,7 +132,7 @@ class Coupling:
         return total.sqrt()
 
     @classmethod
-    def normalize(cls, couplings: Union[Coupling, Mapping[str, int], Sequence[Any]]) -> tuple[Coupling, ...]:
+    def normalize(cls, couplings: Coupling | Mapping[str, int] | Sequence[Any]) -> tuple[Coupling, ...]:
         """Couplings as given to ``groups=`` or to :func:`fr.prune.shrink`, as a tuple of
         :class:`Coupling`.
 

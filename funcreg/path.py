@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch.func import vmap
@@ -205,8 +206,9 @@ def path(
     :math:`\eta` the base ``lr``, must have fallen to ``rtol`` times its value at the
     start; where it did not improve on its best, that member's ``lr`` is multiplied by
     0.9 (minibatch noise keeps a constant-step iterate hovering, so the step must
-    shrink for the criterion to be met). It assumes ``loss`` is a mean over the batch. ``res.steps`` holds the step (FISTA) or minibatch step
-    (proximal Adam) at which each member stopped, 0 if it did not.
+    shrink for the criterion to be met). It assumes ``loss`` is a mean over the batch.
+    ``res.steps`` holds the step (FISTA) or minibatch step (proximal Adam) at which each
+    member stopped, 0 if it did not.
 
     Returns:
         A :class:`Path`; ``str(res)`` is the table, ``res.best(rule)`` the chosen index,

@@ -7,8 +7,9 @@ import importlib
 import os
 import pkgutil
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ._probe import (F64, GROUP_NAMES, LAM, LR, LRS, PROX_NAMES, WD, Cell, adam_reference, brief,
-                     central_diff, compile_cell, compiled_twice, cuda_vs_cpu, decay_cell, half_sq,
-                     max_diff, no_gpu, no_prox, rel_err, sci, snapshot, subset_cell, tensors,
-                     touched)
+from ._probe import (
+    F64,
+    GROUP_NAMES,
+    LAM,
+    LR,
+    LRS,
+    PROX_NAMES,
+    WD,
+    Cell,
+    adam_reference,
+    brief,
+    central_diff,
+    compile_cell,
+    compiled_twice,
+    cuda_vs_cpu,
+    decay_cell,
+    half_sq,
+    max_diff,
+    no_gpu,
+    no_prox,
+    rel_err,
+    sci,
+    snapshot,
+    subset_cell,
+    tensors,
+    touched,
+)
 
 NAME = "torch.optim"
 

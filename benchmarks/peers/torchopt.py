@@ -4,15 +4,45 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ._probe import (ALR, F64, GROUP_NAMES, LAM, LR, LRS, PROX_NAMES, STEPS, WD, Cell, D,
-                     adam_reference, brief, central_diff, compile_cell, compiled_twice, cuda_vs_cpu,
-                     decay_cell, half_sq, max_diff, no_gpu, no_prox, parity_cell, quad_grads,
-                     raised_in, rel_err, sci, snapshot, subset_cell, tensors, touched)
+from ._probe import (
+    ALR,
+    F64,
+    GROUP_NAMES,
+    LAM,
+    LR,
+    LRS,
+    PROX_NAMES,
+    STEPS,
+    WD,
+    Cell,
+    D,
+    adam_reference,
+    brief,
+    central_diff,
+    compile_cell,
+    compiled_twice,
+    cuda_vs_cpu,
+    decay_cell,
+    half_sq,
+    max_diff,
+    no_gpu,
+    no_prox,
+    parity_cell,
+    quad_grads,
+    raised_in,
+    rel_err,
+    sci,
+    snapshot,
+    subset_cell,
+    tensors,
+    touched,
+)
 
 NAME = "torchopt"
 

@@ -192,8 +192,9 @@ def _fused(
     maxima = _ops.owned_copy(max_exp_avg_sq) if max_exp_avg_sq is not None else []
     step = ops.add_(step, 1.0)
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    kernel(params, grads, exp_avg, exp_avg_sq, maxima, ops.counts(step, check=False), lr=fused_lr(lr), beta1=beta1, beta2=beta2,
-           weight_decay=weight_decay, eps=eps, amsgrad=max_exp_avg_sq is not None, maximize=maximize)
+    kernel(params, grads, exp_avg, exp_avg_sq, maxima, ops.counts(step, check=False), lr=fused_lr(lr),
+           beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=max_exp_avg_sq is not None,
+           maximize=maximize)
     return {"params": params, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
             **({"max_exp_avg_sq": maxima} if max_exp_avg_sq is not None else {})}
 

@@ -3,7 +3,8 @@ itself, as a stateless step that ``vmap`` can batch over many λ."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optree
 import torch

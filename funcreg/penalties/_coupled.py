@@ -17,8 +17,9 @@ its slices.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Real
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -75,7 +75,8 @@ def _scad(m: torch.Tensor, lam: Any, gamma: Any) -> torch.Tensor:
     quadratic blend over ``[λ, q]`` with ``q = clamp(m, λ, γλ)``."""
     lam_t = torch.as_tensor(lam, dtype=m.dtype, device=m.device)
     q = torch.minimum(torch.maximum(m, lam_t), gamma * lam_t)
-    return lam_t * torch.minimum(m, lam_t) + (gamma * lam_t * (q - lam_t) - (q.square() - lam_t.square()) / 2) / (gamma - 1)
+    return (lam_t * torch.minimum(m, lam_t)
+            + (gamma * lam_t * (q - lam_t) - (q.square() - lam_t.square()) / 2) / (gamma - 1))
 
 
 def _prox(w: torch.Tensor, lam: Any, s: Any, gamma: Any) -> torch.Tensor:

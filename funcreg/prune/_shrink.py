@@ -287,7 +287,7 @@ def _build(work: nn.Module, plans: list[_Plan], state: dict[str, torch.Tensor]) 
         for dim, index in cuts.get(path, []):
             t = t.index_select(dim, index)
         _assign(work, path, t, requires_grad=state[path].requires_grad if path in state else False)
-    for name, m in work.named_modules():
+    for m in work.modules():
         if isinstance(m, nn.Linear):
             m.out_features, m.in_features = m.weight.shape
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
