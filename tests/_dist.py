@@ -46,7 +46,8 @@ import datetime
 import multiprocessing
 import re
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
