@@ -90,7 +90,7 @@ def kind(p: Param, value: Any) -> Any:
         return NUMBER
     fp, leaves = _tree.structure(value)
     paths = _tree.paths_of(value, fp, p.name)
-    kinds = []
+    kinds: list[Any] = []
     for path, v in zip(paths, leaves):
         if isinstance(v, torch.Tensor):
             kinds.append(_tensor_kind(p, v, path))

@@ -93,7 +93,12 @@ def _paths(spec: optree.PyTreeSpec) -> tuple[tuple[str, ...], str | None] | None
 def _with_duplicate(paths: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
     """``paths`` and the first of them that repeats, if any."""
     seen: set[str] = set()
-    duplicate = next((p for p in paths if p in seen or seen.add(p)), None)
+    duplicate = None
+    for p in paths:
+        if p in seen:
+            duplicate = p
+            break
+        seen.add(p)
     return paths, duplicate
 
 

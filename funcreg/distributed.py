@@ -19,6 +19,7 @@ from funcreg import _donation, _sharding, _tree
 
 if TYPE_CHECKING:  # not imported at run time: funcreg imports where torch.distributed is absent
     from torch.distributed import ProcessGroup
+    from torch.distributed.tensor import DTensor
 
 __all__ = ["all_reduce"]
 
@@ -195,7 +196,7 @@ def _distributed(group: Any) -> Any:
     return dist
 
 
-def _shards(flat: _tree.Flat, op: str, group: Any, dist: Any) -> tuple[list[Any], type | None]:
+def _shards(flat: _tree.Flat, op: str, group: Any, dist: Any) -> tuple[list[Any], type[DTensor] | None]:
     """Per leaf, the plain tensor to reduce (a DTensor's local shard) or ``None``; and the
     DTensor class if the tree holds any. Raises for a leaf that cannot be reduced."""
     dtensor = _sharding._dtensor_type()
@@ -299,7 +300,7 @@ def _finish(
     out: list[Any],
     donate: bool,
     scale: int | None,
-    dtensor: type | None,
+    dtensor: type[DTensor] | None,
 ) -> int:
     """Wait for one bucket, divide it by ``scale`` (the group size, for a mean) and put
     its leaves in ``out``; returns the elements of scratch it freed."""
@@ -382,7 +383,7 @@ def _paths_digest(paths: tuple[str, ...]) -> bytes:
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
 
 
-def _items(flat: _tree.Flat, dtensor: type | None) -> list[Any]:
+def _items(flat: _tree.Flat, dtensor: type[DTensor] | None) -> list[Any]:
     """What must agree across ranks about each leaf, as plain Python values whose repr
     is the same in every process. The device's type but not its index: rank r on
     cuda:r is the usual layout. Runs on every call: keep it cheap."""

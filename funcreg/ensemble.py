@@ -33,7 +33,7 @@ def replicate(tree: Any, k: int) -> Any:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     flat = flatten(tree, "tree")
-    out = []
+    out: list[torch.Tensor | None] = []
     for path, leaf in zip(flat.paths, flat.leaves):
         if leaf is None:
             out.append(None)

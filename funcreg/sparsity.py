@@ -61,7 +61,7 @@ class Sparsity:
         return sum(counted) if counted else None
 
     def __str__(self) -> str:
-        rows = [("path", "shape", "exact zeros")]
+        rows: list[tuple[str, ...]] = [("path", "shape", "exact zeros")]
         if self.dim is not None:
             rows[0] += (f"zero slices along dim {self.dim}",)
 
