@@ -12,6 +12,7 @@ per-leaf trees, like λ. A projected gradient step is a step followed by a proje
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -176,13 +177,13 @@ def _check_max_norm(flat: Flat, selected: list[int], *, dim: Any) -> None:
 
 _HALF = (torch.bfloat16, torch.float16)
 _PARAMS = Role("params", "params")
-_BOUND = dict(per_leaf=True, per_element=True, optional=True, low=-math.inf)
+_bound = functools.partial(Param, per_leaf=True, per_element=True, optional=True, low=-math.inf)
 _MAX_NORM = Op("fr.project.max_norm", _max_norm, _PARAMS, writes=("params",),
                hypers=(Param("max_norm", per_leaf=True),), check=_check_max_norm)
 _L2_BALL = Op("fr.project.l2_ball", _ball, _PARAMS, writes=("params",), hypers=(Param("radius", per_leaf=True),))
 _L1_BALL = Op("fr.project.l1_ball", _l1_ball, _PARAMS, writes=("params",), hypers=(Param("radius", per_leaf=True),))
 _BOX = Op("fr.project.box", _box, _PARAMS, writes=("params",), elementwise=True,
-          hypers=(Param("low", **_BOUND), Param("high", **_BOUND)), validate=_check_box)
+          hypers=(_bound("low"), _bound("high")), validate=_check_box)
 _NON_NEGATIVE = Op("fr.project.non_negative", _non_negative, _PARAMS, writes=("params",), pieces=False)
 
 

@@ -3,7 +3,7 @@ a proximal Adagrad."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -170,8 +170,9 @@ def _adagrad(
     if (ops.fused and not ops.dtensor and params[0].device.type == "cpu"
             and all(is_number(h) for h in (lr_decay, weight_decay, eps))
             and not (ops.batch and isinstance(lr, list)) and ops.counts(step) is not None):
-        return _fused(ops, params=params, grads=grads, step=step, sums=sum, lr=lr, lr_decay=lr_decay,
-                      weight_decay=weight_decay if decay else 0.0, eps=eps, maximize=maximize)
+        return _fused(ops, params=params, grads=grads, step=step, sums=sum, lr=lr, lr_decay=cast(float, lr_decay),
+                      weight_decay=cast(float, weight_decay) if decay else 0.0, eps=cast(float, eps),
+                      maximize=maximize)
     # torch.optim's foreach Adagrad, with its learning-rate decay computed from each leaf's
     # count as a tensor (never read on the host)
     step = ops.add_(step, 1.0)

@@ -3,7 +3,7 @@ per-element step size for a proximal Adam."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -53,8 +53,8 @@ class Adam:
         self.name = name
         self._decoupled = decoupled
         self._weight_decay = weight_decay
-        beta = dict(high=1.0, high_open=True)
-        hypers = (Param("lr"), Param("beta1", **beta), Param("beta2", **beta), Param("eps"),
+        hypers = (Param("lr"), Param("beta1", high=1.0, high_open=True), Param("beta2", high=1.0, high_open=True),
+                  Param("eps"),
                   Param("weight_decay"))
         entries = ("exp_avg", "exp_avg_sq")
         self._ops = {ams: step_op(name, _adam, entries + (("max_exp_avg_sq",) if ams else ()), hypers)
@@ -155,8 +155,9 @@ def _adam(
     if (ops.fused and all(is_number(h) for h in (beta1, beta2, eps, weight_decay))
             and not (ops.batch and isinstance(lr, list)) and ops.counts(step) is not None):
         return _fused(ops, params=params, grads=grads, step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
-                      max_exp_avg_sq=max_exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                      weight_decay=weight_decay if decay else 0.0, decoupled=decoupled, maximize=maximize)
+                      max_exp_avg_sq=max_exp_avg_sq, lr=lr, beta1=cast(float, beta1), beta2=cast(float, beta2),
+                      eps=cast(float, eps), weight_decay=cast(float, weight_decay) if decay else 0.0,
+                      decoupled=decoupled, maximize=maximize)
     # torch.optim's foreach Adam, in its capturable form: the bias corrections are tensors
     # (each leaf's own step count), never read on the host
     step = ops.add_(step, 1.0)

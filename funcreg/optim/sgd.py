@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -112,7 +112,7 @@ def _sgd(ops: Ops, *, params: Tensors, grads: Tensors, step: Tensors, momentum_b
         # torch's fused kernel knows the first step only as one flag for all leaves; with
         # a zero buffer and no dampening every step is the same formula, so it needs none.
         return _fused(ops, params=params, grads=grads, step=step, momentum_buffer=momentum_buffer, lr=lr,
-                      momentum=momentum, weight_decay=weight_decay if decay else 0.0,
+                      momentum=cast(float, momentum), weight_decay=cast(float, weight_decay) if decay else 0.0,
                       nesterov=nesterov, maximize=maximize)
     if maximize:
         grads = ops.neg(grads)
