@@ -80,7 +80,7 @@ class MCP(Penalty):
 def _prox_either(w: torch.Tensor, lam: Any, s: Any, g: Any) -> torch.Tensor:
     """Both regimes, chosen per element (tensor ``step`` or ``gamma``); a NaN in any
     hyperparameter gives NaN, as through the soft threshold."""
-    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731
+    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731 - a shorthand, as in the formula
     lam, s, g = t(lam), t(s), t(g)
     convex = s < g
     soft = w - torch.clamp(w, -s * lam, s * lam)

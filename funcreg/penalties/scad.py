@@ -89,7 +89,7 @@ def _prox(w: torch.Tensor, lam: Any, s: Any, gamma: Any) -> torch.Tensor:
     where the two objectives meet: at λ(γ + 1 + s)/2 while s < γ + 1, at λ√(s(γ + 1)) after
     (a hard threshold). Ties take the lower branch."""
     m = w.abs()
-    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731
+    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731 - a shorthand, as in the formula
     lam_t, s_t, g_t = t(lam), t(s), t(gamma)
     convex = s_t < g_t - 1
     soft = (m - s_t * lam_t).clamp_min(0.0)
