@@ -441,8 +441,9 @@ def _donate(plan: Plan, local: list[list[Any]], dims: list[list[Any]] | None, va
     writable, spans = plan.donation
     if spans is not None:  # None exactly when the call may not write
         chosen = set(active)
-        reads: list[tuple[_donation.Label, Any]] = [((plan.labels[k], paths[i]), v) for k in changed for i, v in enumerate(local[k])
-                 if k not in written or i not in chosen]
+        reads: list[tuple[_donation.Label, Any]] = [
+            ((plan.labels[k], paths[i]), v) for k in changed for i, v in enumerate(local[k])
+            if k not in written or i not in chosen]
         for p in plan.op.hypers:
             v = values[p.name]
             if isinstance(v, torch.Tensor):

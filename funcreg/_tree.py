@@ -22,7 +22,7 @@ import torch
 
 # Importing torch's optree bridge registers torch's own node types in the "torch" namespace
 # and switches that namespace to insertion-ordered dicts, as torch.func itself relies on.
-import torch.utils._cxx_pytree  # noqa: F401
+import torch.utils._cxx_pytree
 import torch.utils._pytree as torch_pytree
 
 NAMESPACE = "torch"

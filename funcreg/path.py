@@ -303,7 +303,7 @@ def path(
         group_norms=norms, group_labels=grouping.labels, grid=grid,
         penalty=_describe_penalty(penalty, family), solver=settings.solver, device=str(device),
         seconds=trained.seconds, blocks=trained.blocks, ranks=trained.ranks,
-        max_steps=int(settings.max_steps), rtol=float(settings.rtol),  # type: ignore[arg-type]
+        max_steps=int(settings.max_steps), rtol=float(settings.rtol),
     )
 
 
@@ -409,7 +409,7 @@ def _table(res: Path) -> str:
         val = f"{float(res.val_loss[k]):9.4g}" if res.val_loss is not None else f"{'-':>9}"
         row = f"{float(res.lambdas[k]):10.3e} {float(res.train_loss[k]):9.4g} {val}"
         if folds:
-            row += f" {float(res.val_se[k]):9.2g}"  # type: ignore[index]
+            row += f" {float(res.val_se[k]):9.2g}"  # type: ignore[index]  # val_se is set when there are folds
         kept = f"{int(res.kept[k])}/{res.groups}"
         step = int(res.steps[k])
         row += f" {kept:>{width}}" + (f" {dead[k]:>4}" if any(dead) else "")
@@ -422,8 +422,8 @@ def _table(res: Path) -> str:
     if done:
         tail += f", the slowest at step {int(res.steps.max())}"
     if folds:
-        fdone = int((res.fold_steps > 0).sum())  # type: ignore[operator]
-        tail += f"; {fdone}/{res.fold_steps.numel()} fold members ({folds} folds)"  # type: ignore[union-attr]
+        fdone = int((res.fold_steps > 0).sum())
+        tail += f"; {fdone}/{res.fold_steps.numel()} fold members ({folds} folds)"
     lines.append(tail)
     if any(dead):
         lines.append("dead: groups at zero whose gradient is exactly zero too (a blank input, a unit off on "
