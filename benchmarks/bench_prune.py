@@ -36,10 +36,10 @@ from torch import nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import funcreg as fr  # noqa: E402
-from _cli import parse  # noqa: E402
-from _timing import Case, environment, markdown_table, measure  # noqa: E402
-from _workloads import make_tree  # noqa: E402
+import funcreg as fr
+from _cli import parse
+from _timing import Case, environment, markdown_table, measure
+from _workloads import make_tree
 
 FRACTION = 0.5
 
@@ -111,7 +111,7 @@ def latency(name: str, model: nn.Module, shape: tuple[int, ...], title: str) -> 
         with torch.no_grad():
             err = (functional_call(small, small_params, (x,)) - functional_call(model, masked, (x,))).abs().max()
 
-        def run(m: nn.Module, p: dict):  # noqa: ANN202
+        def run(m: nn.Module, p: dict):
             def fn() -> torch.Tensor:
                 with torch.no_grad():
                     return functional_call(m, p, (x,))

@@ -142,7 +142,7 @@ def scan(package: str, pattern: re.Pattern[str]) -> tuple[list[str], int]:
             continue
         try:
             modules.append(importlib.import_module(info.name))
-        except Exception:  # noqa: BLE001  (optional-dependency submodules)
+        except Exception:
             continue
     found = set()
     for mod in modules:

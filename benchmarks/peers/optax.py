@@ -43,7 +43,7 @@ def available() -> str | None:
     try:
         _jax()
         return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return brief(exc, 60) + " (pip install -c constraints.txt jax optax)"
 
 
