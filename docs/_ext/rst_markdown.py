@@ -75,7 +75,7 @@ def _math(expr: list[str], pad: str) -> list[str]:
 #: Google-style sections (``Args:`` and the like): their entries become a list under a
 #: bold title, since Markdown would run the indented lines into one paragraph
 _SECTIONS = ("Args:", "Arguments:", "Attributes:", "Raises:", "Returns:", "Yields:")
-_ENTRY = re.compile(r"^(\**[\w.]+)( \([^)]*\))?:\s*(.*)$")
+_ENTRY = re.compile(r"^(\**[\w.]+(?:, \**[\w.]+)*)( \([^)]*\))?:\s*(.*)$")
 
 
 def _section(title: str, block: list[str], pad: str) -> list[str]:

@@ -64,6 +64,14 @@ class Adagrad:
         """Zero step counts, and ``sum`` filled with ``initial_accumulator_value`` (a number
         >= 0 or a 0-d tensor).
 
+        Args:
+            params: the parameter tree.
+            initial_accumulator_value: the starting value of ``sum``, as torch.optim's.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
+
         Raises:
             TypeError: a leaf that is not a floating-point tensor (named).
             ValueError: a negative or non-finite ``initial_accumulator_value``.

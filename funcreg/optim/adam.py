@@ -64,7 +64,19 @@ class Adam:
                            for key in ("exp_avg_sq", "max_exp_avg_sq")}
 
     def init(self, params: Any, *, amsgrad: bool = False) -> dict[str, Any]:
-        """Zero moments and step counts; ``amsgrad=True`` adds the running max of ``v``."""
+        """Zero moments and step counts; ``amsgrad=True`` adds the running max of ``v``.
+
+        Args:
+            params: the parameter tree.
+            amsgrad: add ``max_exp_avg_sq``, which an ``amsgrad=True`` step needs.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
+
+        Raises:
+            TypeError: a leaf that is not a floating-point tensor (named).
+        """
         buffers = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
         return zero_state(params, buffers)
 
@@ -95,6 +107,36 @@ class Adam:
         same tensors. Params that require grad, in grad mode, are refused unless
         ``differentiable=True``, which records the step's autograd history (for
         hypergradients, as torch.optim's ``differentiable``).
+
+        Args:
+            params: the parameter tree (``dict(model.named_parameters())``, detached).
+            grads: gradients, a tree like params; a ``None`` leaf leaves that leaf and its
+                state as they are.
+            state: from :meth:`init` (``amsgrad=True`` there for an ``amsgrad`` step).
+            lr: the learning rate, a number >= 0 or a 0-d tensor (batched under
+                ``vmap``), or a dict ``{leaf path: lr}``.
+            betas: ``(beta1, beta2)``, each in [0, 1): the decay rates of the first and
+                second moments.
+            eps: added to the denominator, a number >= 0 or a 0-d tensor.
+            weight_decay: a number >= 0 or a 0-d tensor (default 0 for ``fr.adam``, 1e-2
+                for ``fr.adamw``).
+            decoupled: decay the weights directly (AdamW) rather than through the
+                gradient (Adam); the default is the object's.
+            amsgrad: divide by the running maximum of the second moment.
+            maximize: ascend the objective.
+            where: the leaves that are decayed (all by default).
+            donate: write the results into params and state and return those tensors.
+            differentiable: record autograd history (hypergradients), as torch.optim's flag.
+
+        Returns:
+            ``(new_params, new_state)``; the inputs are unchanged unless donated.
+
+        Raises:
+            ValueError: a negative or non-finite number, a beta outside [0, 1), a state
+                without the moments the step needs, trees that do not match params
+                (each naming the leaf).
+            TypeError: ``betas`` not a pair, a non-tensor or integer leaf, a
+                hyperparameter of the wrong type.
         """
         weight_decay = self._weight_decay if weight_decay is None else weight_decay
         beta1, beta2 = _betas(betas)
@@ -121,6 +163,18 @@ class Adam:
             params = fr.l1.prox(params, lam, fr.adam.step_size(state, lr=lr))
 
         Pass the same ``lr``, ``betas``, ``eps`` and ``amsgrad`` as to the step.
+
+        Args:
+            state: the state after the step.
+            lr, betas, eps, amsgrad: the same as given to the step.
+
+        Returns:
+            A tree like params of tensors like each leaf.
+
+        Raises:
+            ValueError: a state without ``exp_avg_sq`` (``max_exp_avg_sq`` with
+                ``amsgrad``) or ``step``, a negative or non-finite number.
+            TypeError: ``betas`` not a pair.
         """
         beta1, beta2 = _betas(betas)
         key = "max_exp_avg_sq" if amsgrad else "exp_avg_sq"

@@ -55,6 +55,13 @@ class Lion:
     def init(self, params: Any) -> dict[str, Any]:
         """Zero step counts and a zero ``exp_avg``.
 
+        Args:
+            params: the parameter tree.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
+
         Raises:
             TypeError: a leaf that is not a floating-point tensor (named).
         """
