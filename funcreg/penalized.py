@@ -20,6 +20,17 @@ def penalized(
     λ stays a free variable of the penalty function, so it can be a tensor batched by
     ``vmap``:
 
+    Args:
+        loss_fn: ``loss_fn(params, *args, **kwargs)``, returning a loss or ``(loss, aux)``.
+        *penalty_fns: functions of the params alone, each returning a 0-d tensor.
+
+    Returns:
+        ``penalized_loss(params, *args, **kwargs)``, with ``loss_fn``'s signature.
+
+    Raises:
+        TypeError: ``loss_fn`` or a penalty function is not callable; at call time, a
+            ``loss_fn`` returning a tuple that is not a pair.
+
     >>> import torch, funcreg as fr
     >>> def mse(params, x, y):
     ...     return ((x @ params["w"] - y) ** 2).mean()

@@ -114,7 +114,7 @@ class Adam:
                 state as they are.
             state: from :meth:`init` (``amsgrad=True`` there for an ``amsgrad`` step).
             lr: the learning rate, a number >= 0 or a 0-d tensor (batched under
-                ``vmap``), or a dict ``{leaf path: lr}``.
+                ``vmap``).
             betas: ``(beta1, beta2)``, each in [0, 1): the decay rates of the first and
                 second moments.
             eps: added to the denominator, a number >= 0 or a 0-d tensor.

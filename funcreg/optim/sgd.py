@@ -106,7 +106,7 @@ class SGD:
             state: from :meth:`init` (with its ``momentum_buffer`` when ``momentum`` is
                 not a Python 0).
             lr: the learning rate, a number >= 0 or a 0-d tensor (batched under
-                ``vmap``), or a dict ``{leaf path: lr}``.
+                ``vmap``).
             momentum, dampening, weight_decay: torch.optim.SGD's, each a number >= 0 or a
                 0-d tensor (``dampening`` at most 1); ``weight_decay`` is coupled (added
                 to the gradient).
