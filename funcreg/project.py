@@ -40,6 +40,24 @@ def max_norm(params: Any, max_norm: Any, *, dim: int | None = 0, where: Where = 
     (Srivastava et al., "Dropout: a simple way to prevent neural networks from
     overfitting", JMLR 15, 2014). ``dim=None`` bounds the whole leaf (:func:`l2_ball`).
 
+    Args:
+        params: the parameter tree.
+        max_norm: the radius, a number >= 0, a 0-d tensor (batched under ``vmap``) or a dict ``{leaf path: value}``.
+        dim: the dim whose slices are bounded (``None``: the whole leaf).
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: a negative or non-finite radius, a ``dim`` a leaf does not have, trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
+
     >>> import torch, funcreg as fr
     >>> w = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}
     >>> fr.project.max_norm(w, 1.0)["w"]
@@ -53,6 +71,23 @@ def l2_ball(params: Any, radius: Any, *, where: Where = None, donate: bool = Fal
             differentiable: bool = False) -> Any:
     r"""Each selected leaf into the L2 ball of ``radius``:
     :math:`w \min(1, r / \lVert w\rVert_2)`, the norm over the whole leaf.
+
+    Args:
+        params: the parameter tree.
+        radius: a number >= 0, a 0-d tensor (batched under ``vmap``) or a dict ``{leaf path: value}``.
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: a negative or non-finite radius, trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
 
     >>> import torch, funcreg as fr
     >>> fr.project.l2_ball({"w": torch.tensor([3.0, 4.0])}, 1.0)["w"]
@@ -70,6 +105,23 @@ def l1_ball(params: Any, radius: Any, *, where: Where = None, donate: bool = Fal
     "Efficient projections onto the l1-ball for learning in high dimensions", ICML 2008),
     without data-dependent shapes, so a batched radius works under ``vmap``.
 
+    Args:
+        params: the parameter tree.
+        radius: a number >= 0, a 0-d tensor (batched under ``vmap``) or a dict ``{leaf path: value}``.
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: a negative or non-finite radius, trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
+
     >>> import torch, funcreg as fr
     >>> fr.project.l1_ball({"w": torch.tensor([3.0, -1.0, 0.5])}, 2.0)["w"]
     tensor([2., 0., 0.])
@@ -83,6 +135,25 @@ def box(params: Any, low: Any, high: Any, *, where: Where = None, donate: bool =
     be negative, may be given per element (tensors shaped like the leaf), and ``None``
     leaves that side unbounded.
 
+    Args:
+        params: the parameter tree.
+        low: the lower bound or ``None``: a number, a 0-d tensor, a tensor shaped like
+            the leaf, or a dict ``{leaf path: value}``.
+        high: the upper bound or ``None``, in the same forms.
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: no bound at all, ``low > high`` somewhere, trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
+
     >>> import torch, funcreg as fr
     >>> fr.project.box({"w": torch.tensor([-2.0, 0.5, 3.0])}, -1.0, 1.0)["w"]
     tensor([-1.0000,  0.5000,  1.0000])
@@ -95,6 +166,22 @@ def box(params: Any, low: Any, high: Any, *, where: Where = None, donate: bool =
 def non_negative(params: Any, *, where: Where = None, donate: bool = False,
                  differentiable: bool = False) -> Any:
     """Each selected element into ``[0, inf)``: ``clamp_min(w, 0)``.
+
+    Args:
+        params: the parameter tree.
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
 
     >>> import torch, funcreg as fr
     >>> fr.project.non_negative({"w": torch.tensor([-2.0, 0.5])})["w"]
