@@ -43,11 +43,13 @@ class Path:
             whose gradient on ``data`` is exactly zero there too (an input blank in every
             sample, a unit whose activation is off on every sample): nothing pulls them
             back, so any λ > 0 holds them at zero; they are counted apart from what λ pruned.
-        groups: how many groups the penalty acts on; ``unit`` says what one is.
+        groups: how many groups the penalty acts on.
+        unit: what one group is, in words (the plot's axis label).
         group_norms: ``(len(lambdas), groups)`` float64, each group's norm per member.
         group_labels: a name per group (``"0.weight[3]"``).
         grid: how the grid was found (``grid.note``, ``grid.method``, the bracket's λ
             and pruned shares).
+        penalty: the penalty as it was called, e.g. ``"fr.group_lasso(dim=0)"``.
         solver, device, seconds, blocks, ranks, max_steps, rtol: how it was trained
             (``seconds``: wall time of the training, grid search excluded).
     """
@@ -81,6 +83,12 @@ class Path:
         λ among ties); ``"1se"``, the largest λ whose validation loss is within one
         standard error of the minimum (glmnet's ``lambda.1se``; needs folds).
 
+        Args:
+            rule: ``"min"`` or ``"1se"``.
+
+        Returns:
+            The member's index into ``lambdas``.
+
         Raises:
             ValueError: no validation loss (fr.path ran without ``val=`` or ``folds=``),
                 ``"1se"`` without folds, or an unknown rule.
@@ -90,7 +98,17 @@ class Path:
         return _cv.choose(self.val_loss, self.val_se, rule)
 
     def member(self, k: int) -> dict[str, torch.Tensor]:
-        """Member ``k``'s weights, a tree like the given params (no leading dim)."""
+        """Member ``k``'s weights, a tree like the given params (no leading dim).
+
+        Args:
+            k: the member's index (``res.best()``, for one).
+
+        Returns:
+            A dict of views into ``params``.
+
+        Raises:
+            IndexError: ``k`` outside ``range(len(self))``.
+        """
         return {p: v[k] for p, v in self.params.items()}
 
     def __len__(self) -> int:
@@ -105,6 +123,14 @@ class Path:
         by ``rule`` marked (default ``"1se"`` with folds, ``"min"`` with ``val=``, none
         without validation) and, if given, member ``chosen`` (your own rule's pick).
         Needs matplotlib (an optional extra).
+
+        Args:
+            path: the PNG file to write.
+            rule: the rule whose λ is marked, as for :meth:`best`.
+            chosen: a member to mark besides.
+
+        Returns:
+            None; the figure is written to ``path``.
 
         Raises:
             ImportError: matplotlib is not installed.

@@ -53,9 +53,10 @@ def max_norm(params: Any, max_norm: Any, *, dim: int | None = 0, where: Where = 
         A tree like params: the projection on the selected leaves, the others as they are.
 
     Raises:
-        ValueError: a negative or non-finite radius, a ``dim`` a leaf does not have, trees that do not match, a per-leaf value naming a leaf
-            params lack; with ``donate=True``, a donated leaf that overlaps another
-            input (each naming the leaf).
+        ValueError: a negative or non-finite radius, a ``dim`` a leaf does not have,
+            trees that do not match, a per-leaf value naming a leaf params lack; with
+            ``donate=True``, a donated leaf that overlaps another input (each naming the
+            leaf).
         TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
 
     >>> import torch, funcreg as fr
