@@ -308,7 +308,9 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
     columns = [leaves]
     perms: list[list[int] | None] = [None]
     for role, tree in zip(op.roles, trees[1:]):
-        values = _tree.leaves_like(flat, tree, role.label)
+        hint = (f". A leaf without a value is given as None ({role.label}[path] = None), "
+                "which leaves that leaf as it is") if role.none else ""
+        values = _tree.leaves_like(flat, tree, role.label, hint)
         for i in checked:
             if values[i] is not None or not role.none:
                 (role.check or _tree.check_pair)(op.name, role.label, flat.paths[i], leaves[i], values[i])

@@ -94,7 +94,9 @@ def _compile(patterns: tuple[str, ...]) -> list[re.Pattern[str]]:
         raise ValueError("give at least one regular expression")
     for p in patterns:
         if not isinstance(p, str):
-            raise TypeError(f"a selector pattern must be a str, not {type(p).__name__}")
+            several = ("; pass several patterns as separate arguments, fr.select.only(*patterns)"
+                       if isinstance(p, (list, tuple)) else "")
+            raise TypeError(f"a selector pattern must be a str, not {type(p).__name__}{several}")
     return [re.compile(p) for p in patterns]
 
 
