@@ -29,6 +29,7 @@ def lambda_grid(lam_max: Any, n: int = 100, eps: float = 1e-3) -> torch.Tensor:
     Raises:
         ValueError: ``n`` not a positive int, ``eps`` outside (0, 1], ``lam_max``
             negative or not finite.
+        TypeError: ``lam_max`` or ``eps`` neither a number nor a tensor.
 
     >>> import torch, funcreg as fr
     >>> fr.lambda_grid(torch.tensor(2.0), n=4, eps=1e-3)

@@ -231,7 +231,7 @@ class Penalty:
                 ensemble, one member per λ), or a dict ``{leaf path: λ}`` giving each
                 selected leaf its own (for separable families also a tensor shaped like
                 the leaf).
-            step: the step ``η`` > 0 (the learning rate of the gradient step before the
+            step: the step ``η`` ≥ 0 (the learning rate of the gradient step before the
                 prox), in any form ``lam`` takes.
             where: the leaves the penalty applies to: ``None`` (every leaf), a selector
                 (``fr.select.weights``, ``fr.select.only("fc")``), a callable
