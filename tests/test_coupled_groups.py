@@ -448,3 +448,19 @@ def test_errors_name_the_leaf(call: Any, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         call(p)
     assert_untouched(snap)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_call_without_options_leaves_the_family_able_to_take_groups(family: str) -> None:
+    """A call without options gets the family's defaults themselves: the group families
+    once removed ``groups`` from them, so that every later ``groups=`` call (and fr.path's
+    check of its options) refused it."""
+    fam = FAMILIES[family][0]
+    p, units = _params(), [UNITS]
+    fam(p, 0.1)
+    fam.prox(p, 0.1, step=0.5)
+    assert "groups" in fam.options
+    expected = fam(p, 0.1, groups=units)
+    fam(p, 0.1)
+    torch.testing.assert_close(fam(p, 0.1, groups=units), expected)
+    assert not torch.equal(expected, fam(p, 0.1))

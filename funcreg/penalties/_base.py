@@ -9,6 +9,8 @@ which flattens, selects, validates, checks donation, dispatches and writes back.
 
 from __future__ import annotations
 
+import types
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -59,7 +61,10 @@ class Penalty:
         step = Param("step", per_leaf=True, per_element=self.elementwise, why=why)
         roles = tuple(Role(t, t) for t in self.trees)
         self._not_static = {p.name for p in self.hypers} | set(self.trees)
-        self._complete = all(v is not self.REQUIRED for v in self.options.values())
+        # a call without options gets the defaults themselves, read-only: a family that
+        # changed them would change every later call's
+        self._defaults = (types.MappingProxyType(self.options)
+                          if all(v is not self.REQUIRED for v in self.options.values()) else None)
         common = dict(hypers=(lam, *self.hypers), roles=roles, check=self._check, prepass=self._prepass)
         self._ops = {
             "value": Op(f"fr.{self.name}", _each(self._value), PARAMS, output="sum", history=False,
@@ -303,11 +308,11 @@ class Penalty:
         if operation in self.without:
             raise TypeError(f"fr.{self.name} has no {operation}: {self.without[operation]}")
 
-    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+    def _options(self, options: dict[str, Any]) -> Mapping[str, Any]:
         """The family's keyword arguments, defaults filled in; unknown or missing ones are
         a TypeError."""
-        if not options and self._complete:
-            return self.options
+        if not options and self._defaults is not None:
+            return self._defaults
         unknown = set(options) - set(self.options)
         if unknown:
             raise TypeError(f"{self.name}() got an unexpected keyword argument {sorted(unknown)[0]!r}")

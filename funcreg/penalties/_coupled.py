@@ -17,7 +17,7 @@ its slices.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from numbers import Real
 from typing import Any
 
@@ -59,11 +59,9 @@ class CoupledGroups(Penalty):
                              check=_check(f"{name}.lambda_max", "grads")),
         }
 
-    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+    def _options(self, options: dict[str, Any]) -> Mapping[str, Any]:
         full = super()._options(options)
-        if full.get("groups") is None:
-            full.pop("groups", None)
-        return full
+        return {k: v for k, v in full.items() if k != "groups"} if full.get("groups") is None else full
 
     def _run(self, what: str, trees: list[Any], hypers: dict[str, Any], where: Where,
              options: dict[str, Any], **flags: Any) -> Any:
