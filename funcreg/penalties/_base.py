@@ -103,7 +103,7 @@ class Penalty:
     #: leaves before the gradient and the prox (see :mod:`funcreg._engine`)
     _prepass: Any = None
 
-    def _check_numbers(self, options: dict[str, Any]) -> None:
+    def _check_numbers(self, options: Mapping[str, Any]) -> None:
         """Validate the options on every call (Python numbers)."""
 
     # --------------------------------------------------------------- the public operations

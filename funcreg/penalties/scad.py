@@ -4,6 +4,7 @@ beyond γλ."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ class SCAD(Penalty):
     options = {"gamma": 3.7}
     hypers = (Param("gamma", low=-math.inf),)
 
-    def _check_numbers(self, options: dict[str, Any]) -> None:
+    def _check_numbers(self, options: Mapping[str, Any]) -> None:
         gamma = options["gamma"]
         if isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and gamma <= 1:
             raise ValueError(f"scad gamma must be > 1 (its middle piece divides by gamma - 1), got {gamma}")
