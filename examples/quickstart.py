@@ -26,7 +26,7 @@ loss = fr.penalized(mse, lambda p: fr.l2(p, 1e-3, where=fr.select.weights))
 grads = grad(loss)(params, x, y)
 print(f"task loss {mse(params, x, y):.4f}, penalized loss {loss(params, x, y):.4f}")
 
-# 2. The same gradient with the penalty's added in closed form, outside autograd
+# 2. The same gradient, the penalty's part added in closed form outside autograd
 fast = fr.l2.add_grad(grad(mse)(params, x, y), params, 1e-3, where=fr.select.weights)
 gap = max((fast[k] - grads[k]).abs().max().item() for k in grads)
 print(f"largest difference, autograd vs add_grad: {gap:.1e}")
