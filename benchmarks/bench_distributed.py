@@ -33,7 +33,8 @@ import datetime
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,6 @@ import torch.multiprocessing as mp
 from torch.func import functional_call, grad
 
 import funcreg as fr
-
 from _cli import parse
 from _timing import Case, environment, markdown_table, measure
 from _workloads import make_tree, mlp

@@ -32,12 +32,12 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 import funcreg as fr
-
 from _cli import apply, parser
 from _timing import Case, environment, markdown_table, measure
 from _workloads import make_tree, tree_shapes

@@ -31,7 +31,7 @@ Flags as in benchmarks/README.md (one thread always: ``--threads`` is not taken)
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -84,9 +84,10 @@ def gpt2_small() -> list[tuple[str, tuple[int, ...]]]:
     for i in range(12):
         p = f"h.{i}"
         out += [(f"{p}.ln_1.weight", (d,)), (f"{p}.ln_1.bias", (d,)), (f"{p}.attn.c_attn.weight", (d, 3 * d)),
-                (f"{p}.attn.c_attn.bias", (3 * d,)), (f"{p}.attn.c_proj.weight", (d, d)), (f"{p}.attn.c_proj.bias", (d,)),
-                (f"{p}.ln_2.weight", (d,)), (f"{p}.ln_2.bias", (d,)), (f"{p}.mlp.c_fc.weight", (d, 4 * d)),
-                (f"{p}.mlp.c_fc.bias", (4 * d,)), (f"{p}.mlp.c_proj.weight", (4 * d, d)), (f"{p}.mlp.c_proj.bias", (d,))]
+                (f"{p}.attn.c_attn.bias", (3 * d,)), (f"{p}.attn.c_proj.weight", (d, d)),
+                (f"{p}.attn.c_proj.bias", (d,)), (f"{p}.ln_2.weight", (d,)), (f"{p}.ln_2.bias", (d,)),
+                (f"{p}.mlp.c_fc.weight", (d, 4 * d)), (f"{p}.mlp.c_fc.bias", (4 * d,)),
+                (f"{p}.mlp.c_proj.weight", (4 * d, d)), (f"{p}.mlp.c_proj.bias", (d,))]
     return out + [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
 
 
@@ -196,14 +197,16 @@ def prox_table(reps: int) -> str:
         "### Donated L1 prox: 400 leaves of 64×64", "", "| variant | median ms | × hand-written |", "|---|---:|---:|",
         f"| {rows[0].name} | {rows[0].median_ms:.3f} | 1.00 |",
         f"| {rows[1].name} | {rows[1].median_ms:.3f} | {ratio:.2f} |", "",
-        f"Target ≤ 1.10×: {'met' if ratio <= 1.10 else 'MISSED'}; medians of {reps} interleaved repetitions (CPU time)."])
+        f"Target ≤ 1.10×: {'met' if ratio <= 1.10 else 'MISSED'}; "
+        f"medians of {reps} interleaved repetitions (CPU time)."])
 
 
 def add_grad_table(reps: int) -> str:
     shapes = gpt2_small()
     params, grads = tensors(shapes, 3), tensors(shapes, 4)
     plist, glist = list(params.values()), list(tensors(shapes, 4).values())
-    cases = [Case("torch._foreach_add_(grads, params, alpha=2λ)", lambda: torch._foreach_add_(glist, plist, alpha=2 * LAM)),
+    cases = [Case("torch._foreach_add_(grads, params, alpha=2λ)",
+                  lambda: torch._foreach_add_(glist, plist, alpha=2 * LAM)),
              Case("fr.l2.add_grad(donate=True)", lambda: fr.l2.add_grad(grads, params, LAM, donate=True))]
     rows = measure(cases, reps=reps, warmup=2, clock=time.process_time_ns)
     ratio = rows[1].median_ms / rows[0].median_ms
@@ -212,7 +215,8 @@ def add_grad_table(reps: int) -> str:
         "| variant | median ms | × hand-written |", "|---|---:|---:|",
         f"| {rows[0].name} | {rows[0].median_ms:.2f} | 1.00 |",
         f"| {rows[1].name} | {rows[1].median_ms:.2f} | {ratio:.3f} |", "",
-        f"Target ≤ 1.05×: {'met' if ratio <= 1.05 else 'MISSED'}; medians of {reps} interleaved repetitions (CPU time)."])
+        f"Target ≤ 1.05×: {'met' if ratio <= 1.05 else 'MISSED'}; "
+        f"medians of {reps} interleaved repetitions (CPU time)."])
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:

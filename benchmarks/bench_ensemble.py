@@ -38,7 +38,6 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 import funcreg as fr
-
 from _cli import parse
 from _timing import Case, environment, timed_table
 from _workloads import mlp

@@ -53,14 +53,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch._inductor.config
 
 import funcreg as fr
-
 from _cli import apply, parser
 from _timing import Case, environment, measure
 from _workloads import check_close, make_tree, tree_shapes

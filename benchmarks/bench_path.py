@@ -115,8 +115,9 @@ def main_job(quick: bool) -> None:
         rows["LassoNet"] = by_support(sizes, [h.val_loss for h in path])
         exact_l = [h.val_loss for h in path if frozenset(torch.nonzero(h.selected).flatten().tolist()) == truth]
         print(f"LassoNet: {len(path)} λ in {seconds['LassoNet']:.1f} s (median); best validation MSE "
-              f"{min(h.val_loss for h in path):.4f}" + (f"; true support at {len(exact_l)} λ, best "
-                                                          f"validation MSE there {min(exact_l):.4f}" if exact_l else ""))
+              f"{min(h.val_loss for h in path):.4f}"
+              + (f"; true support at {len(exact_l)} λ, best validation MSE there {min(exact_l):.4f}"
+                 if exact_l else ""))
         print(f"time fr.path / LassoNet: {seconds['fr.path'] / seconds['LassoNet']:.2f}")
     else:
         print("LassoNet is not installed (pip install -e '.[bench]'): its rows are skipped")
@@ -164,8 +165,9 @@ def digits(quick: bool) -> None:
     res = out["fr.path"]
     rows = {"fr.path": by_support(res.kept.tolist(), (1 - res.val_loss).tolist(), lower_is_better=False)}
     print(f"## Digits pixels: {len(res)} λ, fr.path {seconds['fr.path']:.1f} s (median, grid search included; the "
-          f"last run trained {res.seconds:.1f} s); best validation accuracy {1 - float(res.val_loss.min()):.4f}; kept from "
-          f"{int(res.kept[0])} to {int(res.kept[-1])} of 64 pixels ({int(res.dead[-1].sum())} blank in every "
+          f"last run trained {res.seconds:.1f} s); best validation accuracy "
+          f"{1 - float(res.val_loss.min()):.4f}; kept from {int(res.kept[0])} to {int(res.kept[-1])} of 64 pixels "
+          f"({int(res.dead[-1].sum())} blank in every "
           "training image: dead at every λ)")
     if HAVE_LASSONET:
         model, path = out["LassoNet"]
@@ -205,7 +207,8 @@ def diabetes(quick: bool) -> None:
     def mse(p, x, y):
         return ((x @ p["w"] + p["b"] - y) ** 2).mean()
 
-    params = {"w": torch.zeros(X.shape[1], dtype=torch.float64), "b": torch.tensor(float(Y.mean()), dtype=torch.float64)}
+    params = {"w": torch.zeros(X.shape[1], dtype=torch.float64),
+              "b": torch.tensor(float(Y.mean()), dtype=torch.float64)}
     kw = dict(n=100, eps=1e-3, where=fr.select.only("^w$"), folds=5, metric=mse, grid="zero")
     variants = {
         "scikit-learn's grid, default rtol": dict(lambdas=alphas),

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +50,10 @@ from torch import nn
 from torch.func import functional_call, grad
 
 import funcreg as fr
-from funcreg import _dispatch
-
 from _cli import parse
 from _timing import Case, Row, environment, timed_table
 from _workloads import check_close, make_tree, mlp, numel
+from funcreg import _dispatch
 
 LAM = 1e-4  # add_grad and the training step
 LR = 1e-3

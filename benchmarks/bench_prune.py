@@ -27,8 +27,8 @@ import copy
 import re
 import sys
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,10 @@ from torch import nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import funcreg as fr  # noqa: E402
-from _cli import parse  # noqa: E402
-from _timing import Case, environment, markdown_table, measure  # noqa: E402
-from _workloads import make_tree  # noqa: E402
+import funcreg as fr
+from _cli import parse
+from _timing import Case, environment, markdown_table, measure
+from _workloads import make_tree
 
 FRACTION = 0.5
 
@@ -111,7 +111,7 @@ def latency(name: str, model: nn.Module, shape: tuple[int, ...], title: str) -> 
         with torch.no_grad():
             err = (functional_call(small, small_params, (x,)) - functional_call(model, masked, (x,))).abs().max()
 
-        def run(m: nn.Module, p: dict):  # noqa: ANN202
+        def run(m: nn.Module, p: dict):
             def fn() -> torch.Tensor:
                 with torch.no_grad():
                     return functional_call(m, p, (x,))
@@ -131,7 +131,8 @@ def against_torch_pruning(model: nn.Module, shape: tuple[int, ...], removed: dic
     try:
         import torch_pruning as tp
     except ImportError:
-        return "Torch-Pruning is not installed: structure comparison skipped (pip install -c constraints.txt torch-pruning)."
+        return ("Torch-Pruning is not installed: structure comparison skipped "
+                "(pip install -c constraints.txt torch-pruning).")
     other = copy.deepcopy(model).eval()
     graph = tp.DependencyGraph().build_dependency(other, example_inputs=torch.randn(2, *shape))
     modules = dict(other.named_modules())
@@ -149,7 +150,8 @@ def against_torch_pruning(model: nn.Module, shape: tuple[int, ...], removed: dic
     ours = {k: tuple(v.shape) for k, v in small.named_parameters()}
     theirs = {k: tuple(v.shape) for k, v in other.named_parameters()}
     differ = [k for k in ours if ours[k] != theirs.get(k)]
-    verdict = "agree on every parameter's shape" if not differ and ours.keys() == theirs.keys() else f"differ at {differ}"
+    same = not differ and ours.keys() == theirs.keys()
+    verdict = "agree on every parameter's shape" if same else f"differ at {differ}"
     from importlib.metadata import version
 
     return (f"Torch-Pruning {version('torch-pruning')} (DependencyGraph, the same groups removed): "
@@ -201,7 +203,8 @@ def coupled(reps: int) -> str:
                      Case("groups=couplings, donated", call({"groups": couplings}, True))]
             rows = measure(cases, reps=reps, warmup=5)
             lines += [markdown_table(rows, title=f"{title}: fr.group_lasso.{op}", ratio_header="× dim=0"), ""]
-    cases = [Case("groups= (disjoint couplings)", lambda: fr.group_lasso.prox(cnn_params, 0.05, 0.5, groups=cnn_couplings)),
+    cases = [Case("groups= (disjoint couplings)",
+                  lambda: fr.group_lasso.prox(cnn_params, 0.05, 0.5, groups=cnn_couplings)),
              Case("groups= with the Linear's rows and column blocks (overlapping)",
                   lambda: fr.group_lasso.prox(cnn_params, 0.05, 0.5, groups=overlapping))]
     rows = measure(cases, reps=max(3, reps // 10), warmup=1)
@@ -256,8 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     out = ["# fr.prune.shrink: shrunk vs dense vs masked", "", environment(), ""]
     if "shrink" in args.only:
         for name, model, shape, title in (
-            ("digits CNN", cnn(), (1, 8, 8), "Digits-sized CNN (conv-BN-ReLU x 2, Flatten, Linear), half the channels zeroed"),
-            ("transformer block", Block(), (16, 64), "Transformer block (8 heads, MLP 256), half the heads and MLP units zeroed"),
+            ("digits CNN", cnn(), (1, 8, 8),
+             "Digits-sized CNN (conv-BN-ReLU x 2, Flatten, Linear), half the channels zeroed"),
+            ("transformer block", Block(), (16, 64),
+             "Transformer block (8 heads, MLP 256), half the heads and MLP units zeroed"),
         ):
             text, model, masked, removed, small = latency(name, model, shape, title)
             out += [text, against_torch_pruning(model, shape, removed, small), ""]

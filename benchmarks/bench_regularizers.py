@@ -26,16 +26,16 @@ tables as ``{title: markdown}``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 import funcreg as fr
-from funcreg import _dispatch
-
 from _cli import parse
 from _timing import Case, Row, environment, timed_table
 from _workloads import check_close, make_tree, numel
+from funcreg import _dispatch
 
 SVT_LAM, SVT_STEP = 1.0, 0.5  # threshold 0.5 against σ_max ≈ 1.6: most singular values go
 L1_RADIUS = 50.0  # each weight leaf's L1 norm is about 4000, each bias's about 10 (inside)

@@ -34,7 +34,8 @@ Flags as in benchmarks/README.md (one thread always: ``--threads`` is not taken)
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

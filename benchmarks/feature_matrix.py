@@ -28,17 +28,16 @@ import importlib
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 import funcreg as fr
-
-from _cli import parse
 import peers.funcreg
 import peers.optax
 import peers.torch_optim
 import peers.torchopt
+from _cli import parse
 from peers import _probe
 from peers._probe import Cell, brief
 
@@ -69,7 +68,7 @@ def _run(probe: Callable[[], Cell]) -> Cell:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return probe()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Cell("probe failed", brief(exc))
 
 
@@ -78,7 +77,7 @@ def _versions() -> str:
     for name in ("torchopt", "jax", "optax"):
         try:
             parts.append(f"{name} {importlib.import_module(name).__version__}")
-        except Exception:  # noqa: BLE001
+        except Exception:
             parts.append(f"{name} not installed")
     return ", ".join(parts)
 

@@ -12,24 +12,24 @@ block of 16 columns); the output layer has none. The penalty is
     F_λ(w) = cross-entropy(w) + λ Σ_units √n_g ‖(filter, bias, BN scale, BN shift)‖₂
 
 ``fr.group_lasso(..., groups=couplings)``: a unit's whole group goes to zero at once, so a
-removed channel outputs ReLU(0) = 0 and nothing needs folding. ``fr.path`` trains every λ of
-the grid in one vmap (full batch, FISTA with a first trial step of 0.05). The grid's ends
-are given (``--grid``; ``--grid 0 0`` lets fr.path bracket them itself, which trains 13 to
-26 more members briefly: over a minute more). The BatchNorms run in eval mode throughout,
-each a learned per-channel scale and shift (their running statistics stay 0 and 1): with
-batch statistics a channel's filter is scale-invariant, and the penalty shrank filters
-without zeroing units (the same grid kept 15 of 16 second-layer channels where eval mode
-keeps 2 at the same validation accuracy). Training stops after a budget of 150 steps
-(``--max-steps``), before fr.path's convergence test is met: the training images are
-separable, so the cross-entropy keeps falling as the weights grow, and units whose ReLU
-turns off on every image die (zero, with a zero gradient: ``res.dead``) and the prox holds
-them there. After 500 steps the smallest λ keeps 3 to 4 of 8 and 2 of 16 channels, all
-the others dead, and which units die first changes with the rounding of the sums; after
-150 the path goes from 5+2 channels at the top to every channel at its bottom. The rule: the largest λ whose validation accuracy
-is within ``--within`` of the best (the smallest model the validation set cannot tell from
-the best). ``fr.prune.shrink(model, params, couplings)`` then cuts the zero channels out
-(weights, BatchNorm statistics, the Linear's column blocks), with the example inputs the
-couplings were found with.
+removed channel outputs ReLU(0) = 0 and nothing needs folding. ``fr.path`` trains every λ
+of the grid in one vmap (full batch, FISTA with a first trial step of 0.05). The grid's
+ends are given (``--grid``; ``--grid 0 0`` lets fr.path bracket them itself, which trains
+13 to 26 more members briefly: over a minute more). The BatchNorms run in eval mode
+throughout, each a learned per-channel scale and shift (their running statistics stay 0
+and 1): with batch statistics a channel's filter is scale-invariant, and the penalty
+shrank filters without zeroing units (the same grid kept 15 of 16 second-layer channels
+where eval mode keeps 2 at the same validation accuracy). Training stops after a budget of
+150 steps (``--max-steps``), before fr.path's convergence test is met: the training images
+are separable, so the cross-entropy keeps falling as the weights grow, and units whose
+ReLU turns off on every image die (zero, with a zero gradient: ``res.dead``) and the prox
+holds them there. After 500 steps the smallest λ keeps 3 to 4 of 8 and 2 of 16 channels,
+all the others dead, and which units die first changes with the rounding of the sums;
+after 150 the path goes from 5+2 channels at the top to every channel at its bottom. The
+rule: the largest λ whose validation accuracy is within ``--within`` of the best (the
+smallest model the validation set cannot tell from the best). ``fr.prune.shrink(model,
+params, couplings)`` then cuts the zero channels out (weights, BatchNorm statistics, the
+Linear's column blocks), with the example inputs the couplings were found with.
 
 Printed: the path's table, then parameter count, CPU latency (one thread, eval mode, batch
 1 and 64, median of repetitions taken in turns) and test accuracy of the dense model (the

@@ -19,8 +19,7 @@ from funcreg import distributed, project, prune, select
 from funcreg.coupling import Coupling
 from funcreg.ensemble import converged, replicate, update_where
 from funcreg.lambda_grid import lambda_grid
-from funcreg.optim import adam, adamw, sgd
-from funcreg.optim import adagrad, lion, muon, rmsprop
+from funcreg.optim import adagrad, adam, adamw, lion, muon, rmsprop, sgd
 from funcreg.optim.fista import fista
 from funcreg.optim.prox_adam import prox_adam
 from funcreg.path import Path, path

@@ -15,17 +15,17 @@ with several it solves a one-dimensional equation by Newton's method (exact for 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 import torch
 
 from funcreg import _sharding
 from funcreg.coupling import Coupling
 
-
 #: leaves by position: the call's list, or a dict of some of them
-Leaves = Union[Sequence[torch.Tensor], Mapping[int, torch.Tensor]]
+Leaves = Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ Tests force a route with :func:`forced`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Literal, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, NamedTuple
 
 import torch
 

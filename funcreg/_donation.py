@@ -15,7 +15,8 @@ buffer count). Errors name the leaf.
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 

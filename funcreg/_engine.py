@@ -22,8 +22,9 @@ import collections
 import functools
 import operator
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -191,7 +192,8 @@ class _Where:
     called once per call, however often the selection is read)."""
 
     def __init__(self, where: Where):
-        self.where, self.mask = where, None
+        self.where = where
+        self.mask: list[bool] | None = None
 
     def key(self, op: Op, flat: Callable[[], _tree.Flat]) -> Any:
         """What a plan depends on about ``where``: funcreg's selectors are pure functions of
@@ -199,8 +201,9 @@ class _Where:
         w = self.where
         if w is None or op.where == "none":
             return None
-        if getattr(w, "_key", None) is not None:
-            return ("selector", w._key)
+        key = getattr(w, "_key", None)
+        if key is not None:
+            return ("selector", key)
         if callable(w):
             return ("mask", tuple(self.select(op, flat())))
         fp, leaves = _tree.structure(w)
@@ -274,7 +277,11 @@ class Plan:
         self.stackable = op.output in ("trees", "tree") and not self.sharded  # DTensors: per leaf
         # one part of every leaf, in order: the trees' own lists serve as the body's columns
         self.whole = len(parts) == 1 and parts[0][1] == list(range(len(flat.leaves)))
-        self.key = self.wkey = self.records = self.donation = None
+        self.key: tuple[Any, ...] | None = None
+        self.wkey: Any = None
+        self.records: list[Any] | None = None
+        #: whether a donated call may write, and the spans it writes (set on the first donation)
+        self.donation: tuple[bool, _donation.Spans | None] | None = None
         self.fps: list[Any] = []
         self.metas: list[list[Any]] = []
 
@@ -298,9 +305,12 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
     checked = [i for i, m in enumerate(mask) if m] if op.where == "select" else list(range(len(leaves)))
     if op.check is not None:
         op.check(flat, checked, **dict(static))
-    columns, perms = [leaves], [None]
+    columns = [leaves]
+    perms: list[list[int] | None] = [None]
     for role, tree in zip(op.roles, trees[1:]):
-        values = _tree.leaves_like(flat, tree, role.label)
+        hint = (f". A leaf without a value is given as None ({role.label}[path] = None), "
+                "which leaves that leaf as it is") if role.none else ""
+        values = _tree.leaves_like(flat, tree, role.label, hint)
         for i in checked:
             if values[i] is not None or not role.none:
                 (role.check or _tree.check_pair)(op.name, role.label, flat.paths[i], leaves[i], values[i])
@@ -315,7 +325,8 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
                for name, at in hyper_at.items() for values in [_tree.structure(hypers[name])[1]]]
     parts = []
     for extra, idx in ([({"decay": d}, [i for i in active if mask[i] == d]) for d in (True, False)]
-                       if op.where == "decay" and split else [({"decay": False} if op.where == "decay" else {}, active)]):
+                       if op.where == "decay" and split
+                       else [({"decay": False} if op.where == "decay" else {}, active)]):
         if idx:
             groups = _dispatch.groups([leaves[i] for i in idx], [[c[i] for i in idx] for c in beside],
                                       donate=donate and op.pieces, elementwise=op.elementwise and op.prepass is None)
@@ -389,8 +400,10 @@ def _execute(plan: Plan, trees: list[list[Any]], hypers: dict[str, Any], differe
             else:
                 for i, v in zip(idx, new):
                     out[n][i] = v
-    for k in plan.written if in_place and plan.records is not None else ():
-        plan.records[k].written()
+    records = plan.records
+    if in_place and records is not None:
+        for k in plan.written:
+            records[k].written()
     return _output(plan, out, trees)
 
 
@@ -428,10 +441,11 @@ def _donate(plan: Plan, local: list[list[Any]], dims: list[list[Any]] | None, va
                                         for k in written for i in active) if writable else None
         plan.donation, changed = (writable, spans), list(range(len(local)))
     writable, spans = plan.donation
-    if writable:
+    if spans is not None:  # None exactly when the call may not write
         chosen = set(active)
-        reads = [((plan.labels[k], paths[i]), v) for k in changed for i, v in enumerate(local[k])
-                 if k not in written or i not in chosen]
+        reads: list[tuple[_donation.Label, Any]] = [
+            ((plan.labels[k], paths[i]), v) for k in changed for i, v in enumerate(local[k])
+            if k not in written or i not in chosen]
         for p in plan.op.hypers:
             v = values[p.name]
             if isinstance(v, torch.Tensor):

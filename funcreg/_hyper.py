@@ -54,7 +54,9 @@ def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
                              f"{tuple(value.shape)}; batch it with torch.func.vmap instead")
         return value
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name}{at} must be a number or a tensor, not {type(value).__name__}")
+        several = (f"; for several {name} (an ensemble, one member each), pass one tensor of them "
+                   "and map over it with torch.func.vmap") if isinstance(value, (list, tuple)) else ""
+        raise TypeError(f"{name}{at} must be a number or a tensor, not {type(value).__name__}{several}")
     value = float(value)
     if not math.isfinite(value) or value < low or (value >= high if high_open else value > high):
         span = "" if (low, high) == (-math.inf, math.inf) else f" in [{low}, {high}{')' if high_open else ']'}"
@@ -90,7 +92,7 @@ def kind(p: Param, value: Any) -> Any:
         return NUMBER
     fp, leaves = _tree.structure(value)
     paths = _tree.paths_of(value, fp, p.name)
-    kinds = []
+    kinds: list[Any] = []
     for path, v in zip(paths, leaves):
         if isinstance(v, torch.Tensor):
             kinds.append(_tensor_kind(p, v, path))
@@ -107,7 +109,12 @@ def check_tree(p: Param, k: Any, flat: _tree.Flat, active: list[int]) -> list[in
     known = set(flat.paths)
     for path in paths:
         if path not in known:
-            raise ValueError(f"{p.name} names leaf {path!r}, which params do not have")
+            example = flat.paths[0] if flat.paths else "fc.weight"
+            raise ValueError(
+                f"{p.name} names leaf {path!r}, which params do not have. A list or dict of "
+                f"values is read as one {p.name} per leaf, keyed by leaf path "
+                f"({{{example!r}: ...}}); for several {p.name} (an ensemble, one member "
+                f"each), pass one tensor of them and map over it with torch.func.vmap")
     at = {path: j for j, path in enumerate(paths)}
     out = []
     for i in active:

@@ -20,15 +20,18 @@ column (``1 - beta1``) once per distinct value, :func:`each` spells one out per 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, cast, overload
 
 import torch
 
 from funcreg import _sharding
 
 Tensors = list[torch.Tensor]
-Hyper = Union[float, torch.Tensor]
-Column = Union[float, torch.Tensor, Sequence[Hyper]]
+Hyper = float | torch.Tensor
+# a column's entries are Hypers; typed Any because list is invariant, and callers pass a
+# list[Tensor] or a list[float] (``isinstance(h, (list, tuple))`` narrows a Column)
+Column = float | torch.Tensor | list[Any] | tuple[Any, ...]
 
 
 class Owned(list):
@@ -52,7 +55,7 @@ def owned_copy(xs: Tensors) -> Tensors:
 
 def each(h: Column, n: int) -> list[Hyper]:
     """Column ``h`` as one value per leaf."""
-    return list(h) if isinstance(h, (list, tuple)) else [h] * n  # type: ignore[list-item]
+    return list(h) if isinstance(h, (list, tuple)) else [h] * n
 
 
 def is_number(h: Column) -> bool:
@@ -67,7 +70,7 @@ def derive(fn: Callable[..., Any], *cols: Column) -> Column:
     otherwise; values shared between leaves (one λ tensor for all) are computed once."""
     if not any(isinstance(c, (list, tuple)) for c in cols):
         return fn(*cols)
-    n = max(len(c) for c in cols if isinstance(c, (list, tuple)))  # type: ignore[arg-type]
+    n = max(len(c) for c in cols if isinstance(c, (list, tuple)))
     rows = zip(*(each(c, n) for c in cols))
     if torch.compiler.is_compiling():  # id() would make Dynamo guard on tensor identity
         return [fn(*args) for args in rows]
@@ -122,6 +125,11 @@ class PerLeaf:
     def scalar(self, h: Hyper, like: torch.Tensor) -> Hyper:
         return h
 
+    @overload
+    def counts(self, xs: Tensors, *, check: Literal[False]) -> Tensors: ...
+    @overload
+    def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None: ...
+
     def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None:
         return xs
 
@@ -151,7 +159,7 @@ class PerLeaf:
 
     def add_(self, xs: Tensors, ys: Tensors | Column, alpha: Column | None = None) -> Tensors:
         """``x + alpha * y`` for leaves ``ys``, or ``x + h`` for a column ``h``."""
-        ys = each(ys, len(xs))  # type: ignore[arg-type]
+        ys = each(ys, len(xs))
         if alpha is None:
             return [_keep(x, x + y) for x, y in zip(xs, ys)]
         return [_keep(x, x + a * y) for x, y, a in zip(xs, ys, each(alpha, len(xs)))]
@@ -263,6 +271,11 @@ class Foreach:
             return h
         return h.reshape(*h.shape[:self.batch], *[1] * (like.ndim - self.batch))
 
+    @overload
+    def counts(self, xs: Tensors, *, check: Literal[False]) -> Tensors: ...
+    @overload
+    def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None: ...
+
     def counts(self, xs: Tensors, *, check: bool = True) -> Tensors | None:
         """Each leaf's step count as one 0-d value, what torch's fused kernels take. On the
         stacked path: the first member's, when every member's count is the same (read on
@@ -296,7 +309,7 @@ class Foreach:
     def one_minus_pow(self, base: Column, exponents: Tensors) -> Tensors:
         if isinstance(base, (list, tuple, torch.Tensor)):
             return PER_LEAF.one_minus_pow(base, exponents)
-        out = torch._foreach_pow(float(base), exponents)
+        out = list(torch._foreach_pow(float(base), exponents))
         torch._foreach_neg_(out)
         torch._foreach_add_(out, 1.0)
         return out
@@ -306,7 +319,7 @@ class Foreach:
         if not isinstance(ys, (list, tuple)) or not all(isinstance(y, torch.Tensor) for y in ys):
             base = _whole_base(xs) if owned(xs) and not isinstance(ys, (list, tuple, torch.Tensor)) else None
             if base is not None:  # step counters made by init: one kernel, not one per leaf
-                base.add_(float(ys))
+                base.add_(float(cast(float, ys)))
                 return xs
             return _cow(torch._foreach_add_, torch._foreach_add, xs, _arg(xs, ys, tensor=True))
         if alpha is None or not isinstance(alpha, (list, tuple, torch.Tensor)):
@@ -330,14 +343,14 @@ class Foreach:
         takes tensor scalars only as one 1-d CPU tensor)."""
         arg = _arg(xs, h)
         if _tensors(arg):
-            ys, arg = torch._foreach_mul(ys, arg), 1.0
+            ys, arg = list(torch._foreach_mul(ys, arg)), 1.0
         return _cow(torch._foreach_addcmul_, torch._foreach_addcmul, _in_place_only(xs), ys, zs, arg)
 
     def addcdiv_(self, xs: Tensors, ys: Tensors, zs: Tensors, h: Column = 1.0) -> Tensors:
         """``x + h * y / z``; a tensor ``h`` scales a fresh copy of ``ys`` first."""
         arg = _arg(xs, h)
         if _tensors(arg):
-            ys, arg = torch._foreach_mul(ys, arg), 1.0
+            ys, arg = list(torch._foreach_mul(ys, arg)), 1.0
         return _cow(torch._foreach_addcdiv_, torch._foreach_addcdiv, _in_place_only(xs), ys, zs, arg)
 
     def maximum_(self, xs: Tensors, ys: Tensors) -> Tensors:
@@ -425,7 +438,7 @@ class ForeachCPU(Foreach):
 
     def soft_threshold_(self, xs: Tensors, t: Column) -> Tensors:
         """Each leaf finished while its clamp is still in cache (one leaf of scratch)."""
-        if owned(xs) and not isinstance(t, (list, torch.Tensor)):  # the common donated case
+        if owned(xs) and not isinstance(t, (list, tuple, torch.Tensor)):  # the common donated case
             for x in xs:
                 x.sub_(x.clamp(-t, t))
             return xs
@@ -464,4 +477,4 @@ def _in_place_only(xs: Tensors) -> Tensors:
 
 
 PER_LEAF = PerLeaf()
-Ops = Union[PerLeaf, Foreach]
+Ops = PerLeaf | Foreach

@@ -33,7 +33,8 @@ path) allow; under ``grad``, ``jacrev`` or ``torch.compile`` it is refused.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ def prox(layout: _coupled.Layout, members: tuple[int, ...], v: Sequence[torch.Te
     ks = sorted({p.k for c in couplings for p in c.parts})
     if torch.compiler.is_compiling() or any(
             _functorch.is_functorch_wrapped_tensor(x) for x in [*(v[k] for k in ks), *_tensors(steps), *_tensors(ts)]):
-        first, second, k = layout.sharing()  # type: ignore[misc]
+        first, second, k = layout.sharing()  # type: ignore[misc]  # not None: the layout overlaps here
         raise ValueError(
             f"groups[{first}] and groups[{second}] overlap (both name {describe(k)}): the prox of "
             "overlapping groups has no closed form, and funcreg computes it by an iteration that "
@@ -88,7 +89,7 @@ def prox(layout: _coupled.Layout, members: tuple[int, ...], v: Sequence[torch.Te
     else:
         assert delta is not None
         worst = float((delta / torch.where(size > 0, size, 1.0)).max())
-        first, second, k = layout.sharing()  # type: ignore[misc]
+        first, second, k = layout.sharing()  # type: ignore[misc]  # not None: the layout overlaps here
         raise RuntimeError(
             f"the prox of overlapping groups[{first}] and groups[{second}] (sharing {describe(k)}) "
             f"did not reach its tolerance in {MAX_SWEEPS} sweeps (certified error {worst:.2e} of "

@@ -26,7 +26,8 @@ warns with the reason.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.func import grad_and_value, vmap
@@ -78,7 +79,8 @@ class Trainer:
         """``fn(it, lam, active, *batch) -> (it, done)``: one iteration of a batch."""
         rtol = float(self.settings.rtol)
 
-        def fn(it: core.Iterate, lam: torch.Tensor, active: torch.Tensor, *batch: torch.Tensor):
+        def fn(it: core.Iterate, lam: torch.Tensor, active: torch.Tensor,
+               *batch: torch.Tensor) -> tuple[core.Iterate, torch.Tensor]:
             value = _over_members(self._loss, len(batch), nested)
             if functional:  # what torch.compile can trace
                 vg = _over_members(grad_and_value(self._loss), len(batch), nested)
@@ -116,7 +118,7 @@ class Trainer:
             try:
                 self._compiled[nested] = torch.compile(self._iterate(nested, functional=True), fullgraph=True,
                                                        dynamic=False)
-            except Exception as error:  # noqa: BLE001 - whatever stops compiling, train eagerly
+            except Exception as error:
                 return self.fall_back(error, nested), False
         return self._compiled[nested], True
 

@@ -4,7 +4,8 @@ criterion that decides when each member has converged."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.func import grad, vmap
@@ -17,7 +18,8 @@ DECAY = 0.9
 
 
 def step_fn(problem: Problem) -> Callable[..., Any]:
-    def one(w: Any, st: Any, lam: torch.Tensor, active: torch.Tensor, lr: torch.Tensor, *batch):
+    def one(w: Any, st: Any, lam: torch.Tensor, active: torch.Tensor, lr: torch.Tensor,
+            *batch: torch.Tensor) -> Any:
         g = grad(problem.loss)(w, *batch)
         nw, ns = funcreg.prox_adam.step(w, g, st, lr=lr, penalty=problem.penalty, lam=lam,
                                         where=problem.where, **problem.options)
@@ -49,7 +51,7 @@ def run(problem: Problem, groups: list[Group], settings: Settings,
     stops once its prox-gradient mapping fell to ``rtol`` times its value at the start,
     and its ``lr`` is multiplied by ``DECAY`` (0.9) after an epoch that did not lower the
     mapping below its best."""
-    residual = _adam_residual(problem, float(settings.lr))  # type: ignore[arg-type]
+    residual = _adam_residual(problem, float(settings.lr))
     grad_fn = grad(problem.loss)
     total = sum(g.active.numel() for g in groups)
     size = settings.batch_size
@@ -58,7 +60,7 @@ def run(problem: Problem, groups: list[Group], settings: Settings,
     for i, g in enumerate(groups):
         nested = g.active.ndim == 2
         start[i] = _vmap_nested(residual, nested)(g.w, g.lam, _full_grad(grad_fn, g, size, nested))
-    for epoch in range(1, settings.max_steps + 1):  # type: ignore[operator]
+    for epoch in range(1, settings.max_steps + 1):
         for i, g in enumerate(groups):
             if not bool(g.active.any()):
                 continue
@@ -66,10 +68,10 @@ def run(problem: Problem, groups: list[Group], settings: Settings,
             n = g.batch[0].shape[1 if nested else 0]
             order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))
             order = order.to(g.batch[0].device)
-            for idx in order.split(size):  # type: ignore[arg-type]
+            for idx in order.split(size):
                 batch = tuple(t[:, idx] if nested else t[idx] for t in g.batch)
                 g.w, g.state = g.fn(g.w, g.state, g.lam, g.active, g.lr, *batch)
-            steps_this = math.ceil(n / size)  # type: ignore[operator]
+            steps_this = math.ceil(n / size)
             gsum = _full_grad(grad_fn, g, size, nested)
             r = _vmap_nested(residual, nested)(g.w, g.lam, gsum) / start[i].clamp(min=1e-300)
             done = g.active & (r <= settings.rtol)

@@ -48,7 +48,8 @@ def plot(res: Any, path: str, rule: str | None, mine: int | None = None) -> None
     kept.yaxis.set_major_locator(MaxNLocator(integer=True))
     if chosen is not None:
         for ax in (top, bottom):
-            ax.axvline(float(lams[chosen]), color="0.5" if mine is not None else "k", ls="-." if mine is not None else "--", lw=1)
+            ax.axvline(float(lams[chosen]), color="0.5" if mine is not None else "k",
+                       ls="-." if mine is not None else "--", lw=1)
         bottom.plot([], [], color="0.5" if mine is not None else "k", ls="-." if mine is not None else "--", lw=1,
                     label=f"{rule} rule: λ = {float(lams[chosen]):.3g}")
     if mine is not None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import optree
 import torch
@@ -223,7 +224,7 @@ def _train_block(
     refit_w = _stack(params if warm is None else warm[0], (b,))
     layouts = [((b,), data, refit_w, False)]
     if fold_data is not None:
-        k = folds.k  # type: ignore[union-attr]
+        k = folds.k
         if warm is None:
             fold_w = _stack(params, (k, b))
         else:  # one start per fold, shared by the block's λ
@@ -244,7 +245,7 @@ def _train_block(
                    funcreg.prox_adam.init(params))
         fn = _path_minibatch.nest(_path_minibatch.step_fn(problem), len(batch), nested)
         g = Group(fn, w, st, lam, batch, active)
-        g.lr = torch.full(shape, float(settings.lr), device=device)  # type: ignore[arg-type]
+        g.lr = torch.full(shape, float(settings.lr), device=device)
         g.best = torch.full(shape, math.inf, device=device)
         groups.append(g)
     _path_minibatch.run(problem, groups, settings, progress)

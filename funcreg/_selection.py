@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import optree
 import torch
 
 from funcreg._tree import NAMESPACE, Flat, leaves_like
 
-Where = Union[None, Callable[[str, torch.Tensor], bool], Any]
+Where = Callable[[str, torch.Tensor], bool] | Any | None
 
 
 def selection(flat: Flat, where: Where, *, allow_empty: bool = False) -> list[bool]:
@@ -31,7 +32,17 @@ def selection(flat: Flat, where: Where, *, allow_empty: bool = False) -> list[bo
                 )
             mask.append(chosen)
     else:
-        if isinstance(where, (str, bytes, torch.Tensor)) or (
+        if isinstance(where, str) or (isinstance(where, (list, tuple)) and where
+                                      and all(isinstance(w, str) for w in where)):
+            patterns = ", ".join(repr(w) for w in ([where] if isinstance(where, str) else where))
+            raise TypeError(
+                f"where is a {'str' if isinstance(where, str) else f'{type(where).__name__} of str'}; "
+                "a where is a selector, a "
+                "callable (path, leaf) -> bool, or a tree of bools shaped like params: to "
+                f"select leaves by path, pass where=fr.select.only({patterns}) (regular "
+                "expressions, searched in each leaf's path)"
+            )
+        if isinstance(where, (bytes, torch.Tensor)) or (
             # a lone number or object is no pytree of bools (a lone bool may be one)
             not isinstance(where, bool)
             and optree.tree_is_leaf(where, none_is_leaf=True, namespace=NAMESPACE)
@@ -40,7 +51,8 @@ def selection(flat: Flat, where: Where, *, allow_empty: bool = False) -> list[bo
                 "where must be None, a callable (path, leaf) -> bool, or a pytree of bools "
                 f"shaped like params, not a {type(where).__name__}"
             )
-        mask = leaves_like(flat, where, "where")
+        mask = leaves_like(flat, where, "where", ". A where tree holds a bool for every leaf of params; "
+                           "to select some leaves by path, pass where=fr.select.only(...)")
         for path, chosen in zip(flat.paths, mask):
             if not isinstance(chosen, bool):
                 raise TypeError(

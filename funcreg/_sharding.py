@@ -22,14 +22,17 @@ that module is loaded, so its absence from ``sys.modules`` answers "no DTensor" 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 _functorch = torch._C._functorch
 
 
-def _dtensor_type() -> type | None:
+def _dtensor_type() -> type[DTensor] | None:
     module = sys.modules.get("torch.distributed.tensor")
     return getattr(module, "DTensor", None)
 
@@ -46,7 +49,7 @@ def unwrap(x: Any) -> Any:
     return x
 
 
-def is_dtensor(x: Any) -> bool:
+def is_dtensor(x: Any) -> TypeGuard[DTensor]:
     """Whether ``x`` is a DTensor, also when vmap or grad wrap it (``isinstance`` is then
     False)."""
     if torch.compiler.is_compiling():  # Dynamo sees through no torch.func wrapper here
@@ -71,7 +74,7 @@ class _ToPlain(torch.autograd.Function):
     ``Replicate`` DTensor (what a plain scalar is to DTensor's dispatch)."""
 
     @staticmethod
-    def forward(x: Any) -> Any:  # type: ignore[override]
+    def forward(x: Any) -> Any:
         from torch.distributed.tensor import DTensor, Replicate
 
         value = x.full_tensor()
@@ -87,7 +90,7 @@ class _ToPlain(torch.autograd.Function):
         ctx.save_for_backward(output[1])
 
     @staticmethod
-    def backward(ctx: Any, grad: Any, _: Any) -> Any:  # type: ignore[override]
+    def backward(ctx: Any, grad: Any, _: Any) -> Any:
         (one,) = ctx.saved_tensors
         with _implicit_replication():  # ``grad`` may be batched by vmap
             return grad * one

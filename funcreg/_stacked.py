@@ -15,7 +15,8 @@ triple the cost of each small op. These primitives are private: on a torch witho
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -70,7 +71,9 @@ def run(body: Callable[..., Any], prepass: Callable[..., dict[str, list[Any]]] |
     hb, hd = peel(list(extra.values()), levels)
     if any(map(_functorch.is_functorch_wrapped_tensor, [t for name in columns for t in bases[name]] + hb)):
         return None
-    with torch._C._ExcludeDispatchKeyGuard(_EXCLUDED):
+    # _EXCLUDED is None only where the primitives are missing, and then this path is never taken
+    with torch._C._ExcludeDispatchKeyGuard(_EXCLUDED):  # type: ignore[arg-type]
+        sizes: list[int | None]
         if all(ds.count((0,)) == len(ds) for ds in (*dims.values(), hd)):  # one level, batched at dim 0
             sizes, in_place, front, member = [1], donate, bases, dict(zip(extra, hb))
         else:
@@ -117,10 +120,12 @@ def _positions(ndim: int, dims: tuple[int | None, ...]) -> tuple[list[int | None
     """Where each level's batch dim sits in a tensor under wrappers (levels innermost first;
     ``None``: not batched there), and its other dims: each wrapper's batch dim indexes the
     dims of the one under it, once the outer levels' dims are taken out."""
-    rest, at = list(range(ndim)), [None] * len(dims)
+    rest = list(range(ndim))
+    at: list[int | None] = [None] * len(dims)
     for k in reversed(range(len(dims))):  # the outermost wrapper's dim indexes the base's own
-        if dims[k] is not None:
-            at[k] = rest.pop(dims[k])
+        d = dims[k]
+        if d is not None:
+            at[k] = rest.pop(d)
     return at, rest
 
 

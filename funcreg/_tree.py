@@ -22,7 +22,7 @@ import torch
 
 # Importing torch's optree bridge registers torch's own node types in the "torch" namespace
 # and switches that namespace to insertion-ordered dicts, as torch.func itself relies on.
-import torch.utils._cxx_pytree  # noqa: F401
+import torch.utils._cxx_pytree
 import torch.utils._pytree as torch_pytree
 
 NAMESPACE = "torch"
@@ -93,7 +93,12 @@ def _paths(spec: optree.PyTreeSpec) -> tuple[tuple[str, ...], str | None] | None
 def _with_duplicate(paths: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
     """``paths`` and the first of them that repeats, if any."""
     seen: set[str] = set()
-    duplicate = next((p for p in paths if p in seen or seen.add(p)), None)
+    duplicate = None
+    for p in paths:
+        if p in seen:
+            duplicate = p
+            break
+        seen.add(p)
     return paths, duplicate
 
 
@@ -192,17 +197,16 @@ def require_tensors(flat: Flat, what: str = "params") -> None:
     """Every leaf must be a tensor (params, state, anchors: no ``None``, no numbers)."""
     for path, leaf in zip(flat.paths, flat.leaves):
         if not isinstance(leaf, torch.Tensor):
-            raise TypeError(
-                f"{what} leaf {path!r} is a {type(leaf).__name__}, not a tensor"
-            )
+            raise _not_a_tensor(what, path, leaf)
 
 
-def leaves_like(flat: Flat, tree: Any, what: str) -> list[Any]:
+def leaves_like(flat: Flat, tree: Any, what: str, hint: str = "") -> list[Any]:
     """The leaves of ``tree`` in ``flat``'s order, matched by path.
 
     Matching by path rather than by exact container type lets a gradient dict whose keys
     were inserted in another order, or a list where params hold a tuple, line up with the
-    params; a missing or an extra leaf is an error that names it.
+    params; a missing or an extra leaf is an error that names it, followed by ``hint``
+    (what to do instead).
     """
     # The common case, the very structure of params, needs no path strings: an equal
     # structure (dict key order included) means equal paths.
@@ -222,15 +226,22 @@ def leaves_like(flat: Flat, tree: Any, what: str) -> list[Any]:
         if extra:
             parts.append(f"it has leaf {extra[0]!r}, which params do not")
         raise ValueError(
-            f"{what} does not have the structure of params: " + "; ".join(parts)
+            f"{what} does not have the structure of params: " + "; ".join(parts) + hint
         )
     return [by_path[p] for p in flat.paths]
+
+
+def _not_a_tensor(what: str, path: str, x: Any) -> TypeError:
+    # a module given where its parameters belong is the common case: say how to get them
+    module = ("; pass its parameters as a tree, {k: p.detach() for k, p in model.named_parameters()}"
+              if isinstance(x, torch.nn.Module) else "")
+    return TypeError(f"{what} leaf {path!r} is a {type(x).__name__}, not a tensor{module}")
 
 
 def check_leaf(what: str, path: str, x: Any) -> None:
     """A leaf funcreg computes on: a dense (strided) tensor."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} leaf {path!r} is a {type(x).__name__}, not a tensor")
+        raise _not_a_tensor(what, path, x)
     if x.layout != torch.strided:
         raise TypeError(f"{what} leaf {path!r} is a {x.layout} tensor; funcreg works on dense "
                         "(strided) tensors: pass .to_dense() of it")

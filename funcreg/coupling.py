@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -92,6 +92,12 @@ class Coupling:
         Every named path must be a tensor leaf of ``params`` with the named dim, and every
         named size a positive multiple of G (G being the smallest named size unless given).
 
+        Args:
+            params: the parameter tree the coupling names leaves of.
+
+        Returns:
+            G, the number of groups.
+
         Raises:
             ValueError: naming the leaf: a path ``params`` lack, a dim the leaf does not
                 have, a size that is zero or not a multiple of G.
@@ -108,7 +114,17 @@ class Coupling:
         return groups
 
     def group_size(self, params: Any) -> int:
-        """n_g, the number of elements in each group (all groups are the same size)."""
+        """n_g, the number of elements in each group (all groups are the same size).
+
+        Args:
+            params: the parameter tree.
+
+        Returns:
+            n_g, an int.
+
+        Raises:
+            ValueError, TypeError: as :meth:`validate`.
+        """
         groups = self.validate(params)
         leaves = _leaves(params)
         return sum(leaves[path].numel() for path in self._dims) // groups
@@ -120,6 +136,15 @@ class Coupling:
         Written plainly (per leaf: move the dim to the front, cut it into G chunks, sum the
         squares), so that it serves as the reference for the penalties' coupled groups. The
         result has the promoted dtype of the named leaves.
+
+        Args:
+            params: the parameter tree.
+
+        Returns:
+            A tensor of shape ``(G,)``.
+
+        Raises:
+            ValueError, TypeError: as :meth:`validate`.
         """
         groups = self.validate(params)
         leaves = _leaves(params)
@@ -132,7 +157,7 @@ class Coupling:
         return total.sqrt()
 
     @classmethod
-    def normalize(cls, couplings: Union[Coupling, Mapping[str, int], Sequence[Any]]) -> tuple[Coupling, ...]:
+    def normalize(cls, couplings: Coupling | Mapping[str, int] | Sequence[Any]) -> tuple[Coupling, ...]:
         """Couplings as given to ``groups=`` or to :func:`fr.prune.shrink`, as a tuple of
         :class:`Coupling`.
 

@@ -19,6 +19,7 @@ from funcreg import _donation, _sharding, _tree
 
 if TYPE_CHECKING:  # not imported at run time: funcreg imports where torch.distributed is absent
     from torch.distributed import ProcessGroup
+    from torch.distributed.tensor import DTensor
 
 __all__ = ["all_reduce"]
 
@@ -100,13 +101,31 @@ def all_reduce(
     of the mean loss on the global batch, so every rank takes the step one process
     would take on the whole batch (see ``docs/sharded.md``).
 
-    Raises ``ValueError`` for an ``op`` other than "mean" or "sum", and ``RuntimeError``
-    when ``torch.distributed`` is unavailable or has no initialized process group, when
-    this rank is not in ``group``, and when called under a ``torch.func`` transform
-    (``vmap``, ``grad``, ...): collectives have no batching rule and no derivative there
-    (torch's functional collectives even return wrong values under ``vmap``), so reduce
-    the gradients ``torch.func.grad`` returned, outside it. Under ``torch.compile`` the
-    call is a graph break and runs eagerly (``fullgraph=True`` refuses it).
+    Under ``torch.compile`` the call is a graph break and runs eagerly
+    (``fullgraph=True`` refuses it).
+
+    Args:
+        tree: a pytree of tensors (gradients, typically); ``None`` leaves stay ``None``.
+        op: ``"mean"`` or ``"sum"``.
+        group: the process group (the default group when ``None``).
+        donate: write the results into the leaves themselves and return them.
+        check: compare the trees' paths, dtypes and shapes across ranks first (one tiny
+            collective), so that a mismatch is an error on every rank, not a hang.
+
+    Returns:
+        A tree like ``tree`` holding the reduced tensors (the leaves themselves when
+        donated).
+
+    Raises:
+        ValueError: an ``op`` other than "mean" or "sum"; with ``check=True``, trees that
+            differ across ranks (naming the first leaf that differs); a donation that
+            cannot be honoured; a DTensor leaf sharded across ``group``.
+        TypeError: the mean of an integer leaf, a bool leaf, a leaf that is not a tensor.
+        RuntimeError: ``torch.distributed`` unavailable or not initialized, this rank
+            not in ``group``, or a call under a ``torch.func`` transform (``vmap``,
+            ``grad``, ...): collectives have no batching rule and no derivative there
+            (torch's functional collectives even return wrong values under ``vmap``),
+            so reduce the gradients ``torch.func.grad`` returned, outside it.
 
     Example (on each of the processes, after ``torch.distributed.init_process_group``)::
 
@@ -195,7 +214,7 @@ def _distributed(group: Any) -> Any:
     return dist
 
 
-def _shards(flat: _tree.Flat, op: str, group: Any, dist: Any) -> tuple[list[Any], type | None]:
+def _shards(flat: _tree.Flat, op: str, group: Any, dist: Any) -> tuple[list[Any], type[DTensor] | None]:
     """Per leaf, the plain tensor to reduce (a DTensor's local shard) or ``None``; and the
     DTensor class if the tree holds any. Raises for a leaf that cannot be reduced."""
     dtensor = _sharding._dtensor_type()
@@ -299,7 +318,7 @@ def _finish(
     out: list[Any],
     donate: bool,
     scale: int | None,
-    dtensor: type | None,
+    dtensor: type[DTensor] | None,
 ) -> int:
     """Wait for one bucket, divide it by ``scale`` (the group size, for a mean) and put
     its leaves in ``out``; returns the elements of scratch it freed."""
@@ -382,7 +401,7 @@ def _paths_digest(paths: tuple[str, ...]) -> bytes:
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
 
 
-def _items(flat: _tree.Flat, dtensor: type | None) -> list[Any]:
+def _items(flat: _tree.Flat, dtensor: type[DTensor] | None) -> list[Any]:
     """What must agree across ranks about each leaf, as plain Python values whose repr
     is the same in every process. The device's type but not its index: rank r on
     cuda:r is the usual layout. Runs on every call: keep it cheap."""

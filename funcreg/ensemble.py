@@ -26,6 +26,17 @@ def replicate(tree: Any, k: int) -> Any:
     The result is what ``torch.func.stack_module_state`` gives for ``k`` identical
     modules, for any params tree (and for optimizer state: ``None`` leaves stay ``None``).
 
+    Args:
+        tree: a pytree of tensors (params, or optimizer state with ``None`` leaves).
+        k: the number of copies, a positive int.
+
+    Returns:
+        A tree like ``tree`` whose leaves have shape ``(k, *leaf.shape)``.
+
+    Raises:
+        ValueError: ``k`` is not a positive int.
+        TypeError: a leaf that is neither a tensor nor ``None`` (named).
+
     >>> import torch, funcreg as fr
     >>> fr.replicate({"w": torch.tensor([1.0, 2.0])}, 3)["w"].shape
     torch.Size([3, 2])
@@ -33,7 +44,7 @@ def replicate(tree: Any, k: int) -> Any:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     flat = flatten(tree, "tree")
-    out = []
+    out: list[torch.Tensor | None] = []
     for path, leaf in zip(flat.paths, flat.leaves):
         if leaf is None:
             out.append(None)
@@ -50,6 +61,20 @@ def update_where(active: Any, new: Any, old: Any) -> Any:
     ``active`` is a Python bool or a bool tensor: 0-d inside ``vmap`` (one member), or of
     shape ``(K,)`` outside it, matched against each leaf's leading dimension. A leaf that
     is ``None`` in ``old`` (a momentum buffer not yet created) is taken from ``new``.
+
+    Args:
+        active: which members take ``new``: a Python bool, a 0-d bool tensor (inside
+            ``vmap``) or a ``(K,)`` bool tensor (outside it).
+        new: the updated tree.
+        old: the tree a frozen member keeps, like ``new``.
+
+    Returns:
+        A tree like ``new``.
+
+    Raises:
+        TypeError: ``active`` of another type or rank; a ``new`` leaf that is not a tensor
+            where ``old`` holds one (named).
+        ValueError: a ``(K,)`` ``active`` whose K is not a leaf's leading size (named).
 
     >>> import torch, funcreg as fr
     >>> old, new = {"w": torch.zeros(2, 3)}, {"w": torch.ones(2, 3)}
@@ -88,6 +113,19 @@ def converged(old: Any, new: Any, *, rtol: float = 1e-6, atol: float = 0.0) -> t
     r"""Whether one member's params stopped moving:
     :math:`\max |w_{new} - w_{old}| \le \mathrm{atol} + \mathrm{rtol}\cdot\max |w_{old}|`
     over all leaves. Call it inside ``vmap`` (one member); it returns a 0-d bool tensor.
+
+    Args:
+        old: the params before the step.
+        new: the params after it, like ``old``.
+        rtol: the tolerance relative to the largest ``|old|`` entry.
+        atol: the absolute tolerance.
+
+    Returns:
+        A 0-d bool tensor (batched under ``vmap``).
+
+    Raises:
+        TypeError: a ``new`` leaf that is not a tensor where ``old`` holds one (named).
+        ValueError: leaves whose shapes differ (named), or no non-empty leaf.
 
     >>> import torch, funcreg as fr
     >>> fr.converged({"w": torch.tensor([1.0])}, {"w": torch.tensor([1.0 + 1e-9])})

@@ -18,6 +18,19 @@ def lambda_grid(lam_max: Any, n: int = 100, eps: float = 1e-3) -> torch.Tensor:
     is a 1-d float64 tensor on its device. Train from the first value down (warm starts
     along the path, or one ``vmap`` over the whole grid):
 
+    Args:
+        lam_max: the largest λ, a number >= 0 or a 0-d tensor.
+        n: how many values, a positive int.
+        eps: the ratio of the smallest to the largest, in (0, 1].
+
+    Returns:
+        A 1-d float64 tensor of ``n`` descending values, on ``lam_max``'s device.
+
+    Raises:
+        ValueError: ``n`` not a positive int, ``eps`` outside (0, 1], ``lam_max``
+            negative or not finite.
+        TypeError: ``lam_max`` or ``eps`` neither a number nor a tensor.
+
     >>> import torch, funcreg as fr
     >>> fr.lambda_grid(torch.tensor(2.0), n=4, eps=1e-3)
     tensor([2.0000, 0.2000, 0.0200, 0.0020], dtype=torch.float64)

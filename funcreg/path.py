@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch.func import vmap
@@ -42,11 +43,13 @@ class Path:
             whose gradient on ``data`` is exactly zero there too (an input blank in every
             sample, a unit whose activation is off on every sample): nothing pulls them
             back, so any λ > 0 holds them at zero; they are counted apart from what λ pruned.
-        groups: how many groups the penalty acts on; ``unit`` says what one is.
+        groups: how many groups the penalty acts on.
+        unit: what one group is, in words (the plot's axis label).
         group_norms: ``(len(lambdas), groups)`` float64, each group's norm per member.
         group_labels: a name per group (``"0.weight[3]"``).
         grid: how the grid was found (``grid.note``, ``grid.method``, the bracket's λ
             and pruned shares).
+        penalty: the penalty as it was called, e.g. ``"fr.group_lasso(dim=0)"``.
         solver, device, seconds, blocks, ranks, max_steps, rtol: how it was trained
             (``seconds``: wall time of the training, grid search excluded).
     """
@@ -80,6 +83,12 @@ class Path:
         λ among ties); ``"1se"``, the largest λ whose validation loss is within one
         standard error of the minimum (glmnet's ``lambda.1se``; needs folds).
 
+        Args:
+            rule: ``"min"`` or ``"1se"``.
+
+        Returns:
+            The member's index into ``lambdas``.
+
         Raises:
             ValueError: no validation loss (fr.path ran without ``val=`` or ``folds=``),
                 ``"1se"`` without folds, or an unknown rule.
@@ -89,7 +98,17 @@ class Path:
         return _cv.choose(self.val_loss, self.val_se, rule)
 
     def member(self, k: int) -> dict[str, torch.Tensor]:
-        """Member ``k``'s weights, a tree like the given params (no leading dim)."""
+        """Member ``k``'s weights, a tree like the given params (no leading dim).
+
+        Args:
+            k: the member's index (``res.best()``, for one).
+
+        Returns:
+            A dict of views into ``params``.
+
+        Raises:
+            IndexError: ``k`` outside ``range(len(self))``.
+        """
         return {p: v[k] for p, v in self.params.items()}
 
     def __len__(self) -> int:
@@ -104,6 +123,14 @@ class Path:
         by ``rule`` marked (default ``"1se"`` with folds, ``"min"`` with ``val=``, none
         without validation) and, if given, member ``chosen`` (your own rule's pick).
         Needs matplotlib (an optional extra).
+
+        Args:
+            path: the PNG file to write.
+            rule: the rule whose λ is marked, as for :meth:`best`.
+            chosen: a member to mark besides.
+
+        Returns:
+            None; the figure is written to ``path``.
 
         Raises:
             ImportError: matplotlib is not installed.
@@ -205,8 +232,9 @@ def path(
     :math:`\eta` the base ``lr``, must have fallen to ``rtol`` times its value at the
     start; where it did not improve on its best, that member's ``lr`` is multiplied by
     0.9 (minibatch noise keeps a constant-step iterate hovering, so the step must
-    shrink for the criterion to be met). It assumes ``loss`` is a mean over the batch. ``res.steps`` holds the step (FISTA) or minibatch step
-    (proximal Adam) at which each member stopped, 0 if it did not.
+    shrink for the criterion to be met). It assumes ``loss`` is a mean over the batch.
+    ``res.steps`` holds the step (FISTA) or minibatch step (proximal Adam) at which each
+    member stopped, 0 if it did not.
 
     Returns:
         A :class:`Path`; ``str(res)`` is the table, ``res.best(rule)`` the chosen index,
@@ -301,7 +329,7 @@ def path(
         group_norms=norms, group_labels=grouping.labels, grid=grid,
         penalty=_describe_penalty(penalty, family), solver=settings.solver, device=str(device),
         seconds=trained.seconds, blocks=trained.blocks, ranks=trained.ranks,
-        max_steps=int(settings.max_steps), rtol=float(settings.rtol),  # type: ignore[arg-type]
+        max_steps=int(settings.max_steps), rtol=float(settings.rtol),
     )
 
 
@@ -407,7 +435,7 @@ def _table(res: Path) -> str:
         val = f"{float(res.val_loss[k]):9.4g}" if res.val_loss is not None else f"{'-':>9}"
         row = f"{float(res.lambdas[k]):10.3e} {float(res.train_loss[k]):9.4g} {val}"
         if folds:
-            row += f" {float(res.val_se[k]):9.2g}"  # type: ignore[index]
+            row += f" {float(res.val_se[k]):9.2g}"  # type: ignore[index]  # val_se is set when there are folds
         kept = f"{int(res.kept[k])}/{res.groups}"
         step = int(res.steps[k])
         row += f" {kept:>{width}}" + (f" {dead[k]:>4}" if any(dead) else "")
@@ -420,8 +448,8 @@ def _table(res: Path) -> str:
     if done:
         tail += f", the slowest at step {int(res.steps.max())}"
     if folds:
-        fdone = int((res.fold_steps > 0).sum())  # type: ignore[operator]
-        tail += f"; {fdone}/{res.fold_steps.numel()} fold members ({folds} folds)"  # type: ignore[union-attr]
+        fdone = int((res.fold_steps > 0).sum())
+        tail += f"; {fdone}/{res.fold_steps.numel()} fold members ({folds} folds)"
     lines.append(tail)
     if any(dead):
         lines.append("dead: groups at zero whose gradient is exactly zero too (a blank input, a unit off on "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -18,6 +19,17 @@ def penalized(
     ``loss`` and ``aux`` passes through, so ``torch.func.grad(..., has_aux=True)`` works.
     λ stays a free variable of the penalty function, so it can be a tensor batched by
     ``vmap``:
+
+    Args:
+        loss_fn: ``loss_fn(params, *args, **kwargs)``, returning a loss or ``(loss, aux)``.
+        *penalty_fns: functions of the params alone, each returning a 0-d tensor.
+
+    Returns:
+        ``penalized_loss(params, *args, **kwargs)``, with ``loss_fn``'s signature.
+
+    Raises:
+        TypeError: ``loss_fn`` or a penalty function is not callable; at call time, a
+            ``loss_fn`` returning a tuple that is not a pair.
 
     >>> import torch, funcreg as fr
     >>> def mse(params, x, y):

@@ -12,6 +12,7 @@ per-leaf trees, like λ. A projected gradient step is a step followed by a proje
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -39,6 +40,25 @@ def max_norm(params: Any, max_norm: Any, *, dim: int | None = 0, where: Where = 
     (Srivastava et al., "Dropout: a simple way to prevent neural networks from
     overfitting", JMLR 15, 2014). ``dim=None`` bounds the whole leaf (:func:`l2_ball`).
 
+    Args:
+        params: the parameter tree.
+        max_norm: the radius, a number >= 0, a 0-d tensor (batched under ``vmap``) or a dict ``{leaf path: value}``.
+        dim: the dim whose slices are bounded (``None``: the whole leaf).
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: a negative or non-finite radius, a ``dim`` a leaf does not have,
+            trees that do not match, a per-leaf value naming a leaf params lack; with
+            ``donate=True``, a donated leaf that overlaps another input (each naming the
+            leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
+
     >>> import torch, funcreg as fr
     >>> w = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}
     >>> fr.project.max_norm(w, 1.0)["w"]
@@ -52,6 +72,23 @@ def l2_ball(params: Any, radius: Any, *, where: Where = None, donate: bool = Fal
             differentiable: bool = False) -> Any:
     r"""Each selected leaf into the L2 ball of ``radius``:
     :math:`w \min(1, r / \lVert w\rVert_2)`, the norm over the whole leaf.
+
+    Args:
+        params: the parameter tree.
+        radius: a number >= 0, a 0-d tensor (batched under ``vmap``) or a dict ``{leaf path: value}``.
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: a negative or non-finite radius, trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
 
     >>> import torch, funcreg as fr
     >>> fr.project.l2_ball({"w": torch.tensor([3.0, 4.0])}, 1.0)["w"]
@@ -69,6 +106,23 @@ def l1_ball(params: Any, radius: Any, *, where: Where = None, donate: bool = Fal
     "Efficient projections onto the l1-ball for learning in high dimensions", ICML 2008),
     without data-dependent shapes, so a batched radius works under ``vmap``.
 
+    Args:
+        params: the parameter tree.
+        radius: a number >= 0, a 0-d tensor (batched under ``vmap``) or a dict ``{leaf path: value}``.
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: a negative or non-finite radius, trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
+
     >>> import torch, funcreg as fr
     >>> fr.project.l1_ball({"w": torch.tensor([3.0, -1.0, 0.5])}, 2.0)["w"]
     tensor([2., 0., 0.])
@@ -82,6 +136,25 @@ def box(params: Any, low: Any, high: Any, *, where: Where = None, donate: bool =
     be negative, may be given per element (tensors shaped like the leaf), and ``None``
     leaves that side unbounded.
 
+    Args:
+        params: the parameter tree.
+        low: the lower bound or ``None``: a number, a 0-d tensor, a tensor shaped like
+            the leaf, or a dict ``{leaf path: value}``.
+        high: the upper bound or ``None``, in the same forms.
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: no bound at all, ``low > high`` somewhere, trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
+
     >>> import torch, funcreg as fr
     >>> fr.project.box({"w": torch.tensor([-2.0, 0.5, 3.0])}, -1.0, 1.0)["w"]
     tensor([-1.0000,  0.5000,  1.0000])
@@ -94,6 +167,22 @@ def box(params: Any, low: Any, high: Any, *, where: Where = None, donate: bool =
 def non_negative(params: Any, *, where: Where = None, donate: bool = False,
                  differentiable: bool = False) -> Any:
     """Each selected element into ``[0, inf)``: ``clamp_min(w, 0)``.
+
+    Args:
+        params: the parameter tree.
+        where: the leaves to project (all by default): a selector, a callable
+            ``(path, leaf) -> bool`` or a tree of bools.
+        donate: write the results into ``params``' selected leaves and return them.
+        differentiable: record autograd history through params that require grad.
+
+    Returns:
+        A tree like params: the projection on the selected leaves, the others as they are.
+
+    Raises:
+        ValueError: trees that do not match, a per-leaf value naming a leaf
+            params lack; with ``donate=True``, a donated leaf that overlaps another
+            input (each naming the leaf).
+        TypeError: a leaf that is not a floating-point tensor, a value of the wrong type.
 
     >>> import torch, funcreg as fr
     >>> fr.project.non_negative({"w": torch.tensor([-2.0, 0.5])})["w"]
@@ -176,13 +265,13 @@ def _check_max_norm(flat: Flat, selected: list[int], *, dim: Any) -> None:
 
 _HALF = (torch.bfloat16, torch.float16)
 _PARAMS = Role("params", "params")
-_BOUND = dict(per_leaf=True, per_element=True, optional=True, low=-math.inf)
+_bound = functools.partial(Param, per_leaf=True, per_element=True, optional=True, low=-math.inf)
 _MAX_NORM = Op("fr.project.max_norm", _max_norm, _PARAMS, writes=("params",),
                hypers=(Param("max_norm", per_leaf=True),), check=_check_max_norm)
 _L2_BALL = Op("fr.project.l2_ball", _ball, _PARAMS, writes=("params",), hypers=(Param("radius", per_leaf=True),))
 _L1_BALL = Op("fr.project.l1_ball", _l1_ball, _PARAMS, writes=("params",), hypers=(Param("radius", per_leaf=True),))
 _BOX = Op("fr.project.box", _box, _PARAMS, writes=("params",), elementwise=True,
-          hypers=(Param("low", **_BOUND), Param("high", **_BOUND)), validate=_check_box)
+          hypers=(_bound("low"), _bound("high")), validate=_check_box)
 _NON_NEGATIVE = Op("fr.project.non_negative", _non_negative, _PARAMS, writes=("params",), pieces=False)
 
 

@@ -21,7 +21,8 @@ and ``~``::
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -32,7 +33,14 @@ __all__ = ["Selector", "weights", "only", "exclude", "describe"]
 
 
 class Selector:
-    """A named predicate ``(path, leaf) -> bool`` over floating-point leaves."""
+    """A named predicate ``(path, leaf) -> bool`` over floating-point leaves; ``&``, ``|``
+    and ``~`` combine selectors.
+
+    Args:
+        predicate: ``(path, leaf) -> bool``, asked only about floating-point leaves (an
+            integer or bool leaf is never selected).
+        name: what ``repr`` shows, in a table or an error message.
+    """
 
     #: for funcreg's own selectors, which read only a leaf's path and metadata, a value that
     #: identifies the predicate: the engine then caches its answer with the plan. ``None``
@@ -70,7 +78,15 @@ def _keyed(selector: Selector, op: str, *parts: Any) -> Selector:
 
 
 weights = _keyed(Selector(lambda path, leaf: leaf.ndim >= 2, "fr.select.weights"), "weights")
-weights.__doc__ = "Leaves with ``ndim >= 2``: weight matrices and filters, not biases or norms."
+weights.__doc__ = """Leaves with ``ndim >= 2``: weight matrices and filters, not biases or norms.
+
+Args:
+    path: the leaf's dotted path (not read).
+    leaf: the tensor.
+
+Returns:
+    Whether the leaf is a floating-point tensor with ``ndim >= 2``.
+"""
 
 
 def _compile(patterns: tuple[str, ...]) -> list[re.Pattern[str]]:
@@ -78,12 +94,26 @@ def _compile(patterns: tuple[str, ...]) -> list[re.Pattern[str]]:
         raise ValueError("give at least one regular expression")
     for p in patterns:
         if not isinstance(p, str):
-            raise TypeError(f"a selector pattern must be a str, not {type(p).__name__}")
+            several = ("; pass several patterns as separate arguments, fr.select.only(*patterns)"
+                       if isinstance(p, (list, tuple)) else "")
+            raise TypeError(f"a selector pattern must be a str, not {type(p).__name__}{several}")
     return [re.compile(p) for p in patterns]
 
 
 def only(*patterns: str) -> Selector:
-    """Leaves whose dotted path matches (``re.search``) any of ``patterns``."""
+    """Leaves whose dotted path matches (``re.search``) any of ``patterns``.
+
+    Args:
+        *patterns: regular expressions, e.g. ``only("fc", r"\\.weight$")``.
+
+    Returns:
+        A :class:`Selector`, to pass as ``where=``.
+
+    Raises:
+        ValueError: no pattern given.
+        TypeError: a pattern that is not a str (a list of paths is several arguments:
+            ``only(*paths)``).
+    """
     regexes = _compile(patterns)
     return _keyed(Selector(
         lambda path, leaf: any(r.search(path) for r in regexes),
@@ -92,7 +122,18 @@ def only(*patterns: str) -> Selector:
 
 
 def exclude(*patterns: str) -> Selector:
-    """Leaves whose dotted path matches none of ``patterns``, e.g. ``exclude("bias", "norm")``."""
+    """Leaves whose dotted path matches none of ``patterns``, e.g. ``exclude("bias", "norm")``.
+
+    Args:
+        *patterns: regular expressions.
+
+    Returns:
+        A :class:`Selector`, to pass as ``where=``.
+
+    Raises:
+        ValueError: no pattern given.
+        TypeError: a pattern that is not a str.
+    """
     regexes = _compile(patterns)
     return _keyed(Selector(
         lambda path, leaf: not any(r.search(path) for r in regexes),
@@ -105,6 +146,17 @@ def describe(params: Any, where: Where = None) -> str:
 
     Unlike the operations, describing a ``where`` that selects nothing is not an error: the
     table is how you find out why.
+
+    Args:
+        params: the parameter tree.
+        where: anything the operations take as ``where=``.
+
+    Returns:
+        The table, a str (``print`` it).
+
+    Raises:
+        TypeError: a leaf that is not a tensor; a ``where`` funcreg cannot read.
+        ValueError: a ``where`` tree that does not match params.
     """
     flat = flatten(params)
     require_tensors(flat)

@@ -61,7 +61,7 @@ class Sparsity:
         return sum(counted) if counted else None
 
     def __str__(self) -> str:
-        rows = [("path", "shape", "exact zeros")]
+        rows: list[tuple[str, ...]] = [("path", "shape", "exact zeros")]
         if self.dim is not None:
             rows[0] += (f"zero slices along dim {self.dim}",)
 
@@ -84,6 +84,20 @@ def sparsity(params: Any, *, where: Where = None, dim: int | None = None) -> Spa
     ``str()`` of the result is a table, like :func:`fr.select.describe`; its attributes
     hold the same numbers for code. It reads values on the host, so call it outside
     ``vmap`` (for an ensemble, on one member: ``{k: v[i] for k, v in params.items()}``).
+
+    Args:
+        params: the parameter tree.
+        where: the leaves to report (all by default), as for the penalties.
+        dim: also count the slices along this dim that are entirely zero.
+
+    Returns:
+        A ``Sparsity`` report: ``zeros``, ``numel``, ``fraction``, ``zero_groups``,
+        ``groups``, and ``leaves`` (one ``LeafSparsity`` per path); ``str()`` of it is
+        the table below.
+
+    Raises:
+        TypeError: ``dim`` not an int or ``None``; a leaf that is not a tensor.
+        ValueError: a ``where`` that does not match params.
 
     >>> import torch, funcreg as fr
     >>> w = {"fc.weight": torch.tensor([[0.0, 1.0], [0.0, 0.0]]), "fc.bias": torch.zeros(2)}

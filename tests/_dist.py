@@ -46,7 +46,8 @@ import datetime
 import multiprocessing
 import re
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -79,7 +80,7 @@ class Checks:
             yield
         except kind as error:
             self(name, re.search(match, str(error)), f"message {str(error)!r}")
-        except Exception as error:  # noqa: BLE001  (record it; the battery goes on)
+        except Exception as error:
             self(name, False, f"raised {type(error).__name__}: {error}")
         else:
             self(name, False, f"did not raise {kind.__name__}")
@@ -88,7 +89,7 @@ class Checks:
         """Run ``fn``, a check made of assertions; record it as failed if it raises."""
         try:
             fn()
-        except Exception as error:  # noqa: BLE001  (record it; the battery goes on)
+        except Exception as error:
             first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
             self(name, False, f"{type(error).__name__}: {first}")
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import collections
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

@@ -8,7 +8,8 @@ gradient sequence. Trees are walked by hand (plain dicts of tensors), not with o
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch

@@ -14,7 +14,7 @@ Nothing here calls funcreg. Two kinds of truth:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

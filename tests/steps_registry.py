@@ -11,8 +11,9 @@ Lion, which torch.optim lacks, :class:`PaperLion`, the paper's update written ou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from torch._dynamo.testing import CompileCounter
 
 import funcreg as fr
-from funcreg import _overlap
 from conftest import assert_untouched, snapshot
+from funcreg import _overlap
 
 FAMILIES = {"group_lasso": (fr.group_lasso, None), "sparse_group_lasso": (fr.sparse_group_lasso, 0.3)}
 

@@ -5,7 +5,8 @@ engine (checked once by running this file against it)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch

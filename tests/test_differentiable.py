@@ -4,7 +4,8 @@ autograd gives hypergradients; without the flag such inputs are refused."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch

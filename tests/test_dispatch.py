@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import funcreg as fr
-from funcreg import _dispatch
 from conftest import FAMILIES, FAMILY_IDS, Family, is_float, lams, leaf_dict, steps, trees, walk
+from funcreg import _dispatch
 
 forced = _dispatch.forced
 

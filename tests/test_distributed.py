@@ -91,7 +91,7 @@ class _Counting:
 
         self.dist, self.real, self.calls = dist, dist.all_reduce, 0
 
-    def __enter__(self) -> "_Counting":
+    def __enter__(self) -> _Counting:
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             return self.real(*args, **kwargs)

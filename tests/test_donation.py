@@ -4,7 +4,8 @@ every donation that cannot be honoured refused before anything is written."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -12,8 +13,12 @@ from torch.func import grad, jacrev, vmap
 
 import funcreg as fr
 from conftest import FAMILIES, Family
-from optim_helpers import _one_thread  # noqa: F401  (autouse fixture)
-from optim_helpers import assert_untouched, clone_tree, snapshot
+from optim_helpers import (
+    _one_thread,  # noqa: F401  (autouse fixture)
+    assert_untouched,
+    clone_tree,
+    snapshot,
+)
 
 forced = fr._dispatch.forced
 PATHS = ["fast", "composable"]

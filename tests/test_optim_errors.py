@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_state_missing_a_leaf(opt: Any, kw: dict) -> None:
     params, grads, state = _setup(opt, kw)
     key = "momentum_buffer" if opt is fr.sgd else "exp_avg"
     bad = {**state, key: {k: v for k, v in state[key].items() if k != "2.weight"}}
-    _raises(ValueError, r"state\['%s'\].*lacks params leaf '2\.weight'" % key,
+    _raises(ValueError, rf"state\['{key}'\].*lacks params leaf '2\.weight'",
             lambda: opt.step(params, grads, bad, lr=0.1, **kw), params, grads, bad)
 
 
@@ -273,6 +274,6 @@ def test_device_mismatch_names_the_leaf_and_devices(opt: Any, kw: dict) -> None:
 def test_init_on_integer_or_bool_params_is_a_type_error(opt: Any, dtype: torch.dtype) -> None:
     params = {**mlp_params(torch.float64), "enc.count": torch.ones(3, dtype=dtype)}
     snap = snapshot(params)
-    with pytest.raises(TypeError, match=r"params leaf 'enc\.count' has dtype %s.*floating-point" % dtype):
+    with pytest.raises(TypeError, match=rf"params leaf 'enc\.count' has dtype {dtype}.*floating-point"):
         opt.init(params)
     assert_untouched(snap)

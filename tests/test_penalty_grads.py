@@ -123,7 +123,7 @@ def test_add_grad_is_grads_plus_grad(fam: Family, data: st.DataObject) -> None:
     grads = {p: (torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype) if is_float(x) else None) for p, x in walk(params)}
     got = leaf_dict(fam.penalty.add_grad(grads, params, lam, **opts))
     pen = leaf_dict(fam.penalty.grad(params, lam, **opts))
-    for path, x in walk(params):
+    for path, _x in walk(params):
         if grads[path] is None:
             assert got[path] is None
         else:

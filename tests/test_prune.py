@@ -423,7 +423,7 @@ def test_shrink_heads_without_a_head_count_attribute(fixed: bool) -> None:
     _same_function(model, params, small, small_params, torch.randn(3, 4, 12))
 
 
-# ------------------------------------------------- the DESIGN signature, the coupled prox
+# ------------------------------- shrink's signature (docs/pruning.md), the coupled prox
 def test_shrink_with_the_design_signature_uses_the_couplings_example_inputs() -> None:
     torch.manual_seed(6)
     model, x = _cnn(), torch.randn(3, 1, 8, 8)

@@ -6,7 +6,8 @@ torch.compile(fullgraph=True) with tensor hyperparameters never recompiles."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch

@@ -5,7 +5,8 @@ leaves a ValueError naming what is wrong and where, and nothing is written first
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch

@@ -6,7 +6,8 @@ singular value thresholding, and exact zeros at the thresholds, ties included.""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest

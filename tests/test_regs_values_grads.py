@@ -6,7 +6,8 @@ the value away from kinks, and ``.add_grad`` as grads plus ``.grad``."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch

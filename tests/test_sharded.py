@@ -14,6 +14,7 @@ import torch
 
 from _dist import Checks, run_ranks
 
+
 # ------------------------------------------------------------------------ rank helpers
 def _full(x: Any) -> Any:
     from torch.distributed.tensor import DTensor
@@ -64,8 +65,9 @@ def _trees(mesh: Any, mixed: bool) -> tuple[dict, dict, dict, dict]:
 
 # ------------------------------------------------------------------------ penalties
 def _penalties_battery(rank: int, world: int) -> None:
-    import funcreg as fr
     from torch.distributed.device_mesh import init_device_mesh
+
+    import funcreg as fr
 
     mesh = init_device_mesh("cpu", (world,))
     check = Checks(rank)
@@ -109,8 +111,9 @@ def _penalties_battery(rank: int, world: int) -> None:
 
 def _more_penalties_battery(rank: int, world: int) -> None:
     """The families beyond the first five, and the projections, on the same trees."""
-    import funcreg as fr
     from torch.distributed.device_mesh import init_device_mesh
+
+    import funcreg as fr
 
     mesh = init_device_mesh("cpu", (world,))
     check = Checks(rank)
@@ -174,8 +177,9 @@ def test_more_penalties_on_dtensors() -> None:
 
 
 def _penalties_tail(rank: int, world: int) -> None:
-    import funcreg as fr
     from torch.distributed.device_mesh import init_device_mesh
+
+    import funcreg as fr
 
     mesh = init_device_mesh("cpu", (world,))
     check = Checks(rank)
@@ -280,8 +284,9 @@ def test_penalty_values_in_losses_and_transforms_on_dtensors() -> None:
 
 # ------------------------------------------------------------------------ steps
 def _steps_battery(rank: int, world: int) -> None:
-    import funcreg as fr
     from torch.distributed.device_mesh import init_device_mesh
+
+    import funcreg as fr
 
     mesh = init_device_mesh("cpu", (world,))
     check = Checks(rank)
@@ -352,9 +357,10 @@ def _fsdp_battery(rank: int, world: int) -> None:
     on the full batch with the same funcreg calls on plain tensors."""
     import copy
 
-    import funcreg as fr
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+
+    import funcreg as fr
 
     mesh = init_device_mesh("cpu", (world,))
     check = Checks(rank)
@@ -407,8 +413,9 @@ def _coupled_battery(rank: int, world: int) -> None:
     sharded in different ways (a Shard(0) leaf cut along its columns, a Shard(1) one along
     its rows, a Replicate vector, a plain leaf), on both paths, donated, under vmap over λ,
     and for couplings that overlap."""
-    import funcreg as fr
     from torch.distributed.device_mesh import init_device_mesh
+
+    import funcreg as fr
 
     mesh = init_device_mesh("cpu", (world,))
     check = Checks(rank)

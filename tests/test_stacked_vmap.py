@@ -5,7 +5,8 @@ per-leaf path and a Python loop over the members give: with batched λ, lr and s
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch

@@ -127,7 +127,7 @@ def test_group_lasso_prox_with_one_step_per_leaf_is_the_hand_block_threshold(
     lam = float(min(n.median() / (per_leaf[k] * math.sqrt(params[k].shape[1])) for k, n in norms.items()))
     out = fr.group_lasso.prox(params, lam, per_leaf, where=fr.select.weights)
     zeroed = 0
-    for k, w in norms.items():
+    for k, _w in norms.items():
         step, size = float(per_leaf[k]), params[k].shape[1]
         for g, row in enumerate(params[k]):
             shrink = max(0.0, 1.0 - lam * step * math.sqrt(size) / math.sqrt(sum(x * x for x in row.tolist())))

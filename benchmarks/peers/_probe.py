@@ -7,8 +7,9 @@ import importlib
 import os
 import pkgutil
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,7 +142,7 @@ def scan(package: str, pattern: re.Pattern[str]) -> tuple[list[str], int]:
             continue
         try:
             modules.append(importlib.import_module(info.name))
-        except Exception:  # noqa: BLE001  (optional-dependency submodules)
+        except Exception:
             continue
     found = set()
     for mod in modules:

@@ -7,16 +7,41 @@ import os
 import re
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 import funcreg as fr
 
-from ._probe import (ALR, F64, LAM, LR, LRS, STEPS, WD, Cell, D, adam_reference, brief,
-                     central_diff, compile_cell, compiled_twice, cuda_vs_cpu, decay_cell, half_sq,
-                     max_diff, parity_cell, quad_grads, rel_err, sci, snapshot, subset_cell,
-                     tensors, touched)
+from ._probe import (
+    ALR,
+    F64,
+    LAM,
+    LR,
+    LRS,
+    STEPS,
+    WD,
+    Cell,
+    D,
+    adam_reference,
+    brief,
+    central_diff,
+    compile_cell,
+    compiled_twice,
+    cuda_vs_cpu,
+    decay_cell,
+    half_sq,
+    max_diff,
+    parity_cell,
+    quad_grads,
+    rel_err,
+    sci,
+    snapshot,
+    subset_cell,
+    tensors,
+    touched,
+)
 
 NAME = "funcreg"
 
@@ -32,7 +57,7 @@ def _cuda_tests() -> str:
     cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
     try:
         out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300).stdout
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"could not collect them ({brief(exc, 40)})"
     found = re.search(r"(\d+)(?:/\d+)? tests? collected", out)
     if not found:

@@ -8,9 +8,31 @@ from typing import Any
 
 import numpy as np
 
-from ._probe import (ALR, GROUP_NAMES, LAM, LR, LRS, PROX_NAMES, STEPS, WD, Cell, D, adam_reference,
-                     brief, central_diff, decay_cell, half_sq, max_diff, no_prox, parity_cell,
-                     quad_grads, rel_err, scan, sci, subset_cell)
+from ._probe import (
+    ALR,
+    GROUP_NAMES,
+    LAM,
+    LR,
+    LRS,
+    PROX_NAMES,
+    STEPS,
+    WD,
+    Cell,
+    D,
+    adam_reference,
+    brief,
+    central_diff,
+    decay_cell,
+    half_sq,
+    max_diff,
+    no_prox,
+    parity_cell,
+    quad_grads,
+    rel_err,
+    scan,
+    sci,
+    subset_cell,
+)
 
 NAME = "optax"
 _JAX: dict[str, Any] = {}
@@ -21,7 +43,7 @@ def available() -> str | None:
     try:
         _jax()
         return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return brief(exc, 60) + " (pip install -c constraints.txt jax optax)"
 
 

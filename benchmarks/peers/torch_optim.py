@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ._probe import (F64, GROUP_NAMES, LAM, LR, LRS, PROX_NAMES, WD, Cell, adam_reference, brief,
-                     central_diff, compile_cell, compiled_twice, cuda_vs_cpu, decay_cell, half_sq,
-                     max_diff, no_gpu, no_prox, rel_err, sci, snapshot, subset_cell, tensors,
-                     touched)
+from ._probe import (
+    F64,
+    GROUP_NAMES,
+    LAM,
+    LR,
+    LRS,
+    PROX_NAMES,
+    WD,
+    Cell,
+    adam_reference,
+    brief,
+    central_diff,
+    compile_cell,
+    compiled_twice,
+    cuda_vs_cpu,
+    decay_cell,
+    half_sq,
+    max_diff,
+    no_gpu,
+    no_prox,
+    rel_err,
+    sci,
+    snapshot,
+    subset_cell,
+    tensors,
+    touched,
+)
 
 NAME = "torch.optim"
 
@@ -69,7 +93,7 @@ def vmap_lr() -> Cell:
         try:
             torch.func.vmap(fn)(lrs)
             notes.append(f"{label}: ran (not compared)")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             notes.append(f"{label}: {brief(exc, 70)}")
     ran = any("ran" in n for n in notes)
     return Cell("probe failed" if ran else "no", "torch.func.vmap: " + "; ".join(notes))
@@ -94,7 +118,7 @@ def hypergradient() -> Cell:
         lr = torch.tensor(0.1, dtype=F64, requires_grad=True)
         torch.autograd.grad(after(lr, False, True), lr)
         notes.append("default (differentiable=False): a gradient came back")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"default (differentiable=False): {brief(exc, 50)}")
     # The differentiable step is compared with a finite difference of itself: its forward
     # is not the default step's (see the last note).
@@ -106,13 +130,13 @@ def hypergradient() -> Cell:
         verdict = "partial" if r < 1e-6 else "no"
         notes.insert(0, f"torch.autograd through Adam(differentiable=True, tensor lr) stepping a non-leaf copy "
                         f"in place: rel. err vs finite diff {sci(r)}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         verdict = "no"
         notes.insert(0, f"differentiable=True: {brief(exc, 60)}")
     try:
         hg_func = torch.func.grad(lambda lr: after(lr, True, False))(torch.tensor(0.1, dtype=F64)).item()
         notes.append(f"torch.func.grad: rel. err {sci(rel_err(hg_func, fd))}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"torch.func.grad: {brief(exc, 50)}")
     dw = (stepped(torch.tensor(0.1, dtype=F64), True, False) - stepped(0.1, False, True)).abs().max().item()
     notes.append(f"in float64 the differentiable step differs from the default one by max|Δw| {sci(dw)}")
@@ -182,7 +206,7 @@ def compiled_step() -> Cell:
     how = "opt.step() with a tensor lr changed by fill_"
     try:
         return compile_cell(compiled_twice(make, True), "fullgraph, " + how)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         full = brief(exc, 60)
     cell = compile_cell(compiled_twice(make, False), "fullgraph=False, " + how, fullgraph=False)
     if cell.verdict == "yes":

@@ -4,15 +4,45 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ._probe import (ALR, F64, GROUP_NAMES, LAM, LR, LRS, PROX_NAMES, STEPS, WD, Cell, D,
-                     adam_reference, brief, central_diff, compile_cell, compiled_twice, cuda_vs_cpu,
-                     decay_cell, half_sq, max_diff, no_gpu, no_prox, parity_cell, quad_grads,
-                     raised_in, rel_err, sci, snapshot, subset_cell, tensors, touched)
+from ._probe import (
+    ALR,
+    F64,
+    GROUP_NAMES,
+    LAM,
+    LR,
+    LRS,
+    PROX_NAMES,
+    STEPS,
+    WD,
+    Cell,
+    D,
+    adam_reference,
+    brief,
+    central_diff,
+    compile_cell,
+    compiled_twice,
+    cuda_vs_cpu,
+    decay_cell,
+    half_sq,
+    max_diff,
+    no_gpu,
+    no_prox,
+    parity_cell,
+    quad_grads,
+    raised_in,
+    rel_err,
+    sci,
+    snapshot,
+    subset_cell,
+    tensors,
+    touched,
+)
 
 NAME = "torchopt"
 
@@ -26,7 +56,7 @@ def available() -> str | None:
     try:
         _module()
         return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return brief(exc, 60) + " (pip install -c constraints.txt torchopt)"
 
 
@@ -40,7 +70,7 @@ def extension_note() -> str:
         why = "ImportError: undefined symbol, built for another torch" if "undefined symbol" in str(exc) \
             else brief(exc, 50)
         return f"torchopt's C++ extension (torchopt._C) does not load with this torch ({why})"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"torchopt's C++ extension: {brief(exc, 50)}"
 
 
@@ -88,12 +118,12 @@ def vmap_lr() -> Cell:
     try:
         d = (torch.func.vmap(step)(lrs) - loop).abs().max().item()
         return Cell("yes" if d <= 1e-12 else "no", f"torch.func.vmap over a tensor lr: max|Δ| vs loop {sci(d)}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         direct = brief(exc, 60)
     # The same with the lr given as a schedule (a callable), which skips the `lr >= 0` check.
     try:
         d = (torch.func.vmap(lambda lr: step(lambda _count: lr))(lrs) - loop).abs().max().item()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Cell("no", f"tensor lr: {direct}; schedule lr: {brief(exc, 60)}")
     if d <= 1e-12:
         return Cell("partial", f"tensor lr: {direct}; works with a schedule lr=lambda _: lr (max|Δ| vs loop {sci(d)})")
@@ -118,12 +148,12 @@ def hypergradient() -> Cell:
         r = rel_err(hg.item(), fd)
         verdict = "yes" if r < 1e-6 else "no"
         notes.append(f"torch.autograd, tensor lr, inplace=False: rel. err vs finite diff {sci(r)}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"torch.autograd: {brief(exc, 60)}")
     try:
         hg_func = torch.func.grad(f)(torch.tensor(0.1, dtype=F64)).item()
         notes.append(f"torch.func.grad: rel. err {sci(rel_err(hg_func, fd))}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"torch.func.grad: {brief(exc, 60)}")
     return Cell(verdict, "; ".join(notes))
 
@@ -148,7 +178,7 @@ def decay_subset() -> Cell:
     try:
         run(to.adamw(lr=LR, weight_decay=WD, mask=[True, False]))
         notes.append("a flat-list mask ran")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"a flat-list mask [True, False]: {brief(exc, 50)}")
     chained = to.chain(to.transform.scale_by_adam(), to.transform.add_decayed_weights(WD, mask={"W": True, "b": False}),
                        to.transform.scale(-LR))
@@ -218,18 +248,18 @@ def compiled_step() -> Cell:
     how = "torchopt.adam(lr=tensor), update+apply_updates inplace=False"
     try:
         return compile_cell(compiled_twice(maker(lambda lr: lr), True), "fullgraph, " + how)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes = [f"fullgraph=True, tensor lr: {brief(exc, 60)}"]
     try:
         compiled_twice(maker(lambda lr: (lambda _count: lr)), True)
         notes.append("fullgraph=True with a schedule lr=lambda _: lr compiled (not compared)")
         return Cell("probe failed", "; ".join(notes))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"with a schedule lr=lambda _: lr: {brief(exc, 50)}")
     try:
         cell = compile_cell(compiled_twice(maker(lambda lr: lr), False), "fullgraph=False, tensor lr",
                             fullgraph=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Cell("no", "; ".join(notes + [f"fullgraph=False: {brief(exc, 50)} (raised in {raised_in(exc)})"]))
     cell.note = "; ".join(notes + [cell.note])
     if cell.verdict == "yes":

@@ -72,6 +72,29 @@ def _math(expr: list[str], pad: str) -> list[str]:
     return [f"{pad}$$", *(pad + x for x in body), f"{pad}$$"]
 
 
+#: Google-style sections (``Args:`` and the like): their entries become a list under a
+#: bold title, since Markdown would run the indented lines into one paragraph
+_SECTIONS = ("Args:", "Arguments:", "Attributes:", "Raises:", "Returns:", "Yields:")
+_ENTRY = re.compile(r"^(\**[\w.]+(?:, \**[\w.]+)*)( \([^)]*\))?:\s*(.*)$")
+
+
+def _section(title: str, block: list[str], pad: str) -> list[str]:
+    """``Args:`` and its indented ``name: text`` entries as a bold title and a list (each
+    name as code); ``Returns:`` and ``Yields:`` hold prose, kept as a paragraph."""
+    body = _dedent(block)
+    out = [f"{pad}**{title}**", ""]
+    if title in ("Returns:", "Yields:"):
+        return out + [pad + _inline(x.strip()) for x in body if x.strip()] + [""]
+    for x in body:
+        entry = _ENTRY.match(x) if x and not x[0].isspace() else None
+        if entry:
+            name, kind, rest = entry.groups()
+            out.append(f"{pad}- `{name}`{kind or ''}: {_inline(rest)}")
+        elif x.strip():
+            out.append(f"{pad}  {_inline(x.strip())}")
+    return out + [""]
+
+
 def to_markdown(text: str) -> str:
     """The Markdown for one docstring written in funcreg's reStructuredText habits."""
     lines = text.splitlines()
@@ -87,6 +110,12 @@ def to_markdown(text: str) -> str:
         elif stripped and indent == 0:
             in_item = False
         pad = " " * (indent + (2 if in_item and indent else 0))
+        if stripped in _SECTIONS:
+            block, end = _block(lines, i + 1, indent)
+            if block:
+                out += _section(stripped, block, pad)
+                i = end
+                continue
         if stripped.startswith(".. math::"):
             first = stripped[len(".. math::"):]
             block, i = _block(lines, i + 1, indent)

@@ -11,7 +11,8 @@ entries, its hyperparameters and its body, run through :func:`run_step`.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

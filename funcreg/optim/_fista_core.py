@@ -10,7 +10,8 @@ own block, unless the penalty's groups span leaves).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 

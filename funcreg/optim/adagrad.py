@@ -3,7 +3,7 @@ a proximal Adagrad."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -63,6 +63,14 @@ class Adagrad:
     def init(self, params: Any, *, initial_accumulator_value: Any = 0.0) -> dict[str, Any]:
         """Zero step counts, and ``sum`` filled with ``initial_accumulator_value`` (a number
         >= 0 or a 0-d tensor).
+
+        Args:
+            params: the parameter tree.
+            initial_accumulator_value: the starting value of ``sum``, as torch.optim's.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
 
         Raises:
             TypeError: a leaf that is not a floating-point tensor (named).
@@ -170,8 +178,9 @@ def _adagrad(
     if (ops.fused and not ops.dtensor and params[0].device.type == "cpu"
             and all(is_number(h) for h in (lr_decay, weight_decay, eps))
             and not (ops.batch and isinstance(lr, list)) and ops.counts(step) is not None):
-        return _fused(ops, params=params, grads=grads, step=step, sums=sum, lr=lr, lr_decay=lr_decay,
-                      weight_decay=weight_decay if decay else 0.0, eps=eps, maximize=maximize)
+        return _fused(ops, params=params, grads=grads, step=step, sums=sum, lr=lr, lr_decay=cast(float, lr_decay),
+                      weight_decay=cast(float, weight_decay) if decay else 0.0, eps=cast(float, eps),
+                      maximize=maximize)
     # torch.optim's foreach Adagrad, with its learning-rate decay computed from each leaf's
     # count as a tensor (never read on the host)
     step = ops.add_(step, 1.0)

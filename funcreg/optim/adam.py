@@ -3,7 +3,7 @@ per-element step size for a proximal Adam."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -53,8 +53,8 @@ class Adam:
         self.name = name
         self._decoupled = decoupled
         self._weight_decay = weight_decay
-        beta = dict(high=1.0, high_open=True)
-        hypers = (Param("lr"), Param("beta1", **beta), Param("beta2", **beta), Param("eps"),
+        hypers = (Param("lr"), Param("beta1", high=1.0, high_open=True), Param("beta2", high=1.0, high_open=True),
+                  Param("eps"),
                   Param("weight_decay"))
         entries = ("exp_avg", "exp_avg_sq")
         self._ops = {ams: step_op(name, _adam, entries + (("max_exp_avg_sq",) if ams else ()), hypers)
@@ -64,7 +64,19 @@ class Adam:
                            for key in ("exp_avg_sq", "max_exp_avg_sq")}
 
     def init(self, params: Any, *, amsgrad: bool = False) -> dict[str, Any]:
-        """Zero moments and step counts; ``amsgrad=True`` adds the running max of ``v``."""
+        """Zero moments and step counts; ``amsgrad=True`` adds the running max of ``v``.
+
+        Args:
+            params: the parameter tree.
+            amsgrad: add ``max_exp_avg_sq``, which an ``amsgrad=True`` step needs.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
+
+        Raises:
+            TypeError: a leaf that is not a floating-point tensor (named).
+        """
         buffers = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
         return zero_state(params, buffers)
 
@@ -95,6 +107,36 @@ class Adam:
         same tensors. Params that require grad, in grad mode, are refused unless
         ``differentiable=True``, which records the step's autograd history (for
         hypergradients, as torch.optim's ``differentiable``).
+
+        Args:
+            params: the parameter tree (``dict(model.named_parameters())``, detached).
+            grads: gradients, a tree like params; a ``None`` leaf leaves that leaf and its
+                state as they are.
+            state: from :meth:`init` (``amsgrad=True`` there for an ``amsgrad`` step).
+            lr: the learning rate, a number >= 0 or a 0-d tensor (batched under
+                ``vmap``).
+            betas: ``(beta1, beta2)``, each in [0, 1): the decay rates of the first and
+                second moments.
+            eps: added to the denominator, a number >= 0 or a 0-d tensor.
+            weight_decay: a number >= 0 or a 0-d tensor (default 0 for ``fr.adam``, 1e-2
+                for ``fr.adamw``).
+            decoupled: decay the weights directly (AdamW) rather than through the
+                gradient (Adam); the default is the object's.
+            amsgrad: divide by the running maximum of the second moment.
+            maximize: ascend the objective.
+            where: the leaves that are decayed (all by default).
+            donate: write the results into params and state and return those tensors.
+            differentiable: record autograd history (hypergradients), as torch.optim's flag.
+
+        Returns:
+            ``(new_params, new_state)``; the inputs are unchanged unless donated.
+
+        Raises:
+            ValueError: a negative or non-finite number, a beta outside [0, 1), a state
+                without the moments the step needs, trees that do not match params
+                (each naming the leaf).
+            TypeError: ``betas`` not a pair, a non-tensor or integer leaf, a
+                hyperparameter of the wrong type.
         """
         weight_decay = self._weight_decay if weight_decay is None else weight_decay
         beta1, beta2 = _betas(betas)
@@ -121,6 +163,18 @@ class Adam:
             params = fr.l1.prox(params, lam, fr.adam.step_size(state, lr=lr))
 
         Pass the same ``lr``, ``betas``, ``eps`` and ``amsgrad`` as to the step.
+
+        Args:
+            state: the state after the step.
+            lr, betas, eps, amsgrad: the same as given to the step.
+
+        Returns:
+            A tree like params of tensors like each leaf.
+
+        Raises:
+            ValueError: a state without ``exp_avg_sq`` (``max_exp_avg_sq`` with
+                ``amsgrad``) or ``step``, a negative or non-finite number.
+            TypeError: ``betas`` not a pair.
         """
         beta1, beta2 = _betas(betas)
         key = "max_exp_avg_sq" if amsgrad else "exp_avg_sq"
@@ -155,8 +209,9 @@ def _adam(
     if (ops.fused and all(is_number(h) for h in (beta1, beta2, eps, weight_decay))
             and not (ops.batch and isinstance(lr, list)) and ops.counts(step) is not None):
         return _fused(ops, params=params, grads=grads, step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
-                      max_exp_avg_sq=max_exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                      weight_decay=weight_decay if decay else 0.0, decoupled=decoupled, maximize=maximize)
+                      max_exp_avg_sq=max_exp_avg_sq, lr=lr, beta1=cast(float, beta1), beta2=cast(float, beta2),
+                      eps=cast(float, eps), weight_decay=cast(float, weight_decay) if decay else 0.0,
+                      decoupled=decoupled, maximize=maximize)
     # torch.optim's foreach Adam, in its capturable form: the bias corrections are tensors
     # (each leaf's own step count), never read on the host
     step = ops.add_(step, 1.0)
@@ -192,8 +247,9 @@ def _fused(
     maxima = _ops.owned_copy(max_exp_avg_sq) if max_exp_avg_sq is not None else []
     step = ops.add_(step, 1.0)
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    kernel(params, grads, exp_avg, exp_avg_sq, maxima, ops.counts(step, check=False), lr=fused_lr(lr), beta1=beta1, beta2=beta2,
-           weight_decay=weight_decay, eps=eps, amsgrad=max_exp_avg_sq is not None, maximize=maximize)
+    kernel(params, grads, exp_avg, exp_avg_sq, maxima, ops.counts(step, check=False), lr=fused_lr(lr),
+           beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=max_exp_avg_sq is not None,
+           maximize=maximize)
     return {"params": params, "step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
             **({"max_exp_avg_sq": maxima} if max_exp_avg_sq is not None else {})}
 

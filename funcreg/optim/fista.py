@@ -3,7 +3,8 @@ itself, as a stateless step that ``vmap`` can batch over many λ."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optree
 import torch
@@ -109,6 +110,14 @@ class FISTA:
         tensors on the first leaf's device, in the widest floating dtype of the leaves (at
         least float32).
 
+        Args:
+            params: the parameter tree (the starting iterate).
+            lr: the first trial step η, a positive number or 0-d tensor (a tensor batched
+                under ``vmap`` gives each member its own).
+
+        Returns:
+            The state dict described above.
+
         Raises:
             TypeError: ``params`` is not a non-empty tree of tensors.
             ValueError: ``lr`` is not positive and finite.
@@ -162,6 +171,11 @@ class FISTA:
             rtol, atol: the convergence test written to ``state["converged"]``.
             grow: the largest factor by which η may grow after an accepted step (≥ 1).
             **options: the family's keyword arguments (``dim=``, ``l1_ratio=``, ...).
+
+        Returns:
+            ``(new_params, new_state)``: the accepted iterate (``params`` itself where the
+            trial was rejected) and the state with its step size, momentum and
+            ``converged`` flag updated.
 
         Raises:
             TypeError: ``penalty`` is not a family.

@@ -49,12 +49,18 @@ class Lion:
     name = "fr.lion"
 
     def __init__(self) -> None:
-        beta = dict(high=1.0)
-        hypers = (Param("lr"), Param("beta1", **beta), Param("beta2", **beta), Param("weight_decay"))
+        hypers = (Param("lr"), Param("beta1", high=1.0), Param("beta2", high=1.0), Param("weight_decay"))
         self._op = step_op(self.name, _lion, ("exp_avg",), hypers)
 
     def init(self, params: Any) -> dict[str, Any]:
         """Zero step counts and a zero ``exp_avg``.
+
+        Args:
+            params: the parameter tree.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
 
         Raises:
             TypeError: a leaf that is not a floating-point tensor (named).

@@ -99,6 +99,13 @@ class Muon:
         """Zero step counts and momentum buffers, for every leaf (as the other steps' ``init``;
         a leaf the steps do not select keeps its zeros).
 
+        Args:
+            params: the parameter tree.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
+
         Raises:
             TypeError: a leaf that is not a floating-point tensor (named).
         """

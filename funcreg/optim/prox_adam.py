@@ -66,7 +66,18 @@ class ProxAdam:
     name = "prox_adam"
 
     def init(self, params: Any) -> dict[str, Any]:
-        """Zero moments and step counts, as ``fr.adam.init(params)``."""
+        """Zero moments and step counts, as ``fr.adam.init(params)``.
+
+        Args:
+            params: the parameter tree.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
+
+        Raises:
+            TypeError: a leaf that is not a floating-point tensor (named).
+        """
         return adam.init(params)
 
     def step(
@@ -92,6 +103,10 @@ class ProxAdam:
             lam: its λ (a number, or a tensor batched under ``vmap``).
             where: the penalized leaves.
             **options: the family's keyword arguments (``dim=``, ``l1_ratio=``, ...).
+
+        Returns:
+            ``(new_params, new_state)``: the Adam step followed by the prox in Adam's
+            metric, and Adam's new state.
 
         Raises:
             TypeError: ``penalty`` is not a family; whatever ``fr.adam.step`` and the

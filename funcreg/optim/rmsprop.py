@@ -71,6 +71,15 @@ class RMSprop:
         ``momentum_buffer`` (for a step with ``momentum`` other than a Python 0) and
         ``centered=True`` a zero ``grad_avg`` (for ``centered=True`` steps).
 
+        Args:
+            params: the parameter tree.
+            momentum: add the ``momentum_buffer`` a step with momentum needs.
+            centered: add the ``grad_avg`` a centered step needs.
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
+
         Raises:
             TypeError: a leaf that is not a floating-point tensor (named).
         """

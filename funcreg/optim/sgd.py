@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -59,7 +59,19 @@ class SGD:
         self._momentum = step_op(self.name, _sgd, ("momentum_buffer",), hypers)
 
     def init(self, params: Any, *, momentum: bool = True) -> dict[str, Any]:
-        """Zero step counts, and zero momentum buffers unless ``momentum=False``."""
+        """Zero step counts, and zero momentum buffers unless ``momentum=False``.
+
+        Args:
+            params: the parameter tree.
+            momentum: add the ``momentum_buffer`` (a step with ``momentum=0`` needs none).
+
+        Returns:
+            The state: a dict of trees like params (``step`` holds 0-d counts), fresh
+            tensors on each leaf's device.
+
+        Raises:
+            TypeError: a leaf that is not a floating-point tensor (named).
+        """
         return zero_state(params, ("momentum_buffer",) if momentum else ())
 
     def step(
@@ -86,6 +98,32 @@ class SGD:
         holding those same tensors. Params that require grad, in grad mode, are refused
         unless ``differentiable=True``, which records the step's autograd history (for
         hypergradients, as torch.optim's ``differentiable``).
+
+        Args:
+            params: the parameter tree (``dict(model.named_parameters())``, detached).
+            grads: gradients, a tree like params; a ``None`` leaf leaves that leaf and its
+                state as they are.
+            state: from :meth:`init` (with its ``momentum_buffer`` when ``momentum`` is
+                not a Python 0).
+            lr: the learning rate, a number >= 0 or a 0-d tensor (batched under
+                ``vmap``).
+            momentum, dampening, weight_decay: torch.optim.SGD's, each a number >= 0 or a
+                0-d tensor (``dampening`` at most 1); ``weight_decay`` is coupled (added
+                to the gradient).
+            nesterov: Nesterov momentum (needs a momentum and zero dampening).
+            maximize: ascend the objective.
+            where: the leaves that are decayed (all by default).
+            donate: write the results into params and state and return those tensors.
+            differentiable: record autograd history (hypergradients), as torch.optim's flag.
+
+        Returns:
+            ``(new_params, new_state)``; the inputs are unchanged unless donated.
+
+        Raises:
+            ValueError: a negative or non-finite number, ``nesterov`` without momentum
+                or with dampening, a state without the buffers the step needs, trees
+                that do not match params (each naming the leaf).
+            TypeError: a non-tensor or integer leaf, a hyperparameter of the wrong type.
         """
         hypers = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
         for p in self._plain.hypers:
@@ -112,7 +150,7 @@ def _sgd(ops: Ops, *, params: Tensors, grads: Tensors, step: Tensors, momentum_b
         # torch's fused kernel knows the first step only as one flag for all leaves; with
         # a zero buffer and no dampening every step is the same formula, so it needs none.
         return _fused(ops, params=params, grads=grads, step=step, momentum_buffer=momentum_buffer, lr=lr,
-                      momentum=momentum, weight_decay=weight_decay if decay else 0.0,
+                      momentum=cast(float, momentum), weight_decay=cast(float, weight_decay) if decay else 0.0,
                       nesterov=nesterov, maximize=maximize)
     if maximize:
         grads = ops.neg(grads)

@@ -103,18 +103,70 @@ class Penalty:
     #: leaves before the gradient and the prox (see :mod:`funcreg._engine`)
     _prepass: Any = None
 
-    def _check_numbers(self, options: dict[str, Any]) -> None:
+    def _check_numbers(self, options: Mapping[str, Any]) -> None:
         """Validate the options on every call (Python numbers)."""
 
     # --------------------------------------------------------------- the public operations
     def __call__(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> torch.Tensor:
         """The penalty's value over the leaves ``where`` selects: a 0-d tensor (batched under
-        ``vmap``) that autograd and torch.func can differentiate."""
+        ``vmap``) that autograd and torch.func can differentiate.
+
+        Args:
+            params: the parameter tree (a dict of tensors, ``dict(model.named_parameters())``,
+                or any pytree of tensors).
+            lam: λ ≥ 0: a number, a 0-d tensor (a tensor of λ under ``vmap`` trains an
+                ensemble, one member per λ), or a dict ``{leaf path: λ}`` giving each
+                selected leaf its own (for separable families also a tensor shaped like
+                the leaf).
+            where: the leaves the penalty applies to: ``None`` (every leaf), a selector
+                (``fr.select.weights``, ``fr.select.only("fc")``), a callable
+                ``(path, leaf) -> bool``, or a tree of bools like params.
+            **options: the family's own keywords (``dim`` of ``fr.group_lasso``,
+                ``l1_ratio`` of ``fr.elastic_net``, ``gamma`` of ``fr.mcp``, ...; see the
+                family's section), defaults filled in.
+
+        Returns:
+            A 0-d tensor, :math:`\\sum_{\\text{selected}} \\lambda\\,P(w)`.
+
+        Raises:
+            ValueError: a negative or non-finite λ, trees whose structures or leaf
+                shapes do not match, a per-leaf ``lam`` naming a leaf params lack or
+                missing a selected one, a ``where`` tree that does not match (each
+                message naming the leaf path).
+            TypeError: a leaf that is not a floating-point tensor, an unknown or missing
+                family keyword, an operation the family does not have (``fr.l0.grad``),
+                a ``where`` of a type funcreg cannot read.
+        """
         return self._run("value", [params], {"lam": lam}, where, options)
 
     def grad(self, params: Any, lam: Any, *, where: Where = None, **options: Any) -> Any:
-        """The penalty's gradient, computed in closed form (no autograd): a tree like
-        params, zero on the leaves ``where`` does not select."""
+        """The penalty's gradient, computed in closed form (no autograd).
+
+        Args:
+            params: the parameter tree.
+            lam: λ ≥ 0: a number, a 0-d tensor (a tensor of λ under ``vmap`` trains an
+                ensemble, one member per λ), or a dict ``{leaf path: λ}`` giving each
+                selected leaf its own (for separable families also a tensor shaped like
+                the leaf).
+            where: the leaves the penalty applies to: ``None`` (every leaf), a selector
+                (``fr.select.weights``, ``fr.select.only("fc")``), a callable
+                ``(path, leaf) -> bool``, or a tree of bools like params.
+            **options: the family's own keywords (``dim`` of ``fr.group_lasso``,
+                ``l1_ratio`` of ``fr.elastic_net``, ``gamma`` of ``fr.mcp``, ...; see the
+                family's section), defaults filled in.
+
+        Returns:
+            A tree like params: the gradient on the selected leaves, zero on the others.
+
+        Raises:
+            ValueError: a negative or non-finite λ, trees whose structures or leaf
+                shapes do not match, a per-leaf ``lam`` naming a leaf params lack or
+                missing a selected one, a ``where`` tree that does not match (each
+                message naming the leaf path).
+            TypeError: a leaf that is not a floating-point tensor, an unknown or missing
+                family keyword, an operation the family does not have (``fr.l0.grad``),
+                a ``where`` of a type funcreg cannot read.
+        """
         self._require("grad")
         return self._run("grad", [params], {"lam": lam}, where, options)
 
@@ -129,6 +181,36 @@ class Penalty:
         and the returned tree holds those same tensors (see :mod:`funcreg._donation` for
         what that means under torch.func transforms). Inputs that require grad, in grad
         mode, are refused unless ``differentiable=True``, which records their history.
+
+        Args:
+            grads: the gradient tree, like params; a ``None`` leaf stays ``None``.
+            params: the parameter tree.
+            lam: λ ≥ 0: a number, a 0-d tensor (a tensor of λ under ``vmap`` trains an
+                ensemble, one member per λ), or a dict ``{leaf path: λ}`` giving each
+                selected leaf its own (for separable families also a tensor shaped like
+                the leaf).
+            where: the leaves the penalty applies to: ``None`` (every leaf), a selector
+                (``fr.select.weights``, ``fr.select.only("fc")``), a callable
+                ``(path, leaf) -> bool``, or a tree of bools like params.
+            donate: write the sums into ``grads``' selected leaves and return them.
+            differentiable: record autograd history through inputs that require grad.
+            **options: the family's own keywords (``dim`` of ``fr.group_lasso``,
+                ``l1_ratio`` of ``fr.elastic_net``, ``gamma`` of ``fr.mcp``, ...; see the
+                family's section), defaults filled in.
+
+        Returns:
+            A tree like grads: ``grads + ∇P(params)`` on the selected leaves.
+
+        Raises:
+            ValueError: a negative or non-finite λ, trees whose structures or leaf
+                shapes do not match, a per-leaf ``lam`` naming a leaf params lack or
+                missing a selected one, a ``where`` tree that does not match (each
+                message naming the leaf path).
+            TypeError: a leaf that is not a floating-point tensor, an unknown or missing
+                family keyword, an operation the family does not have (``fr.l0.grad``),
+                a ``where`` of a type funcreg cannot read.
+            ValueError: with ``donate=True``, a donated leaf that overlaps another input
+                or itself, or that requires grad in grad mode.
         """
         self._require("grad")
         return self._run("add_grad", [params, grads], {"lam": lam}, where, options,
@@ -146,7 +228,39 @@ class Penalty:
         the results are written into its selected leaves (which may be a live module's
         parameters, ``{k: p.detach() for k, p in model.named_parameters()}``), and the
         returned tree holds those same tensors. Params that require grad, in grad mode,
-        are refused unless ``differentiable=True``, which records their history."""
+        are refused unless ``differentiable=True``, which records their history.
+
+        Args:
+            params: the parameter tree (the point ``w`` of the prox).
+            lam: λ ≥ 0: a number, a 0-d tensor (a tensor of λ under ``vmap`` trains an
+                ensemble, one member per λ), or a dict ``{leaf path: λ}`` giving each
+                selected leaf its own (for separable families also a tensor shaped like
+                the leaf).
+            step: the step ``η`` ≥ 0 (the learning rate of the gradient step before the
+                prox), in any form ``lam`` takes.
+            where: the leaves the penalty applies to: ``None`` (every leaf), a selector
+                (``fr.select.weights``, ``fr.select.only("fc")``), a callable
+                ``(path, leaf) -> bool``, or a tree of bools like params.
+            donate: write the results into ``params``' selected leaves and return them.
+            differentiable: record autograd history through params that require grad.
+            **options: the family's own keywords (``dim`` of ``fr.group_lasso``,
+                ``l1_ratio`` of ``fr.elastic_net``, ``gamma`` of ``fr.mcp``, ...; see the
+                family's section), defaults filled in.
+
+        Returns:
+            A tree like params: the prox on the selected leaves, the others as they are.
+
+        Raises:
+            ValueError: a negative or non-finite λ, trees whose structures or leaf
+                shapes do not match, a per-leaf ``lam`` naming a leaf params lack or
+                missing a selected one, a ``where`` tree that does not match (each
+                message naming the leaf path).
+            TypeError: a leaf that is not a floating-point tensor, an unknown or missing
+                family keyword, an operation the family does not have (``fr.l0.grad``),
+                a ``where`` of a type funcreg cannot read.
+            ValueError: with ``donate=True``, a donated leaf that overlaps another input
+                or itself, or that requires grad in grad mode.
+        """
         self._require("prox")
         return self._run("prox", [params], {"lam": lam, "step": step}, where, options,
                          donate=donate, differentiable=differentiable)["params"]
@@ -157,7 +271,25 @@ class Penalty:
         of the family's threshold (a 0-d float64 tensor). Above it the prox keeps every
         selected leaf at zero; below it some weight moves. Start a λ path there,
         ``fr.lambda_grid(fr.l1.lambda_max(grads))``, as scikit-learn starts at its
-        ``alpha_max``."""
+        ``alpha_max``.
+
+        Args:
+            grads: the task loss's gradient at w = 0, a tree like params.
+            where: the leaves the penalty applies to: ``None`` (every leaf), a selector
+                (``fr.select.weights``, ``fr.select.only("fc")``), a callable
+                ``(path, leaf) -> bool``, or a tree of bools like params.
+            **options: the family's own keywords (``dim`` of ``fr.group_lasso``,
+                ``l1_ratio`` of ``fr.elastic_net``, ``gamma`` of ``fr.mcp``, ...; see the
+                family's section), defaults filled in.
+
+        Returns:
+            A 0-d float64 tensor, λ_max.
+
+        Raises:
+            ValueError: trees that do not match, a ``where`` that selects nothing.
+            TypeError: a family without a λ_max (``fr.l2``, ``fr.l2_sp``), a leaf that is not
+                a floating-point tensor, an unknown family keyword.
+        """
         self._require("lambda_max")
         return self._run("lambda_max", [grads], {}, where, options)
 

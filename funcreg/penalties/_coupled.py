@@ -17,9 +17,9 @@ its slices.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from numbers import Real
-from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -240,7 +240,7 @@ def _lambda_max(ops: Any, *, grads: Tensors, paths: tuple[str, ...], groups: tup
     """Per leaf, the largest threshold over the groups of the couplings that name it."""
     layout = _layout(ops, grads, paths, groups, "grads leaf")
     if layout.overlapping:
-        first, second, k = layout.sharing()  # type: ignore[misc]
+        first, second, k = layout.sharing()  # type: ignore[misc]  # not None: the layout overlaps here
         raise ValueError(
             f"groups[{first}] and groups[{second}] overlap (both name grads leaf {paths[k]!r}): the "
             "smallest λ at which 0 is stationary is then the dual norm of overlapping groups, "

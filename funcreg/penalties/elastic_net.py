@@ -47,8 +47,8 @@ class ElasticNet(Penalty):
         return rho * l1 + (1 - rho) / 2 * l2
 
     def _grad(self, ops: Ops, *, params: Tensors, lam: Column, l1_ratio: Column) -> Tensors:
-        a = derive(lambda l, r: l * r, lam, l1_ratio)
-        b = derive(lambda l, r: l * (1 - r), lam, l1_ratio)
+        a = derive(lambda lm, r: lm * r, lam, l1_ratio)
+        b = derive(lambda lm, r: lm * (1 - r), lam, l1_ratio)
         return ops.add_(ops.mul_(ops.sign(params), a), params, b)
 
     def _lambda_max(self, g: torch.Tensor, *, l1_ratio: Any) -> torch.Tensor:
@@ -57,8 +57,8 @@ class ElasticNet(Penalty):
         return torch.where(torch.as_tensor(rho, device=top.device) > 0, top / rho, torch.inf)
 
     def _prox(self, ops: Ops, *, params: Tensors, lam: Column, step: Column, l1_ratio: Column) -> Tensors:
-        t = derive(lambda l, s, r: s * l * r, lam, step, l1_ratio)
-        shrink = derive(lambda l, s, r: 1 / (1 + s * l * (1 - r)), lam, step, l1_ratio)
+        t = derive(lambda lm, s, r: s * lm * r, lam, step, l1_ratio)
+        shrink = derive(lambda lm, s, r: 1 / (1 + s * lm * (1 - r)), lam, step, l1_ratio)
         return ops.mul_(ops.soft_threshold_(params, t), shrink)
 
 

@@ -4,6 +4,7 @@ unshrunk."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ class MCP(Penalty):
     options = {"gamma": 3.0}
     hypers = (Param("gamma", low=-math.inf),)
 
-    def _check_numbers(self, options: dict[str, Any]) -> None:
+    def _check_numbers(self, options: Mapping[str, Any]) -> None:
         gamma = options["gamma"]
         if isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and gamma <= 0:
             raise ValueError(f"mcp gamma must be > 0 (the penalty is flat beyond gamma·lam), got {gamma}")
@@ -80,7 +81,7 @@ class MCP(Penalty):
 def _prox_either(w: torch.Tensor, lam: Any, s: Any, g: Any) -> torch.Tensor:
     """Both regimes, chosen per element (tensor ``step`` or ``gamma``); a NaN in any
     hyperparameter gives NaN, as through the soft threshold."""
-    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731
+    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731 - a shorthand, as in the formula
     lam, s, g = t(lam), t(s), t(g)
     convex = s < g
     soft = w - torch.clamp(w, -s * lam, s * lam)

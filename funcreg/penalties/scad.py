@@ -4,6 +4,7 @@ beyond γλ."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ class SCAD(Penalty):
     options = {"gamma": 3.7}
     hypers = (Param("gamma", low=-math.inf),)
 
-    def _check_numbers(self, options: dict[str, Any]) -> None:
+    def _check_numbers(self, options: Mapping[str, Any]) -> None:
         gamma = options["gamma"]
         if isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and gamma <= 1:
             raise ValueError(f"scad gamma must be > 1 (its middle piece divides by gamma - 1), got {gamma}")
@@ -75,7 +76,8 @@ def _scad(m: torch.Tensor, lam: Any, gamma: Any) -> torch.Tensor:
     quadratic blend over ``[λ, q]`` with ``q = clamp(m, λ, γλ)``."""
     lam_t = torch.as_tensor(lam, dtype=m.dtype, device=m.device)
     q = torch.minimum(torch.maximum(m, lam_t), gamma * lam_t)
-    return lam_t * torch.minimum(m, lam_t) + (gamma * lam_t * (q - lam_t) - (q.square() - lam_t.square()) / 2) / (gamma - 1)
+    return (lam_t * torch.minimum(m, lam_t)
+            + (gamma * lam_t * (q - lam_t) - (q.square() - lam_t.square()) / 2) / (gamma - 1))
 
 
 def _prox(w: torch.Tensor, lam: Any, s: Any, gamma: Any) -> torch.Tensor:
@@ -88,7 +90,7 @@ def _prox(w: torch.Tensor, lam: Any, s: Any, gamma: Any) -> torch.Tensor:
     where the two objectives meet: at λ(γ + 1 + s)/2 while s < γ + 1, at λ√(s(γ + 1)) after
     (a hard threshold). Ties take the lower branch."""
     m = w.abs()
-    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731
+    t = lambda v: torch.as_tensor(v, dtype=w.dtype, device=w.device)  # noqa: E731 - a shorthand, as in the formula
     lam_t, s_t, g_t = t(lam), t(s), t(gamma)
     convex = s_t < g_t - 1
     soft = (m - s_t * lam_t).clamp_min(0.0)

@@ -6,8 +6,9 @@ dataflow, and a smaller copy of it without the groups that are zero.
 entries; channels tied across a residual add; attention heads); a group penalty on them
 zeroes whole units; ``shrink(model, params, couplings)`` cuts those units out of a copy of
 the model, folding their constant outputs into the next layer, and checks that the copy
-computes what the model did (on the example inputs the couplings were found with). ``after_step`` applies a prox after every
-``optimizer.step()`` of a classic ``torch.optim`` loop. See docs/pruning.md.
+computes what the model did (on the example inputs the couplings were found with).
+``after_step`` applies a prox after every ``optimizer.step()`` of a classic ``torch.optim``
+loop. See docs/pruning.md.
 """
 
 from __future__ import annotations

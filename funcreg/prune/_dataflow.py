@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn, Union
+from typing import Any, NoReturn
 
 import torch
 import torch.fx as fx
@@ -179,7 +179,7 @@ class _Heads:
     inner_axis: int
 
 
-_Value = Union[_Track, _Heads]
+_Value = _Track | _Heads
 
 
 class _Tracer(fx.Tracer):
@@ -400,7 +400,8 @@ class Dataflow:
         value = self._tracks.get(x) if isinstance(x, fx.Node) else None
         if target in _UNARY_FUNCTIONS or method in _UNARY_METHODS:
             if value is None:
-                self._fail(node, self._reads(node, self._tracks[tracked[0]]) + " through an argument other than its input")
+                self._fail(node, self._reads(node, self._tracks[tracked[0]])
+                           + " through an argument other than its input")
             self._tracks[node] = value
         elif target in _BINARY_FUNCTIONS or method in _BINARY_METHODS:
             self._binary(node)
@@ -442,7 +443,8 @@ class Dataflow:
                 self._fail(node, f"it combines the units of {self._space(a.space).label} and "
                                  f"{self._space(b.space).label} along different dims")
             root = self._union(a.space, b.space, node)
-            self._tracks[node] = _Track(root, a.axis, a.block) if isinstance(a, _Track) else _Heads(root, a.head_axis, a.inner_axis)
+            self._tracks[node] = (_Track(root, a.axis, a.block) if isinstance(a, _Track)
+                                  else _Heads(root, a.head_axis, a.inner_axis))
             return
         other = operands[1] if values[0] is not None else operands[0]
         if isinstance(other, fx.Node):

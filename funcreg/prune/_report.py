@@ -12,7 +12,15 @@ from funcreg.coupling import Coupling
 
 @dataclass(frozen=True)
 class CouplingShrink:
-    """One coupling: its groups, those removed, and the zero groups kept with the reason."""
+    """One coupling: its groups, those removed, and the zero groups kept with the reason.
+
+    Attributes:
+        label: the coupling's name in the table (its first leaf and dim).
+        coupling: the :class:`fr.Coupling` itself.
+        groups: G, its number of groups.
+        removed: the groups removed from the model (all zero).
+        kept_zero: ``(group, why)`` for each zero group that could not be removed exactly.
+    """
 
     label: str
     coupling: Coupling
@@ -30,7 +38,13 @@ class CouplingShrink:
 @dataclass(frozen=True)
 class ShrinkReport:
     """Per coupling what :func:`fr.prune.shrink` did, and the parameter counts; ``str()`` is
-    a table, as :func:`fr.sparsity`'s is."""
+    a table, as :func:`fr.sparsity`'s is.
+
+    Attributes:
+        couplings: one :class:`CouplingShrink` per coupling.
+        params_before: the model's parameter count before the shrink.
+        params_after: and after it.
+    """
 
     couplings: tuple[CouplingShrink, ...]
     params_before: int
@@ -59,7 +73,13 @@ class ShrinkReport:
 
 
 class Shrunk(tuple):
-    """``(smaller_model, smaller_params)``, as a pair that unpacks, with ``.report``."""
+    """``(smaller_model, smaller_params)``, as a pair that unpacks, with ``.report``.
+
+    Args:
+        model: the smaller copy of the model.
+        params: its parameters and buffers, by path.
+        report: the :class:`ShrinkReport`.
+    """
 
     report: ShrinkReport
 

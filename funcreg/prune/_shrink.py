@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import optree
 import torch
@@ -118,7 +118,8 @@ class _Capture(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]) -> None:
         super().__init__(gm)
-        self.keep, self.values = keep, {}
+        self.keep = keep
+        self.values: dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
@@ -162,10 +163,11 @@ def _decide(plan: _Plan, state: dict[str, torch.Tensor], values: dict[fx.Node, A
     for k in range(groups):
         if not (unread[k] or incoming[k]):
             continue
-        why, folds = headless, []
+        why = headless
+        folds: list[tuple[str, torch.Tensor]] = []
         if why is None and not unread[k]:
             for r in space.readers:
-                why = _fold(r, k, groups, state, values[r.node], folds)
+                why = _fold(r, k, groups, state, values[cast(fx.Node, r.node)], folds)
                 if why:
                     break
             if why is None and folds and space.sized is not None:
@@ -258,12 +260,13 @@ def _build(work: nn.Module, plans: list[_Plan], state: dict[str, torch.Tensor]) 
             cut(p.weight, 0)
             cut(p.bias, 0)
         for n in space.norms:
-            for path in (n.weight, n.bias, n.running_mean, n.running_var):
-                cut(path, 0)
+            for stat in (n.weight, n.bias, n.running_mean, n.running_var):
+                cut(stat, 0)
         for r in space.readers:
             cut(r.weight, 1)
         if space.mha is not None:
             mha = work.get_submodule(space.mha)
+            assert isinstance(mha, nn.MultiheadAttention), f"{space.mha} is a {type(mha).__name__}"
             head = _keep_index(mha.embed_dim, groups, keep, mha.in_proj_weight.device)
             rows = torch.cat([head + block * mha.embed_dim for block in range(3)])
             cuts.setdefault(f"{space.mha}.in_proj_weight", []).append((0, rows))
@@ -287,7 +290,7 @@ def _build(work: nn.Module, plans: list[_Plan], state: dict[str, torch.Tensor]) 
         for dim, index in cuts.get(path, []):
             t = t.index_select(dim, index)
         _assign(work, path, t, requires_grad=state[path].requires_grad if path in state else False)
-    for name, m in work.named_modules():
+    for m in work.modules():
         if isinstance(m, nn.Linear):
             m.out_features, m.in_features = m.weight.shape
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):

@@ -28,6 +28,7 @@ def remember(couplings: list[Coupling], example_inputs: tuple[Any, ...]) -> list
     """``couplings`` as :class:`Traced`, sharing one detached copy of ``example_inputs`` (a
     later in-place change of the caller's tensors does not reach it)."""
     copy: Any = optree.tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x,
+                                # optree's stubs want one leaf type; example inputs mix tensors and numbers
                                 example_inputs, none_is_leaf=True, namespace="torch")  # type: ignore[arg-type]
     return [Traced(c, copy) for c in couplings]
 
