@@ -26,48 +26,13 @@ from optim_helpers import (  # noqa: F401  (_one_thread is an autouse fixture)
     tol,
     torch_trajectory,
 )
+from registry import ADAM, ADAMW, SGD
 
 STEPS = 200
 
-SGD_CASES = {
-    "plain": dict(lr=0.05),
-    "momentum": dict(lr=0.02, momentum=0.9),
-    "dampening": dict(lr=0.02, momentum=0.9, dampening=0.3),
-    "nesterov": dict(lr=0.02, momentum=0.8, nesterov=True),
-    "wd": dict(lr=0.05, weight_decay=0.1),
-    "maximize": dict(lr=0.02, maximize=True),
-    "all": dict(lr=0.01, momentum=0.7, dampening=0.2, weight_decay=0.05, maximize=True),
-    "nesterov-wd-max": dict(lr=0.01, momentum=0.95, nesterov=True, weight_decay=0.3, maximize=True),
-    # torch.optim ignores dampening without momentum
-    "dampening-no-momentum": dict(lr=0.03, dampening=0.5),
-}
-
-ADAM_CASES = {
-    "default": dict(lr=0.01),
-    "betas-eps": dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6),
-    "wd": dict(lr=0.01, weight_decay=0.1),
-    "amsgrad": dict(lr=0.01, amsgrad=True),
-    "maximize": dict(lr=0.01, maximize=True),
-    "all": dict(lr=0.005, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.2, amsgrad=True, maximize=True),
-}
-
-ADAMW_CASES = {
-    "default": dict(lr=0.01),
-    "wd": dict(lr=0.01, weight_decay=0.3),
-    "amsgrad-max": dict(lr=0.01, weight_decay=0.05, amsgrad=True, maximize=True, betas=(0.8, 0.99)),
-}
-
-CASES = (
-    [pytest.param("sgd", k, v, id=f"sgd-{k}") for k, v in SGD_CASES.items()]
-    + [pytest.param("adam", k, v, id=f"adam-{k}") for k, v in ADAM_CASES.items()]
-    + [pytest.param("adamw", k, v, id=f"adamw-{k}") for k, v in ADAMW_CASES.items()]
-)
-
-OPTIMS = {
-    "sgd": (fr.sgd, torch.optim.SGD),
-    "adam": (fr.adam, torch.optim.Adam),
-    "adamw": (fr.adamw, torch.optim.AdamW),
-}
+SGD_CASES, ADAM_CASES, ADAMW_CASES = SGD.configs, ADAM.configs, ADAMW.configs
+CASES = [pytest.param(s.name, c, kw, id=f"{s.name}-{c}") for s in (SGD, ADAM, ADAMW) for c, kw in s.configs.items()]
+OPTIMS = {s.name: (s.opt, s.reference) for s in (SGD, ADAM, ADAMW)}
 
 
 def _split(opt: Any, kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -17,26 +17,15 @@ from torch._dynamo.testing import CompileCounter
 
 import funcreg as fr
 from conftest import assert_untouched, is_float, lams, snapshot, steps, trees, walk
+from registry import BY_NAME, VARIANTS
 
 forced = fr._dispatch.forced
 PATHS = ["fast", "composable"]
 F64 = torch.float64
 W = fr.select.weights
 
-# every new family with the options a test passes, and whether it has a grad and a prox
-FAMILIES = {
-    "sparse_group_lasso": (fr.sparse_group_lasso, {"l1_ratio": 0.4}),
-    "sparse_group_lasso-dim1": (fr.sparse_group_lasso, {"l1_ratio": 0.7, "dim": 1, "where": W}),
-    "nuclear_norm": (fr.nuclear_norm, {"where": W}),
-    "mcp": (fr.mcp, {}),
-    "mcp-gamma": (fr.mcp, {"gamma": 1.5}),
-    "scad": (fr.scad, {}),
-    "scad-gamma": (fr.scad, {"gamma": 2.2}),
-    "l0": (fr.l0, {}),
-    "orthogonal": (fr.orthogonal, {"where": W}),
-}
-WITH_GRAD = [k for k, (p, _) in FAMILIES.items() if "grad" not in p.without]
-WITH_PROX = [k for k, (p, _) in FAMILIES.items() if "prox" not in p.without]
+WITH_GRAD = [k for k, v in VARIANTS.items() if v.family.has("grad")]
+WITH_PROX = [k for k, v in VARIANTS.items() if v.family.has("prox")]
 # each projection as fn(params, radius-like tensor or number, **kw)
 PROJECTIONS: dict[str, Callable[..., Any]] = {
     "max_norm": lambda p, r, **kw: fr.project.max_norm(p, r, where=W, **kw),
@@ -79,10 +68,10 @@ GAMMAS = torch.tensor([1.2, 1.5, 3.0, 3.7, 6.0], dtype=F64)
 
 
 # ------------------------------------------------------------------------------- vmap
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_vmap_over_lam_equals_a_loop(name: str) -> None:
-    penalty, opts = FAMILIES[name]
-    p, grads = _params(), _params(1)
+    penalty, p, grads = VARIANTS[name].penalty, _params(), _params(1)
+    opts = VARIANTS[name].options(p)
     checks: list[tuple[Callable[..., Any], tuple[torch.Tensor, ...]]] = [(lambda a: penalty(p, a, **opts), (LAMS,))]
     if name in WITH_GRAD:
         checks += [(lambda a: penalty.grad(p, a, **opts), (LAMS,)),
@@ -95,12 +84,12 @@ def test_vmap_over_lam_equals_a_loop(name: str) -> None:
         _close(batched, _stack([fn(*(a[i] for a in args)) for i in range(len(args[0]))]))
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_vmap_over_stacked_params_and_lam(name: str) -> None:
     """An ensemble: stacked params, one λ (and step) per member."""
-    penalty, opts = FAMILIES[name]
-    pb = _params(2, batch=5)
+    penalty, pb = VARIANTS[name].penalty, _params(2, batch=5)
     members = [{k: v[i] for k, v in pb.items()} for i in range(5)]
+    opts = VARIANTS[name].options(members[0])
     if name in WITH_PROX:
         out = torch.func.vmap(lambda q, a, s: penalty.prox(q, a, s, **opts))(pb, LAMS, STEPS)
         _close(out, _stack([penalty.prox(q, a, s, **opts) for q, a, s in zip(members, LAMS, STEPS)]))
@@ -171,16 +160,17 @@ MATRIX_SHAPES = [(2, 3), (1, 4), (3, 1), (2, 1, 3), (2, 2, 2), (3, 3)]
 FLOATS = (torch.float32, F64)
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(VARIANTS))
 @given(data=st.data())
 @settings(max_examples=12)
 def test_fast_and_composable_paths_agree(name: str, data: st.DataObject) -> None:
-    penalty, opts = FAMILIES[name]
-    opts = {k: v for k, v in opts.items() if k != "where"}
-    matrix = name in ("nuclear_norm", "orthogonal") or name.endswith("dim1")
+    variant = VARIANTS[name]
+    penalty = variant.penalty
+    matrix = variant.family.matrix or name.endswith("dim1")
     dtypes = FLOATS if name == "nuclear_norm" else FLOATS + (torch.bfloat16,)  # no bfloat16 SVD
     params = data.draw(trees(dtypes=dtypes, mode="zeros", max_leaves=6,
                              **({"shapes": MATRIX_SHAPES} if matrix else {"int_leaves": True})))
+    opts = {k: v for k, v in variant.options(params).items() if k != "where"}
     separable = penalty.elementwise
     lam = data.draw(lams(params, separable=separable))
     step = data.draw(steps(params, separable=separable, forms=("number", "tensor", "dict") + (("element",) if separable else ())))
@@ -211,14 +201,14 @@ def test_projection_paths_agree_on_a_mixed_dtype_tree(name: str) -> None:
 
 # ------------------------------------------------------------------------------ purity
 @pytest.mark.parametrize("path", PATHS + [None])
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_no_call_mutates_its_inputs(name: str, path: str | None) -> None:
-    penalty, opts = FAMILIES[name]
-    params, grads = _params(9), _params(10)
+    penalty, params, grads = VARIANTS[name].penalty, _params(9), _params(10)
+    opts = VARIANTS[name].options(params)
     lam = torch.tensor(0.3, dtype=F64)
     step = torch.tensor(0.8, dtype=F64)
     kw = {**opts, **({"gamma": torch.tensor(2.5)} if name.startswith(("mcp", "scad")) else {})}
-    keep = snapshot(params, grads, lam, step, kw.get("gamma"))
+    keep = snapshot(params, grads, lam, step, kw.get("gamma"), kw.get("anchor"))
     with forced(path):
         outputs = [penalty(params, lam, **kw)]
         if "grad" not in penalty.without:
@@ -383,9 +373,10 @@ COMPILE_VALUES = ((0.1, 0.5), (0.3, 1.0), (2.0, 0.25), (0.5, 6.0))  # the last: 
 
 @pytest.mark.parametrize("name", ["sparse_group_lasso", "nuclear_norm", "mcp", "scad", "l0", "orthogonal"])
 def test_compiled_add_grad_and_prox_do_not_recompile(name: str) -> None:
-    penalty, opts = FAMILIES[name]
+    penalty = BY_NAME[name].penalty
     torch._dynamo.reset()
     p = {"w": _params(13)["l1.weight"].float(), "v": _params(14)["l2.weight"]}
+    opts = VARIANTS[name].options(p)
     grads = {k: torch.randn_like(v) for k, v in p.items()}
     counter = CompileCounter()
     tensors = [(torch.tensor(a), torch.tensor(s, dtype=F64)) for a, s in COMPILE_VALUES]  # all alive at once

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcreg as fr
-import regs_reference as ref
+import reference as ref
 from conftest import TOL, elementwise, is_float, lams, leaf_dict, lowest_dtype, ref_sum, resolve, trees, walk
 
 forced = fr._dispatch.forced

@@ -12,6 +12,7 @@ import torch
 from torch.func import vmap
 
 import funcreg as fr
+from registry import VARIANTS
 from funcreg import _stacked
 
 F64 = torch.float64
@@ -68,20 +69,10 @@ def _both(fn: Callable[..., Any], *args: Any, in_dims: Any = 0, stacked: list[in
 
 
 W = fr.select.weights
-FAMILIES = {
-    "l1": (fr.l1, {}), "l2": (fr.l2, {}), "elastic_net": (fr.elastic_net, {"l1_ratio": 0.3}),
-    "group_lasso": (fr.group_lasso, {}), "group_lasso-dim1": (fr.group_lasso, {"dim": -1}),
-    "sparse_group_lasso": (fr.sparse_group_lasso, {"l1_ratio": 0.4, "dim": None}),
-    "l2_sp": (fr.l2_sp, {"anchor": _tree(9)}), "nuclear_norm": (fr.nuclear_norm, {"where": W}),
-    "mcp": (fr.mcp, {"gamma": 2.5}), "scad": (fr.scad, {}), "l0": (fr.l0, {}),
-    "orthogonal": (fr.orthogonal, {"where": W}),
-}
-
-
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_family_on_stacked_members_with_batched_lam_and_step(name: str, stacked: list[int]) -> None:
-    penalty, opts = FAMILIES[name]
-    params, grads = _tree(0, (K,)), _tree(1, (K,))
+    penalty, params, grads = VARIANTS[name].penalty, _tree(0, (K,)), _tree(1, (K,))
+    opts = VARIANTS[name].options(_member(params, 0))
     members = range(K)
     if "prox" not in penalty.without:
         got = _both(lambda p, a, s: penalty.prox(p, a, s, **opts), params, LAMS, STEPS, stacked=stacked)

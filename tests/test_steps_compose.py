@@ -24,7 +24,7 @@ from optim_helpers import (  # noqa: F401  (_one_thread is an autouse fixture)
     snapshot,
     tensors_of,
 )
-from steps_registry import Step, compose_cases, step_kwargs
+from registry import Step, compose_cases, step_kwargs
 
 # Inductor's import warns about torch.jit internals: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")

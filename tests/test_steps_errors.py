@@ -11,7 +11,7 @@ import torch
 
 import funcreg as fr
 from optim_helpers import _one_thread, assert_untouched, mlp_params, snapshot  # noqa: F401
-from steps_registry import MUON, STEPS, Step, compose_cases, matrices, step_kwargs
+from registry import GENERIC, LION, MUON, RMSPROP, Step, compose_cases, matrices, step_kwargs
 
 F64 = torch.float64
 
@@ -59,7 +59,7 @@ def test_a_bad_leaf_is_named_and_nothing_is_written(step: Step, kw: dict[str, An
 
 
 @pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
-@pytest.mark.parametrize("step,name", [pytest.param(s, n, id=f"{s.name}-{n}") for s in STEPS for n in s.hypers
+@pytest.mark.parametrize("step,name", [pytest.param(s, n, id=f"{s.name}-{n}") for s in GENERIC for n in s.hypers
                                        if n != "betas"])
 def test_negative_or_non_finite_numbers_are_refused(step: Step, name: str, value: float) -> None:
     kw = step.configs[step.compose]
@@ -71,13 +71,13 @@ def test_negative_or_non_finite_numbers_are_refused(step: Step, name: str, value
 @pytest.mark.parametrize("betas,match", [((1.5, 0.99), r"beta1.*\[0\.0, 1\.0\]"), ((0.9, -0.1), r"beta2"),
                                          ((0.9, math.nan), r"beta2"), ((0.9,), r"betas must be a pair")])
 def test_lion_betas_outside_0_1_or_not_a_pair(betas: Any, match: str) -> None:
-    params, grads, state = _setup(STEPS[3], {"lr": 0.1})
+    params, grads, state = _setup(LION, {"lr": 0.1})
     _raises(ValueError if "pair" not in match else TypeError, match,
             lambda: fr.lion.step(params, grads, state, lr=0.1, betas=betas), params, grads, state)
 
 
 def test_rmsprop_momentum_or_centered_without_their_state() -> None:
-    params, grads, state = _setup(STEPS[0], {"lr": 0.1})
+    params, grads, state = _setup(RMSPROP, {"lr": 0.1})
     _raises(ValueError, r"momentum needs state\['momentum_buffer'\].*init\(params, momentum=True\)",
             lambda: fr.rmsprop.step(params, grads, state, lr=0.1, momentum=0.9), params, grads, state)
     _raises(ValueError, r"momentum needs state\['momentum_buffer'\]",
@@ -131,7 +131,7 @@ def test_init_and_step_size_refuse_what_they_cannot_use() -> None:
     with pytest.raises(ValueError, match=r"initial_accumulator_value must be a finite number"):
         fr.adagrad.init(params, initial_accumulator_value=-0.1)
     ints = {**params, "count": torch.ones(3, dtype=torch.int64)}
-    for step in STEPS:
+    for step in GENERIC:
         with pytest.raises(TypeError, match=r"params leaf 'count' has dtype torch.int64"):
             step.opt.init(ints)
     with pytest.raises(ValueError, match=r"fr\.rmsprop\.step_size needs a state from fr\.rmsprop\.init"):

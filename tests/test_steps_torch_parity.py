@@ -20,7 +20,7 @@ from optim_helpers import (  # noqa: F401  (_one_thread is an autouse fixture)
     tol,
     torch_trajectory,
 )
-from steps_registry import MUON, STEPS, Step, configs, step_kwargs
+from registry import GENERIC, MUON, Step, configs, step_kwargs
 
 F64 = torch.float64
 N_STEPS = 100
@@ -118,7 +118,7 @@ def test_trajectory_matches_the_reference_float64(step: Step, config: str, kw: d
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("route", ["fast", "foreach", "composable"])
-@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+@pytest.mark.parametrize("step", GENERIC, ids=lambda s: s.name)
 def test_trajectory_matches_the_reference_on_cuda(step: Step, route: str) -> None:
     """On a GPU, against the reference on the same device (torch.optim's CUDA default is
     foreach; Muon's products are the same CUDA calls in both)."""
@@ -130,7 +130,7 @@ def test_trajectory_matches_the_reference_on_cuda(step: Step, route: str) -> Non
 
 
 @pytest.mark.parametrize("route", ["fast", "composable"])
-@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+@pytest.mark.parametrize("step", GENERIC, ids=lambda s: s.name)
 def test_trajectory_matches_the_reference_float32(step: Step, route: str) -> None:
     kw = step.configs[step.compose]
     params = mlp_params(torch.float32)
@@ -145,7 +145,7 @@ def _weights_and_rest(wd: float) -> Any:
 
 
 @pytest.mark.parametrize("route", ["fast", "foreach", "composable"])
-@pytest.mark.parametrize("step", [s for s in STEPS if s.decays], ids=lambda s: s.name)
+@pytest.mark.parametrize("step", [s for s in GENERIC if s.decays], ids=lambda s: s.name)
 def test_where_weights_equals_two_param_groups(step: Step, route: str) -> None:
     """``where=fr.select.weights`` decays the weights only: torch with a second group."""
     kw = {**step.configs[step.compose], "weight_decay": 0.3}
@@ -174,7 +174,7 @@ def test_muon_updates_the_selected_matrices_only(route: str) -> None:
 
 
 @pytest.mark.parametrize("route", ["fast", "composable"])
-@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+@pytest.mark.parametrize("step", GENERIC, ids=lambda s: s.name)
 def test_intermittent_none_gradients_match_the_reference(step: Step, route: str) -> None:
     """A leaf without a gradient is skipped, its state untouched, as torch.optim skips it."""
     kw = step.configs[step.compose]
@@ -189,7 +189,7 @@ def test_intermittent_none_gradients_match_the_reference(step: Step, route: str)
     assert_trajectory_close(fr_run(step, params, grads, kw, route), expected, F64)
 
 
-@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+@pytest.mark.parametrize("step", GENERIC, ids=lambda s: s.name)
 def test_real_training_loop_matches_the_reference(step: Step) -> None:
     """Gradients from a real loss, which feed back through the params: nn.Module +
     the reference optimizer against functional_call + torch.func.grad + the step."""
@@ -222,7 +222,7 @@ def test_real_training_loop_matches_the_reference(step: Step) -> None:
 
 
 @pytest.mark.parametrize("route", ["fast", "foreach", "composable"])
-@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+@pytest.mark.parametrize("step", GENERIC, ids=lambda s: s.name)
 def test_mixed_dtype_tree_matches_the_reference(step: Step, route: str) -> None:
     """float64 and float32 leaves in one tree (two groups on the fast path): each follows the
     reference in its own precision (tensor hyperparameters are float64, cast per leaf)."""
