@@ -2,7 +2,7 @@
 
 The families and steps under test are in tests/registry.py (with how to add one); the
 independent references they point to, and the hand-walked trees, in tests/reference.py.
-Names tests import from here (``walk``, ``tree_map``, ``Family``, ``FAMILIES`` ...) are
+Names tests import from here (``walk``, ``tree_map``, ``Family``, ``REFERENCED`` ...) are
 re-exported from those two modules.
 """
 
@@ -17,7 +17,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
 from reference import (  # noqa: F401  (re-exported for the tests)
     elementwise,
     float_paths,
@@ -171,12 +170,10 @@ def steps(params: Any, separable: bool = True, forms: tuple[str, ...] | None = N
     return lams(params, separable, forms, values=STEP_VALUES)
 
 
-FAMILIES = REFERENCED
-"""The families with per-leaf references (tests/registry.py): the property tests run over these."""
-FAMILY_IDS = [f.name for f in FAMILIES]
+REFERENCED_IDS = [f.name for f in REFERENCED]
 
 
-@pytest.fixture(params=FAMILIES, ids=FAMILY_IDS)
+@pytest.fixture(params=REFERENCED, ids=REFERENCED_IDS)
 def family(request: Any) -> Family:
     return request.param
 

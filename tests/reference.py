@@ -219,6 +219,10 @@ def mcp_grad_1(x: float, lam: float, gamma: float) -> float:
     return math.copysign(lam - a / gamma, x)
 
 
+def l0_1(x: float, lam: float) -> float:
+    return lam * (x != 0)
+
+
 def scad_1(x: float, lam: float, gamma: float) -> float:
     a = abs(x)
     if a <= lam:

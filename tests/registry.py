@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pytest
+import reference as ref
 import torch
 from hypothesis import strategies as st
+from reference import is_float, leaf_dict, make_tensor, resolve, tree_map, walk
 
 import funcreg as fr
-import reference as ref
-from reference import is_float, leaf_dict, make_tensor, resolve, tree_map, walk
 
 W = fr.select.weights
 
@@ -76,7 +76,10 @@ class Family:
     ``draw_options(params, draw)`` the penalty's keyword arguments for a test (``draw``:
     hypothesis's, or ``None`` for a fixed choice); ``variants`` the keyword arguments of the
     contract tests' calls by id suffix ("" the plain one), a dict or a function of the
-    params; ``matrix`` whether it takes matrix leaves only.
+    params; ``matrix`` whether it takes matrix leaves only; ``element_value``,
+    ``element_grad`` and ``gammas`` the per-element references of the families with a γ;
+    ``prox_closed``, ``value_closed`` and ``regimes`` the closed-form prox of a nonconvex
+    family, its value, and (λ, γ, step) cases covering every regime of the prox.
     """
 
     name: str
@@ -88,6 +91,16 @@ class Family:
     leaf_options: Callable[[dict[str, Any], str], dict[str, Any]] = _no_leaf_options
     variants: dict[str, Options] = field(default_factory=lambda: {"": {}})
     matrix: bool = False
+    # per element, for the families with a γ (or none): value(x, λ[, γ]) and gradient in
+    # Python arithmetic, and the γ values tests draw
+    element_value: Callable[..., float] | None = None
+    element_grad: Callable[..., float] | None = None
+    gammas: tuple[float | None, ...] = (None,)
+    # the nonconvex proxes: torch closed forms prox(w, λ, γ, step) and value(u, λ, γ), and
+    # (λ, γ, step) cases in every regime of the prox
+    prox_closed: Callable[..., torch.Tensor] | None = None
+    value_closed: Callable[..., torch.Tensor] | None = None
+    regimes: tuple[tuple[float, float, float], ...] = ()
 
     @property
     def separable(self) -> bool:
@@ -155,6 +168,14 @@ def _l2_sp_options(params: Any, draw: Any = None) -> dict[str, Any]:
     return {"anchor": _anchor(params)}
 
 
+# (λ, γ, step) in every regime: MCP is firm thresholding for step < γ and hard
+# thresholding from step = γ on; SCAD's three-piece rule holds for step < γ − 1, then a
+# single jump to w (a hard threshold once step ≥ γ + 1).
+MCP_REGIMES = ((0.3, 3.0, 0.0), (0.3, 3.0, 0.5), (1.0, 3.0, 1.0), (1.0, 1.5, 1.2), (0.7, 2.0, 2.0),
+               (0.5, 3.0, 3.0), (1.0, 0.5, 1.0), (0.3, 2.0, 8.0), (2.0, 0.2, 0.1))
+SCAD_REGIMES = ((0.3, 3.7, 0.0), (0.3, 3.7, 0.5), (1.0, 3.7, 1.0), (1.0, 1.5, 0.25), (0.7, 3.0, 2.0),
+                (0.5, 3.0, 3.0), (1.0, 2.5, 3.5), (0.4, 3.0, 4.0), (0.3, 1.2, 6.0), (2.0, 4.0, 0.1))
+
 FAMILIES = [
     Family("l1", fr.l1, ref.l1_value, ref.l1_grad, ref.l1_prox),
     Family("l2", fr.l2, ref.l2_value, ref.l2_grad, ref.l2_prox),
@@ -176,9 +197,13 @@ FAMILIES = [
            variants={"": {"l1_ratio": 0.4}, "dim1": {"l1_ratio": 0.7, "dim": 1, "where": W},
                      "whole": {"l1_ratio": 0.4, "dim": None}}),
     Family("nuclear_norm", fr.nuclear_norm, variants={"": {"where": W}}, matrix=True),
-    Family("mcp", fr.mcp, variants={"": {}, "gamma": {"gamma": 1.5}}),
-    Family("scad", fr.scad, variants={"": {}, "gamma": {"gamma": 2.2}}),
-    Family("l0", fr.l0),
+    Family("mcp", fr.mcp, variants={"": {}, "gamma": {"gamma": 1.5}},
+           element_value=ref.mcp_1, element_grad=ref.mcp_grad_1, gammas=(0.5, 1.5, 3.0),
+           prox_closed=ref.mcp_prox, value_closed=ref.mcp_t, regimes=MCP_REGIMES),
+    Family("scad", fr.scad, variants={"": {}, "gamma": {"gamma": 2.2}},
+           element_value=ref.scad_1, element_grad=ref.scad_grad_1, gammas=(1.5, 2.5, 3.7),
+           prox_closed=ref.scad_prox, value_closed=ref.scad_t, regimes=SCAD_REGIMES),
+    Family("l0", fr.l0, element_value=ref.l0_1),
     Family("orthogonal", fr.orthogonal, variants={"": {"where": W}}, matrix=True),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}

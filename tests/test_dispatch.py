@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import funcreg as fr
 from funcreg import _dispatch
-from conftest import FAMILIES, FAMILY_IDS, Family, is_float, lams, leaf_dict, steps, trees, walk
+from conftest import REFERENCED, REFERENCED_IDS, Family, is_float, lams, leaf_dict, steps, trees, walk
 
 forced = _dispatch.forced
 
@@ -34,7 +34,7 @@ def _compare(a, b, what: str) -> None:
         torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=f"{what} {path}")
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @given(data=st.data())
 def test_fast_and_composable_paths_agree(fam: Family, data: st.DataObject) -> None:
     # mixed dtypes in one tree: several (device, dtype) groups on the fast path
@@ -59,7 +59,7 @@ def test_fast_and_composable_paths_agree(fam: Family, data: st.DataObject) -> No
     "fam, lam_form",
     [
         pytest.param(f, form, id=f"{f.name}-{form}")
-        for f in FAMILIES
+        for f in REFERENCED
         for form in ("float", "tensor", "dict", "element")
         if f.separable or form != "element"  # group lasso takes one λ per leaf
     ],
@@ -117,7 +117,7 @@ def test_plain_tensors_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> No
     fr.l1.prox(p, 0.1, 0.5)
     assert spy.calls == [True, True, True]
     assert foreach_calls and set(foreach_calls) == {2}  # one multi-tensor sign over both leaves
-    for fam in FAMILIES:
+    for fam in REFERENCED:
         spy.calls.clear()
         fam.penalty.prox(p, 0.1, torch.tensor(0.5), **fam.options(p))
         assert spy.calls == [True], fam.name

@@ -11,7 +11,7 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 import funcreg as fr
-from conftest import FAMILIES, Family
+from conftest import REFERENCED, Family
 from optim_helpers import _one_thread  # noqa: F401  (autouse fixture)
 from optim_helpers import assert_untouched, clone_tree, snapshot
 
@@ -62,7 +62,7 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fam, lam", [
-    pytest.param(f, lam, id=f"{f.name}-{lam}") for f in FAMILIES
+    pytest.param(f, lam, id=f"{f.name}-{lam}") for f in REFERENCED
     for lam in ("float", "tensor", "element") if f.separable or lam != "element"  # group lasso: one λ per leaf
 ])
 def test_donated_add_grad_and_prox_equal_pure(fam: Family, dtype: torch.dtype, path: str, lam: str) -> None:
@@ -129,7 +129,7 @@ def test_large_donated_tree_is_processed_in_bounded_chunks(monkeypatch: pytest.M
     _assert_equal(out, pure, "chunked add_grad")
 
 
-@pytest.mark.parametrize("fam", [f for f in FAMILIES if f.separable], ids=lambda f: f.name)
+@pytest.mark.parametrize("fam", [f for f in REFERENCED if f.separable], ids=lambda f: f.name)
 def test_donated_elementwise_calls_work_in_blocks(fam: Family, monkeypatch: pytest.MonkeyPatch) -> None:
     """A leaf larger than a block is cut into flat views; a strided leaf goes whole; the
     bits are those of the pure call."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import funcreg as fr
-from conftest import FAMILIES, FAMILY_IDS, Family
+from conftest import REFERENCED, REFERENCED_IDS, Family
 
 
 def _params():
@@ -44,7 +44,7 @@ def _raises_everywhere(fam: Family, exc, match: str, params, **kw) -> None:
 
 
 # ------------------------------------------------------------------------------ params
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @pytest.mark.parametrize("bad", [3.0, None, "w", [1.0]])
 def test_non_tensor_param_leaf(fam: Family, bad) -> None:
     params = {"enc": {"weight": torch.ones(2, 3), "extra": bad}}
@@ -67,7 +67,7 @@ def test_duplicate_paths() -> None:
 
 
 # ------------------------------------------------------------------------------- where
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_integer_leaf_explicitly_selected(fam: Family) -> None:
     where_tree = {"enc": {"weight": True, "bias": False}, "layers": [False], "count": True}
     _raises_everywhere(fam, TypeError, "'count'", _params(), where=where_tree)
@@ -76,7 +76,7 @@ def test_integer_leaf_explicitly_selected(fam: Family) -> None:
 
 @pytest.mark.parametrize("bad", ["weight", b"weight", torch.tensor(True), 3, 0.5, object()])
 def test_where_of_wrong_kind(bad) -> None:
-    for call in _call_all(FAMILIES[0], _params(), where=bad):
+    for call in _call_all(REFERENCED[0], _params(), where=bad):
         with pytest.raises(TypeError, match="where"):
             call()
 
@@ -93,12 +93,12 @@ def test_where_pytree_errors() -> None:
 
 @pytest.mark.parametrize("ret", [1, torch.tensor(True), None, "yes"])
 def test_where_callable_returning_non_bool(ret) -> None:
-    for call in _call_all(FAMILIES[1], _params(), where=lambda path, leaf: ret):
+    for call in _call_all(REFERENCED[1], _params(), where=lambda path, leaf: ret):
         with pytest.raises(TypeError, match="'enc.weight'"):
             call()
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_where_selecting_nothing(fam: Family) -> None:
     for where in (fr.select.only("nothing"), lambda p, x: False, {"enc": {"weight": False, "bias": False}, "layers": [False], "count": False}):
         _raises_everywhere(fam, ValueError, "selects no leaf", _params(), where=where)
@@ -108,7 +108,7 @@ def test_where_selecting_nothing(fam: Family) -> None:
 
 
 # ------------------------------------------------------------------------------- grads
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_grads_structure_mismatch(fam: Family) -> None:
     p = _params()
     opts = fam.options(p)
@@ -122,7 +122,7 @@ def test_grads_structure_mismatch(fam: Family) -> None:
         fam.penalty.add_grad(extra, p, 0.1, **opts)
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_grad_leaf_shape_dtype_type_mismatch(fam: Family) -> None:
     p = _params()
     opts = fam.options(p)
@@ -143,18 +143,18 @@ def test_anchor_errors() -> None:
             a["enc"][k] = v
         return a
 
-    for call in _call_all(FAMILIES[4], p, anchor=anchor(bias=torch.zeros(3))):
+    for call in _call_all(REFERENCED[4], p, anchor=anchor(bias=torch.zeros(3))):
         with pytest.raises(ValueError, match="'enc.bias'.*shape"):
             call()
-    for call in _call_all(FAMILIES[4], p, anchor=anchor(weight=torch.zeros(2, 3, dtype=torch.float64))):
+    for call in _call_all(REFERENCED[4], p, anchor=anchor(weight=torch.zeros(2, 3, dtype=torch.float64))):
         with pytest.raises(ValueError, match="'enc.weight'.*dtype"):
             call()
     broken = anchor()
     del broken["layers"]
-    for call in _call_all(FAMILIES[4], p, anchor=broken):
+    for call in _call_all(REFERENCED[4], p, anchor=broken):
         with pytest.raises(ValueError, match="'layers.0'"):
             call()
-    for call in _call_all(FAMILIES[4], p, anchor=anchor(bias=[0.0, 0.0])):
+    for call in _call_all(REFERENCED[4], p, anchor=anchor(bias=[0.0, 0.0])):
         with pytest.raises((TypeError, ValueError), match="enc.bias"):
             call()
     with pytest.raises(TypeError, match="anchor"):
@@ -174,7 +174,7 @@ def test_unknown_keyword() -> None:
 
 
 # ------------------------------------------------------------------- hyperparameters
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @pytest.mark.parametrize("bad", [-0.1, -1, math.nan, math.inf, -math.inf])
 def test_bad_python_number_lam_or_step(fam: Family, bad: float) -> None:
     p = _params()
@@ -192,14 +192,14 @@ def test_bad_python_number_lam_or_step(fam: Family, bad: float) -> None:
 
 @pytest.mark.parametrize("bad", ["0.1", None, True, object()])
 def test_lam_of_wrong_type(bad) -> None:
-    for call in _call_all(FAMILIES[0], _params(), lam=bad):
+    for call in _call_all(REFERENCED[0], _params(), lam=bad):
         with pytest.raises(TypeError, match="lam"):
             call()
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, math.nan, math.inf])
 def test_l1_ratio_out_of_range(bad: float) -> None:
-    for call in _call_all(FAMILIES[2], _params(), l1_ratio=bad):
+    for call in _call_all(REFERENCED[2], _params(), l1_ratio=bad):
         with pytest.raises(ValueError, match="l1_ratio"):
             call()
     with pytest.raises(ValueError, match="l1_ratio"):
@@ -208,7 +208,7 @@ def test_l1_ratio_out_of_range(bad: float) -> None:
         fr.elastic_net(_params(), 0.1, l1_ratio="0.5")
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_lam_dict_missing_or_unknown_leaf(fam: Family) -> None:
     p = _params()
     _raises_everywhere(fam, ValueError, "'enc.bias'", p, lam={"enc.weight": 0.1, "layers.0": 0.1})
@@ -220,7 +220,7 @@ def test_lam_dict_missing_or_unknown_leaf(fam: Family) -> None:
     fam.penalty(p, {"enc.weight": 0.1, "layers.0": 0.2}, where=fr.select.weights, **opts)
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_non_0d_tensor_lam(fam: Family) -> None:
     p = _params()
     _raises_everywhere(fam, ValueError, "0-d", p, lam=torch.ones(2))
@@ -233,7 +233,7 @@ def test_non_0d_tensor_lam(fam: Family) -> None:
 
 @pytest.mark.parametrize("dim", [2, -3, 5])
 def test_group_lasso_dim_out_of_range(dim: int) -> None:
-    for call in _call_all(FAMILIES[3], _params(), dim=dim):
+    for call in _call_all(REFERENCED[3], _params(), dim=dim):
         with pytest.raises(ValueError, match=r"'enc\.weight'|'layers\.0'"):
             call()
     with pytest.raises(ValueError, match="'enc.bias'"):  # a 1-d leaf takes dim 0 or -1 only

@@ -14,8 +14,8 @@ import pytest
 import reference as ref
 import torch
 from conftest import (
-    FAMILIES,
-    FAMILY_IDS,
+    REFERENCED,
+    REFERENCED_IDS,
     Family,
     assert_close_ref,
     elementwise,
@@ -30,13 +30,14 @@ from conftest import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from registry import FAMILIES as ALL_FAMILIES
 
 import funcreg as fr
 
 forced = fr._dispatch.forced
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @given(data=st.data())
 def test_prox_matches_closed_form(fam: Family, data: st.DataObject) -> None:
     params = data.draw(trees(dtypes=(torch.float32, torch.float64, torch.bfloat16), mode="zeros", int_leaves=True))
@@ -86,7 +87,7 @@ def _optimality_residual(fam: Family, w: torch.Tensor, u: torch.Tensor, lam: tor
     return worst
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @given(data=st.data())
 def test_prox_satisfies_optimality(fam: Family, data: st.DataObject) -> None:
     params = data.draw(trees(dtypes=(torch.float64,), mode="zeros"))
@@ -197,7 +198,7 @@ def _objective(fam: Family, u: torch.Tensor, w: torch.Tensor, lam: float, step: 
     return 0.5 * (u - w).square().sum().item() + step * fam.leaf_value(u, torch.tensor(lam, dtype=torch.float64), **o)
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @pytest.mark.parametrize("seed", range(4))
 def test_prox_is_the_argmin(fam: Family, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -219,7 +220,7 @@ def test_prox_is_the_argmin(fam: Family, seed: int) -> None:
         assert best <= _objective(fam, c, w, lam, step, o) + 1e-13
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_prox_identity_at_zero_lam_or_step(fam: Family) -> None:
     g = torch.Generator().manual_seed(5)
     p = {"w": torch.randn(3, 2, generator=g, dtype=torch.float64), "b": torch.randn(2, generator=g, dtype=torch.float64)}
@@ -265,17 +266,7 @@ def test_group_lasso_rejects_per_element_step_and_lam() -> None:
 PATHS = ["fast", "composable"]
 F64 = torch.float64
 
-# (λ, γ, step) in every regime: MCP is firm thresholding for step < γ and hard
-# thresholding from step = γ on; SCAD's three-piece rule holds for step < γ − 1, then a
-# single jump to w (a hard threshold once step ≥ γ + 1).
-MCP_CASES = [(0.3, 3.0, 0.0), (0.3, 3.0, 0.5), (1.0, 3.0, 1.0), (1.0, 1.5, 1.2), (0.7, 2.0, 2.0),
-             (0.5, 3.0, 3.0), (1.0, 0.5, 1.0), (0.3, 2.0, 8.0), (2.0, 0.2, 0.1)]
-SCAD_CASES = [(0.3, 3.7, 0.0), (0.3, 3.7, 0.5), (1.0, 3.7, 1.0), (1.0, 1.5, 0.25), (0.7, 3.0, 2.0),
-              (0.5, 3.0, 3.0), (1.0, 2.5, 3.5), (0.4, 3.0, 4.0), (0.3, 1.2, 6.0), (2.0, 4.0, 0.1)]
-FAMILIES_1D = {
-    "mcp": (fr.mcp, ref.mcp_prox, ref.mcp_t, MCP_CASES),
-    "scad": (fr.scad, ref.scad_prox, ref.scad_t, SCAD_CASES),
-}
+FAMILIES_1D = {f.name: (f.penalty, f.prox_closed, f.value_closed, f.regimes) for f in ALL_FAMILIES if f.prox_closed}
 
 
 def _w(n: int = 1203, top: float = 6.0) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 
 import funcreg as fr
-from conftest import FAMILIES, FAMILY_IDS, Family
+from conftest import REFERENCED, REFERENCED_IDS, Family
 
 LAMS = torch.tensor([0.0, 0.01, 0.05, 0.1, 0.3, 0.5, 1.0, 2.0], dtype=torch.float64)
 STEPS = torch.tensor([0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0], dtype=torch.float64)
@@ -38,7 +38,7 @@ def _assert_tree_close(a, b, **kw):
         torch.testing.assert_close(a[k], b[k], msg=k, **kw)
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_vmap_over_lam_unbatched_params(fam: Family) -> None:
     p = _params()
     opts = fam.options(p)
@@ -61,7 +61,7 @@ def test_vmap_over_lam_unbatched_params(fam: Family) -> None:
     )
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_vmap_over_lam_and_stacked_params(fam: Family) -> None:
     """An ensemble: 8 models (stacked params), each with its own λ."""
     pb = _params(2, batch=8)
@@ -172,7 +172,7 @@ def test_compiled_penalized_loss_does_not_recompile_when_lam_changes() -> None:
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_compiled_add_grad_and_prox(fam: Family) -> None:
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(7)
