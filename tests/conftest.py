@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
 from reference import (  # noqa: F401  (re-exported for the tests)
     elementwise,
     float_paths,

@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pytest
-import reference as ref
 import torch
 from hypothesis import strategies as st
-from reference import is_float, leaf_dict, make_tensor, resolve, tree_map, walk
 
 import funcreg as fr
+import reference as ref
+from reference import is_float, leaf_dict, make_tensor, resolve, tree_map, walk
 
 W = fr.select.weights
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
-import reference as ref
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import funcreg as fr
+import reference as ref
 from conftest import (
     REFERENCED,
     REFERENCED_IDS,
@@ -24,11 +28,7 @@ from conftest import (
     trees,
     walk,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from registry import FAMILIES as ALL_FAMILIES
-
-import funcreg as fr
 
 
 @pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)

@@ -11,8 +11,12 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-import reference as ref
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import funcreg as fr
+import reference as ref
 from conftest import (
     REFERENCED,
     REFERENCED_IDS,
@@ -28,11 +32,7 @@ from conftest import (
     trees,
     walk,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from registry import FAMILIES as ALL_FAMILIES
-
-import funcreg as fr
 
 forced = fr._dispatch.forced
 

@@ -10,8 +10,12 @@ import math
 from typing import Any, Callable
 
 import pytest
-import reference as ref
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import funcreg as fr
+import reference as ref
 from conftest import (
     REFERENCED,
     REFERENCED_IDS,
@@ -27,11 +31,7 @@ from conftest import (
     trees,
     walk,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from registry import FAMILIES as ALL_FAMILIES
-
-import funcreg as fr
 
 
 def _check_value(got: torch.Tensor, want: float, params: object, scale: float) -> None:
