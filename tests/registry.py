@@ -28,9 +28,9 @@ its tests run (torch's own test configurations where they exist), the hyperparam
 may be tensors, ``init``'s options, the leaves it updates and its fused kernel. The step
 tests (tests/test_steps_*.py) are parametrized over :func:`configs` and
 :func:`compose_cases`: parity with the reference on every route, vmap, compile, donation,
-purity, errors. ``own_tests=True`` marks fr.sgd, fr.adam and fr.adamw, whose tests were
-written per optimizer before this registry (tests/test_steps_sgd_adam_*.py read their
-configurations from here but do not run the generic tests).
+purity, errors. ``own_tests=True`` marks fr.sgd, fr.adam and fr.adamw, whose tests in the
+same files were written per optimizer before this registry (their parity test reads the
+configurations from here); :func:`configs` and :func:`compose_cases` leave them out.
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ class Step:
     fused: str | None = None
     decays: bool = True  # where= chooses the decayed leaves (False: the updated leaves)
     tensor_lr: tuple[str, ...] = ()  # configs also run with a 0-d tensor lr
-    own_tests: bool = False  # tested per optimizer (tests/test_steps_sgd_adam_*.py), not by the generic tests
+    own_tests: bool = False  # tested per optimizer, not by the tests over configs()/compose_cases()
 
     def tensors(self, kw: dict[str, Any], dtype: torch.dtype = torch.float64, device: str = "cpu") -> dict[str, Any]:
         """``kw`` with every hyperparameter (defaults spelled out) a 0-d tensor of ``dtype``."""
