@@ -219,3 +219,32 @@ def assert_untouched(snap: list[tuple[Any, torch.Tensor, int]]) -> None:
     for x, value, version in snap:
         assert x._version == version, "an input tensor's version counter changed"
         assert torch.equal(x.detach(), value) or (value.is_floating_point() and torch.equal(x.isnan(), value.isnan())), "an input tensor's value changed"
+
+
+# ------------------------------------------------------- fixed trees of the contract tests
+def fixed_params(seed: int = 0, batch: int | None = None, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """The small tree of the contract tests: matrices, a vector, a 3-d leaf and a scalar,
+    with a near-zero row; with ``batch``, ``batch`` members stacked along a new dim 0."""
+    g = torch.Generator().manual_seed(seed)
+    pre = (batch,) if batch else ()
+    shapes = {"l1.weight": (4, 3), "l1.bias": (4,), "l2.weight": (2, 3, 2), "l3.weight": (4, 3), "s": ()}
+    p = {k: torch.randn((*pre, *s), generator=g, dtype=torch.float64).to(dtype) for k, s in shapes.items()}
+    p["l1.weight"][..., 0, :] *= 0.01  # a row the group families and SVT zero
+    return p
+
+
+def stack_outputs(outs: list[Any]) -> Any:
+    """A list of tensors, or of flat dicts of tensors, stacked (what vmap over them gives)."""
+    if isinstance(outs[0], torch.Tensor):
+        return torch.stack(outs)
+    return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+
+
+def close_trees(a: Any, b: Any, **kw: Any) -> None:
+    """``torch.testing.assert_close`` on a tensor or, key by key, on flat dicts."""
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, **kw)
+        return
+    assert list(a) == list(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k, **kw)

@@ -12,13 +12,20 @@ How to add a family
    (``draw_options``) and turns them into the references' arguments (``leaf_options``),
    and ``variants``: the options of the calls the contract tests make (vmap against a loop,
    the stacked path, fast against composable, purity); ``matrix=True`` if it takes matrices
-   only. The operations it lacks come from ``penalty.without``.
+   only; for a family with a γ, its per-element value and gradient (``element_value``,
+   ``element_grad``, ``gammas``) and, for a nonconvex prox, its closed form and the
+   (λ, γ, step) ``regimes`` the brute-force optimality tests cover. The operations it lacks
+   come from ``penalty.without``.
 3. Run the suite. A family with per-leaf references gets the property tests over generated
-   trees (values, gradients, proxes, paths, purity, donation, errors: the ``family``
-   fixture of tests/conftest.py); every family gets the contract tests over its variants
-   (tests/test_compose_families.py, tests/test_stacked_vmap.py). Checks particular to the
-   family (global optimality, a peer library's values) go in the concept's file
-   (test_values.py, test_gradients.py, test_proxes.py, test_errors.py).
+   trees (the ``family`` fixture and ``REFERENCED`` of tests/conftest.py: test_values.py,
+   test_gradients.py, test_proxes.py, test_paths.py, test_purity.py, test_donation.py,
+   test_errors.py); every family gets the contract tests over its ``variants``
+   (test_compose.py: vmap against a loop; test_paths.py, test_purity.py,
+   test_stacked_vmap.py). Checks particular to the family (global optimality, a peer
+   library's values, its own errors) go in the concept's file by hand.
+
+A projection is one entry of :data:`PROJECTIONS`: vmap, paths, purity, compile and
+donation tests read it.
 
 How to add a step
 -----------------
@@ -206,7 +213,7 @@ FAMILIES = [
     Family("l0", fr.l0, element_value=ref.l0_1),
     Family("orthogonal", fr.orthogonal, variants={"": {"where": W}}, matrix=True),
 ]
-BY_NAME = {f.name: f for f in FAMILIES}
+FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
 REFERENCED = [f for f in FAMILIES if f.value is not None]
 """The families with per-leaf references: the property tests over generated trees."""
 
@@ -233,6 +240,19 @@ VARIANTS = {
     for suffix, o in f.variants.items()
 }
 """Every family's contract-test calls by id ("mcp", "mcp-gamma", ...)."""
+
+
+# --------------------------------------------------------------------------- projections
+PROJECTIONS: dict[str, Callable[..., Any]] = {
+    "max_norm": lambda p, r, **kw: fr.project.max_norm(p, r, where=W, **kw),
+    "max_norm-dim1": lambda p, r, **kw: fr.project.max_norm(p, r, dim=1, where=W, **kw),
+    "l2_ball": lambda p, r, **kw: fr.project.l2_ball(p, r, **kw),
+    "l1_ball": lambda p, r, **kw: fr.project.l1_ball(p, r, **kw),
+    "box": lambda p, r, **kw: fr.project.box(p, -r, r, **kw),
+    "box-upper": lambda p, r, **kw: fr.project.box(p, None, r, **kw),
+    "non_negative": lambda p, r, **kw: fr.project.non_negative(p, **kw),
+}
+"""Each projection as fn(params, radius-like tensor or number, **kw), by id."""
 
 
 # --------------------------------------------------------------------------------- steps
@@ -439,7 +459,7 @@ ADAMW = Step(
 STEPS = [SGD, ADAM, ADAMW, RMSPROP, ADAGRAD, MUON, LION]
 GENERIC = [s for s in STEPS if not s.own_tests]
 """The steps the generic step tests run over."""
-BY_NAME = {s.name: s for s in STEPS}
+STEP_BY_NAME = {s.name: s for s in STEPS}
 
 
 def step_kwargs(step: Step, kw: dict[str, Any]) -> dict[str, Any]:
