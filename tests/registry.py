@@ -86,7 +86,9 @@ class Family:
     params; ``matrix`` whether it takes matrix leaves only; ``element_value``,
     ``element_grad`` and ``gammas`` the per-element references of the families with a γ;
     ``prox_closed``, ``value_closed`` and ``regimes`` the closed-form prox of a nonconvex
-    family, its value, and (λ, γ, step) cases covering every regime of the prox.
+    family, its value, and (λ, γ, step) cases covering every regime of the prox;
+    ``coupled`` the options of a call with ``groups=`` couplings, for the families that
+    take them.
     """
 
     name: str
@@ -108,6 +110,9 @@ class Family:
     prox_closed: Callable[..., torch.Tensor] | None = None
     value_closed: Callable[..., torch.Tensor] | None = None
     regimes: tuple[tuple[float, float, float], ...] = ()
+    # the families that take ``groups=`` (fr.Coupling): the other options of their calls in
+    # tests/test_coupled_groups.py (``None``: the family takes no couplings)
+    coupled: dict[str, Any] | None = None
 
     @property
     def separable(self) -> bool:
@@ -193,7 +198,7 @@ FAMILIES = [
     Family("group_lasso", fr.group_lasso, ref.group_lasso_value, ref.group_lasso_grad, ref.group_lasso_prox,
            draw_options=_group_lasso_options,
            leaf_options=lambda opts, path: {"dim": opts.get("dim", 0)},
-           variants={"": {}, "dim1": {"dim": -1}}),
+           variants={"": {}, "dim1": {"dim": -1}}, coupled={}),
     Family("l2_sp", fr.l2_sp, ref.l2_sp_value, ref.l2_sp_grad, ref.l2_sp_prox,
            draw_options=_l2_sp_options,
            leaf_options=lambda opts, path: {"w0": leaf_dict(opts["anchor"])[path].double()},
@@ -202,7 +207,8 @@ FAMILIES = [
     # force (tests/reference.py), used by their own tests, not per-leaf formulas
     Family("sparse_group_lasso", fr.sparse_group_lasso,
            variants={"": {"l1_ratio": 0.4}, "dim1": {"l1_ratio": 0.7, "dim": 1, "where": W},
-                     "whole": {"l1_ratio": 0.4, "dim": None}}),
+                     "whole": {"l1_ratio": 0.4, "dim": None}},
+           coupled={"l1_ratio": 0.3}),
     Family("nuclear_norm", fr.nuclear_norm, variants={"": {"where": W}}, matrix=True),
     Family("mcp", fr.mcp, variants={"": {}, "gamma": {"gamma": 1.5}},
            element_value=ref.mcp_1, element_grad=ref.mcp_grad_1, gammas=(0.5, 1.5, 3.0),
@@ -245,6 +251,7 @@ VARIANTS = {
 # --------------------------------------------------------------------------- projections
 PROJECTIONS: dict[str, Callable[..., Any]] = {
     "max_norm": lambda p, r, **kw: fr.project.max_norm(p, r, where=W, **kw),
+    "max_norm-every-leaf": lambda p, r, **kw: fr.project.max_norm(p, r, **kw),
     "max_norm-dim1": lambda p, r, **kw: fr.project.max_norm(p, r, dim=1, where=W, **kw),
     "l2_ball": lambda p, r, **kw: fr.project.l2_ball(p, r, **kw),
     "l1_ball": lambda p, r, **kw: fr.project.l1_ball(p, r, **kw),

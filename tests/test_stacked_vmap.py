@@ -12,7 +12,7 @@ import torch
 from torch.func import vmap
 
 import funcreg as fr
-from registry import VARIANTS
+from registry import PROJECTIONS, VARIANTS
 from funcreg import _stacked
 
 F64 = torch.float64
@@ -83,14 +83,6 @@ def test_every_family_on_stacked_members_with_batched_lam_and_step(name: str, st
                             for i in members]), "loop")
         got = _both(lambda p, a: penalty.grad(p, a, **opts), params, LAMS, stacked=stacked)
         _close(got, _stack([penalty.grad(_member(params, i), LAMS[i], **opts) for i in members]), "loop")
-
-
-PROJECTIONS = {
-    "max_norm": lambda p, r: fr.project.max_norm(p, r), "max_norm-dim1": lambda p, r: fr.project.max_norm(p, r, dim=1,
-                                                                                                          where=W),
-    "l2_ball": lambda p, r: fr.project.l2_ball(p, r), "l1_ball": lambda p, r: fr.project.l1_ball(p, r),
-    "box": lambda p, r: fr.project.box(p, -r, r), "non_negative": lambda p, r: fr.project.non_negative(p),
-}
 
 
 @pytest.mark.parametrize("name", list(PROJECTIONS))
