@@ -42,6 +42,7 @@ configurations from here); :func:`configs` and :func:`compose_cases` leave them 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -127,9 +128,6 @@ class Family:
     def options(self, params: Any, draw: Any = None) -> dict[str, Any]:
         return self.draw_options(params, draw)
 
-    def _leaf_opts(self, opts: dict[str, Any], path: str) -> dict[str, Any]:
-        return self.leaf_options(opts, path)
-
     # per leaf ------------------------------------------------------------------
     def leaf_value(self, w: torch.Tensor, lam: torch.Tensor, **o: Any) -> float:
         assert self.value is not None, f"{self.name} has no per-leaf reference value"
@@ -148,22 +146,20 @@ class Family:
         return [(p, x) for p, x in walk(params) if is_float(x) and (where is None or where(p, x))]
 
     def ref_value(self, params: Any, lam: Any, opts: dict[str, Any], where: Any = None) -> float:
-        import math
-
         return math.fsum(
-            self.leaf_value(x, resolve(lam, p, x), **self._leaf_opts(opts, p))
+            self.leaf_value(x, resolve(lam, p, x), **self.leaf_options(opts, p))
             for p, x in self.selected(params, where)
         )
 
     def ref_grad(self, params: Any, lam: Any, opts: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {
-            p: self.leaf_grad(x, resolve(lam, p, x), **self._leaf_opts(opts, p))
+            p: self.leaf_grad(x, resolve(lam, p, x), **self.leaf_options(opts, p))
             for p, x in self.selected(params)
         }
 
     def ref_prox(self, params: Any, lam: Any, step: Any, opts: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {
-            p: self.leaf_prox(x, resolve(lam, p, x), resolve(step, p, x), **self._leaf_opts(opts, p))
+            p: self.leaf_prox(x, resolve(lam, p, x), resolve(step, p, x), **self.leaf_options(opts, p))
             for p, x in self.selected(params)
         }
 

@@ -97,7 +97,7 @@ def test_prox_satisfies_optimality(fam: Family, data: st.DataObject) -> None:
     with forced(data.draw(st.sampled_from(["fast", "composable"]))):
         out = leaf_dict(fam.penalty.prox(params, lam, step, **opts))
     for path, w in walk(params):
-        o = fam._leaf_opts(opts, path)
+        o = fam.leaf_options(opts, path)
         res = _optimality_residual(fam, w, out[path], resolve(lam, path, w), resolve(step, path, w), o)
         assert res <= 1e-12 * (1 + (w.abs().max().item() if w.numel() else 0)) * 10, (path, res)
 
@@ -208,7 +208,7 @@ def test_prox_is_the_argmin(fam: Family, seed: int) -> None:
     opts = fam.options(params)
     lam, step = [(0.3, 1.0), (1.0, 0.5), (0.05, 2.0), (2.0, 0.25)][seed]
     u = fam.penalty.prox(params, lam, step, **opts)["w"]
-    o = fam._leaf_opts(opts, "w")
+    o = fam.leaf_options(opts, "w")
     best = _objective(fam, u, w, lam, step, o)
     candidates = [w, torch.zeros_like(w)]
     for k in range(60):
