@@ -20,9 +20,10 @@ How to add a family
    trees (the ``family`` fixture and ``REFERENCED`` of tests/conftest.py: test_values.py,
    test_gradients.py, test_proxes.py, test_paths.py, test_purity.py, test_donation.py,
    test_errors.py); every family gets the contract tests over its ``variants``
-   (test_compose.py: vmap against a loop; test_paths.py, test_purity.py,
-   test_stacked_vmap.py). Checks particular to the family (global optimality, a peer
-   library's values, its own errors) go in the concept's file by hand.
+   (test_compose.py: vmap against a loop; test_stacked_vmap.py), and a family without
+   per-leaf references gets them in test_paths.py and test_purity.py too (the property
+   tests cover the others there). Checks particular to the family (global optimality, a
+   peer library's values, its own errors) go in the concept's file by hand.
 
 A projection is one entry of :data:`PROJECTIONS`: vmap, paths, purity, compile and
 donation tests read it.
@@ -242,6 +243,10 @@ VARIANTS = {
     for suffix, o in f.variants.items()
 }
 """Every family's contract-test calls by id ("mcp", "mcp-gamma", ...)."""
+UNREFERENCED_VARIANTS = {k: v for k, v in VARIANTS.items() if v.family.value is None}
+"""The calls of the families without per-leaf references: where a concept's property test
+over generated trees already runs every REFERENCED family (fast against composable,
+purity), its contract test runs these."""
 
 
 # --------------------------------------------------------------------------- projections
