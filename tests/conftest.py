@@ -1,9 +1,9 @@
-"""Shared fixtures, hypothesis strategies and independent reference math for the tests.
+"""Shared fixtures and hypothesis strategies for the tests, and the ``family`` fixture.
 
-Everything here that computes an expected value does it without funcreg and without
-optree: trees are walked by hand, and the penalty math is written out per element in
-float64 Python arithmetic (``math``), so that a test compares funcreg against an
-independent truth.
+The families and steps under test are in tests/registry.py (with how to add one); the
+independent references they point to, and the hand-walked trees, in tests/reference.py.
+Names tests import from here (``walk``, ``tree_map``, ``Family``, ``REFERENCED`` ...) are
+re-exported from those two modules.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import collections
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -20,7 +18,20 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-import funcreg as fr
+from reference import (  # noqa: F401  (re-exported for the tests)
+    elementwise,
+    float_paths,
+    group_slices,
+    is_float,
+    leaf_dict,
+    make_tensor,
+    ref_sum,
+    resolve,
+    sign,
+    tree_map,
+    walk,
+)
+from registry import REFERENCED, Family
 
 # --------------------------------------------------------------------------- hypothesis
 settings.register_profile(
@@ -67,66 +78,10 @@ def cuda() -> torch.device:
 # ------------------------------------------------------------------- hand-written trees
 Pair = collections.namedtuple("Pair", ["first", "second"])
 
-
-def walk(tree: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
-    """``[(dotted path, leaf)]`` in order, written without optree: dict keys (insertion
-    order), list/tuple/namedtuple indices, anything else is a leaf."""
-    if isinstance(tree, dict):
-        out = []
-        for k, v in tree.items():
-            out += walk(v, prefix + (str(k),))
-        return out
-    if isinstance(tree, (list, tuple)):
-        out = []
-        for i, v in enumerate(tree):
-            out += walk(v, prefix + (str(i),))
-        return out
-    return [(".".join(prefix), tree)]
-
-
-def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    """Map over leaves, rebuilding the same container types (no optree)."""
-    if isinstance(tree, dict):
-        return type(tree)((k, tree_map(fn, v, *(r[k] for r in rest))) for k, v in tree.items())
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(tree_map(fn, v, *(r[i] for r in rest)) for i, v in enumerate(tree)))
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(tree_map(fn, v, *(r[i] for r in rest)) for i, v in enumerate(tree))
-    return fn(tree, *rest)
-
-
-def leaf_dict(tree: Any) -> dict[str, Any]:
-    return dict(walk(tree))
-
-
-def is_float(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and x.is_floating_point()
-
-
-def float_paths(tree: Any) -> list[str]:
-    return [p for p, x in walk(tree) if is_float(x)]
-
-
 # ----------------------------------------------------------------------- strategies
 SHAPES = [(), (0,), (1,), (3,), (2, 3), (1, 4), (2, 0), (3, 1), (2, 1, 3), (2, 2, 2)]
 KEYS = ["w", "bias", "layer", "a", "b", "norm"]
 FLOAT_DTYPES = (torch.float32, torch.float64)
-
-
-def make_tensor(
-    shape: tuple[int, ...], dtype: torch.dtype, seed: int, mode: str = "normal"
-) -> torch.Tensor:
-    """A deterministic test tensor; ``mode`` "away" keeps |x| >= 0.25, "zeros" mixes in
-    exact zeros (and, for ndim >= 2, whole zero rows)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    if mode == "away":
-        x = torch.where(x >= 0, 1.0, -1.0) * (0.25 + x.abs())
-    elif mode == "zeros":
-        x = x * (torch.rand(shape, generator=g, dtype=torch.float64) > 0.4)
-        if len(shape) >= 2 and shape[0] > 0:
-            x[0] = 0.0
-    return x.to(dtype)
 
 
 def _structure(max_leaves: int) -> st.SearchStrategy[Any]:
@@ -216,169 +171,10 @@ def steps(params: Any, separable: bool = True, forms: tuple[str, ...] | None = N
     return lams(params, separable, forms, values=STEP_VALUES)
 
 
-def resolve(h: Any, path: str, leaf: torch.Tensor) -> torch.Tensor:
-    """The float64 value of hyperparameter ``h`` for leaf ``path`` (reference side)."""
-    if isinstance(h, (int, float)):
-        return torch.tensor(float(h), dtype=torch.float64)
-    if isinstance(h, torch.Tensor):
-        return h.detach().double()
-    v = leaf_dict(h)[path]
-    return v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+REFERENCED_IDS = [f.name for f in REFERENCED]
 
 
-# ------------------------------------------------------------------- reference math
-def elementwise(fn: Callable[..., float], *tensors: torch.Tensor) -> torch.Tensor:
-    """Apply a scalar Python function per element, in float64 (broadcasting the inputs)."""
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-    cols = [t.detach().double().expand(shape).reshape(-1).tolist() for t in tensors]
-    return torch.tensor([fn(*v) for v in zip(*cols)], dtype=torch.float64).reshape(shape)
-
-
-def ref_sum(fn: Callable[..., float], *tensors: torch.Tensor) -> float:
-    return math.fsum(elementwise(fn, *tensors).reshape(-1).tolist())
-
-
-def sign(x: float) -> float:
-    return 0.0 if x == 0 else math.copysign(1.0, x)
-
-
-def soft(x: float, t: float) -> float:
-    return math.copysign(max(abs(x) - t, 0.0), x) if x != 0 else 0.0
-
-
-def group_slices(w: torch.Tensor, dim: int | None) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], int]]:
-    """(view getter, group size) of each group of ``w``: slices along ``dim``."""
-    if dim is None or w.ndim == 0:
-        return [(lambda t: t, w.numel())]
-    d = dim % w.ndim
-    size = w.numel() // w.shape[d] if w.shape[d] else 0
-    return [((lambda t, i=i: t.select(d, i)), size) for i in range(w.shape[d])]
-
-
-def _norm(t: torch.Tensor) -> float:
-    return math.sqrt(math.fsum(v * v for v in t.reshape(-1).tolist()))
-
-
-@dataclass
-class Family:
-    """One penalty family and its reference math (float64, per leaf)."""
-
-    name: str
-    penalty: fr.Penalty
-    separable: bool
-
-    # options ---------------------------------------------------------------
-    def options(self, params: Any, draw: Any = None) -> dict[str, Any]:
-        if self.name == "elastic_net":
-            rho = 0.3 if draw is None else draw(st.sampled_from([0.0, 0.25, 0.5, 0.8, 1.0]))
-            return {"l1_ratio": rho}
-        if self.name == "group_lasso":
-            return {} if draw is None else {"dim": draw(st.sampled_from([0, None, -1]))}
-        if self.name == "l2_sp":
-            return {"anchor": tree_map(lambda x: (make_tensor(tuple(x.shape), x.dtype, 7) if is_float(x) else x.clone()), params)}
-        return {}
-
-    def _leaf_opts(self, opts: dict[str, Any], path: str) -> dict[str, Any]:
-        if self.name == "l2_sp":
-            return {"w0": leaf_dict(opts["anchor"])[path].double()}
-        if self.name == "elastic_net":
-            rho = opts.get("l1_ratio", 0.5)
-            return {"rho": float(rho)}
-        if self.name == "group_lasso":
-            return {"dim": opts.get("dim", 0)}
-        return {}
-
-    # per leaf ------------------------------------------------------------------
-    def leaf_value(self, w: torch.Tensor, lam: torch.Tensor, **o: Any) -> float:
-        n = self.name
-        if n == "l1":
-            return ref_sum(lambda x, l: l * abs(x), w, lam)
-        if n == "l2":
-            return ref_sum(lambda x, l: l * x * x, w, lam)
-        if n == "elastic_net":
-            r = o["rho"]
-            return ref_sum(lambda x, l: l * (r * abs(x) + (1 - r) / 2 * x * x), w, lam)
-        if n == "l2_sp":
-            return ref_sum(lambda x, x0, l: l * (x - x0) ** 2, w, o["w0"], lam)
-        lam_f = float(lam)
-        return math.fsum(lam_f * math.sqrt(n_g) * _norm(get(w.double())) for get, n_g in group_slices(w, o["dim"]))
-
-    def leaf_grad(self, w: torch.Tensor, lam: torch.Tensor, **o: Any) -> torch.Tensor:
-        n = self.name
-        if n == "l1":
-            return elementwise(lambda x, l: l * sign(x), w, lam)
-        if n == "l2":
-            return elementwise(lambda x, l: 2 * l * x, w, lam)
-        if n == "elastic_net":
-            r = o["rho"]
-            return elementwise(lambda x, l: l * r * sign(x) + l * (1 - r) * x, w, lam)
-        if n == "l2_sp":
-            return elementwise(lambda x, x0, l: 2 * l * (x - x0), w, o["w0"], lam)
-        out = torch.zeros(w.shape, dtype=torch.float64)
-        w64 = w.double()
-        for get, n_g in group_slices(w, o["dim"]):
-            norm = _norm(get(w64))
-            scale = float(lam) * math.sqrt(n_g) / norm if norm > 0 else 0.0
-            get(out).copy_(elementwise(lambda x: scale * x, get(w64)))
-        return out
-
-    def leaf_prox(self, w: torch.Tensor, lam: torch.Tensor, step: torch.Tensor, **o: Any) -> torch.Tensor:
-        n = self.name
-        if n == "l1":
-            return elementwise(lambda x, l, s: soft(x, l * s), w, lam, step)
-        if n == "l2":
-            return elementwise(lambda x, l, s: x / (1 + 2 * l * s), w, lam, step)
-        if n == "elastic_net":
-            r = o["rho"]
-            return elementwise(lambda x, l, s: soft(x, s * l * r) / (1 + s * l * (1 - r)), w, lam, step)
-        if n == "l2_sp":
-            return elementwise(
-                lambda x, x0, l, s: (x + 2 * l * s * x0) / (1 + 2 * l * s), w, o["w0"], lam, step
-            )
-        out = torch.zeros(w.shape, dtype=torch.float64)
-        w64 = w.double()
-        t_base = float(lam) * float(step)
-        for get, n_g in group_slices(w, o["dim"]):
-            norm = _norm(get(w64))
-            t = t_base * math.sqrt(n_g)
-            scale = max(norm - t, 0.0) / norm if norm > 0 else 0.0
-            get(out).copy_(elementwise(lambda x: scale * x, get(w64)))
-        return out
-
-    # whole trees ---------------------------------------------------------------
-    def selected(self, params: Any, where: Any = None) -> list[tuple[str, torch.Tensor]]:
-        return [(p, x) for p, x in walk(params) if is_float(x) and (where is None or where(p, x))]
-
-    def ref_value(self, params: Any, lam: Any, opts: dict[str, Any], where: Any = None) -> float:
-        return math.fsum(
-            self.leaf_value(x, resolve(lam, p, x), **self._leaf_opts(opts, p))
-            for p, x in self.selected(params, where)
-        )
-
-    def ref_grad(self, params: Any, lam: Any, opts: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {
-            p: self.leaf_grad(x, resolve(lam, p, x), **self._leaf_opts(opts, p))
-            for p, x in self.selected(params)
-        }
-
-    def ref_prox(self, params: Any, lam: Any, step: Any, opts: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {
-            p: self.leaf_prox(x, resolve(lam, p, x), resolve(step, p, x), **self._leaf_opts(opts, p))
-            for p, x in self.selected(params)
-        }
-
-
-FAMILIES = [
-    Family("l1", fr.l1, True),
-    Family("l2", fr.l2, True),
-    Family("elastic_net", fr.elastic_net, True),
-    Family("group_lasso", fr.group_lasso, False),
-    Family("l2_sp", fr.l2_sp, True),
-]
-FAMILY_IDS = [f.name for f in FAMILIES]
-
-
-@pytest.fixture(params=FAMILIES, ids=FAMILY_IDS)
+@pytest.fixture(params=REFERENCED, ids=REFERENCED_IDS)
 def family(request: Any) -> Family:
     return request.param
 
@@ -423,3 +219,32 @@ def assert_untouched(snap: list[tuple[Any, torch.Tensor, int]]) -> None:
     for x, value, version in snap:
         assert x._version == version, "an input tensor's version counter changed"
         assert torch.equal(x.detach(), value) or (value.is_floating_point() and torch.equal(x.isnan(), value.isnan())), "an input tensor's value changed"
+
+
+# ------------------------------------------------------- fixed trees of the contract tests
+def fixed_params(seed: int = 0, batch: int | None = None, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """The small tree of the contract tests: matrices, a vector, a 3-d leaf and a scalar,
+    with a near-zero row; with ``batch``, ``batch`` members stacked along a new dim 0."""
+    g = torch.Generator().manual_seed(seed)
+    pre = (batch,) if batch else ()
+    shapes = {"l1.weight": (4, 3), "l1.bias": (4,), "l2.weight": (2, 3, 2), "l3.weight": (4, 3), "s": ()}
+    p = {k: torch.randn((*pre, *s), generator=g, dtype=torch.float64).to(dtype) for k, s in shapes.items()}
+    p["l1.weight"][..., 0, :] *= 0.01  # a row the group families and SVT zero
+    return p
+
+
+def stack_outputs(outs: list[Any]) -> Any:
+    """A list of tensors, or of flat dicts of tensors, stacked (what vmap over them gives)."""
+    if isinstance(outs[0], torch.Tensor):
+        return torch.stack(outs)
+    return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+
+
+def close_trees(a: Any, b: Any, **kw: Any) -> None:
+    """``torch.testing.assert_close`` on a tensor or, key by key, on flat dicts."""
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, **kw)
+        return
+    assert list(a) == list(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k, **kw)

@@ -1,4 +1,5 @@
-"""Shared pieces for the optimizer-step tests (tests/test_optim_*.py).
+"""Shared pieces for the tests of the steps (tests/test_steps_*.py, and the steps'
+donation, defect and stacked-path tests).
 
 Reference trajectories come from torch.optim itself, run on ``nn.Parameter``-free leaf
 tensors with ``.grad`` set by hand, so that funcreg and torch.optim see exactly the same

@@ -23,8 +23,10 @@ from torch._dynamo.testing import CompileCounter
 import funcreg as fr
 from conftest import assert_untouched, snapshot
 from funcreg import _overlap
+from registry import FAMILIES as ALL_FAMILIES
 
-FAMILIES = {"group_lasso": (fr.group_lasso, None), "sparse_group_lasso": (fr.sparse_group_lasso, 0.3)}
+# each family that takes couplings: (penalty, its l1_ratio or None)
+FAMILIES = {f.name: (f.penalty, f.coupled.get("l1_ratio")) for f in ALL_FAMILIES if f.coupled is not None}
 
 
 def _params(dtype: torch.dtype = torch.float64, seed: int = 0) -> dict[str, torch.Tensor]:

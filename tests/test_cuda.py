@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import funcreg as fr
-from conftest import FAMILIES, FAMILY_IDS, Family, tree_map, walk
+from conftest import REFERENCED, REFERENCED_IDS, Family, tree_map, walk
 
 pytestmark = pytest.mark.cuda
 forced = fr._dispatch.forced
@@ -47,7 +47,7 @@ def _close(a, b, device_of_a=None) -> None:
         torch.testing.assert_close(x.cpu(), y.cpu(), rtol=tol, atol=tol, msg=path)
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @pytest.mark.parametrize("lam_form", ["float", "tensor", "element"])
 def test_fast_and_composable_agree_on_cuda(fam: Family, lam_form: str, cuda: torch.device) -> None:
     params, grads, lam_el = _to(_cpu_inputs(), cuda)
@@ -63,7 +63,7 @@ def test_fast_and_composable_agree_on_cuda(fam: Family, lam_form: str, cuda: tor
         _close(a, b, device_of_a="cuda")
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_cpu_and_cuda_agree(fam: Family, cuda: torch.device) -> None:
     params, grads, lam_el = _cpu_inputs()
     opts = fam.options(params)

@@ -1,6 +1,9 @@
 """Donation (``donate=True``): the values of the pure call, bit for bit on the same path,
 written into the donated inputs' own storage; everything not donated left untouched; and
-every donation that cannot be honoured refused before anything is written."""
+every donation that cannot be honoured refused before anything is written.
+
+Every family and projection donated: bit-equal to the pure call in the donated storage, in blocks, inside vmap, and refused before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +12,21 @@ from typing import Any
 
 import pytest
 import torch
+import torch._dynamo
 from torch.func import grad, jacrev, vmap
 
 import funcreg as fr
-from conftest import FAMILIES, Family
+from conftest import (
+    REFERENCED,
+    Family,
+)
 from optim_helpers import (
     _one_thread,  # noqa: F401  (autouse fixture)
     assert_untouched,
     clone_tree,
     snapshot,
 )
+from registry import PROJECTIONS
 
 forced = fr._dispatch.forced
 PATHS = ["fast", "composable"]
@@ -67,7 +75,7 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fam, lam", [
-    pytest.param(f, lam, id=f"{f.name}-{lam}") for f in FAMILIES
+    pytest.param(f, lam, id=f"{f.name}-{lam}") for f in REFERENCED
     for lam in ("float", "tensor", "element") if f.separable or lam != "element"  # group lasso: one λ per leaf
 ])
 def test_donated_add_grad_and_prox_equal_pure(fam: Family, dtype: torch.dtype, path: str, lam: str) -> None:
@@ -134,7 +142,7 @@ def test_large_donated_tree_is_processed_in_bounded_chunks(monkeypatch: pytest.M
     _assert_equal(out, pure, "chunked add_grad")
 
 
-@pytest.mark.parametrize("fam", [f for f in FAMILIES if f.separable], ids=lambda f: f.name)
+@pytest.mark.parametrize("fam", [f for f in REFERENCED if f.separable], ids=lambda f: f.name)
 def test_donated_elementwise_calls_work_in_blocks(fam: Family, monkeypatch: pytest.MonkeyPatch) -> None:
     """A leaf larger than a block is cut into flat views; a strided leaf goes whole; the
     bits are those of the pure call."""
@@ -554,3 +562,152 @@ def test_compiled_donated_step_and_prox_do_not_recompile() -> None:
         don_p, don_s = out_p, out_s
     assert counter.frame_count == 1
     torch._dynamo.reset()
+
+
+F64 = torch.float64
+W = fr.select.weights
+
+
+
+
+
+
+# ---------------------------------------------------------------------------- donation
+def _donation_tree(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(12)
+    shapes = {"0.weight": (4, 3), "0.bias": (4,), "1.weight": (2, 4, 3), "2.weight": (4, 3), "scale": (), "empty": (3, 0)}
+    return {k: (torch.randn(s, generator=g, dtype=F64) * 0.6).to(dtype) for k, s in shapes.items()}
+
+
+DONATED: dict[str, Callable[..., Any]] = {
+    "sparse_group_lasso": lambda p, **kw: fr.sparse_group_lasso.prox(p, 0.2, torch.tensor(0.7), l1_ratio=0.4, **kw),
+    "nuclear_norm": lambda p, **kw: fr.nuclear_norm.prox(p, 0.3, 0.7, where=W, **kw),
+    "mcp-firm": lambda p, **kw: fr.mcp.prox(p, 0.3, 0.7, **kw),
+    "mcp-hard": lambda p, **kw: fr.mcp.prox(p, 0.3, 5.0, **kw),
+    "mcp-tensor": lambda p, **kw: fr.mcp.prox(p, torch.tensor(0.3), torch.tensor(4.0), gamma=torch.tensor(3.0), **kw),
+    "scad": lambda p, **kw: fr.scad.prox(p, 0.3, 0.7, **kw),
+    "scad-hard": lambda p, **kw: fr.scad.prox(p, torch.tensor(0.3), 9.0, **kw),
+    "l0": lambda p, **kw: fr.l0.prox(p, 0.1, 0.7, **kw),
+    "l0-element": lambda p, **kw: fr.l0.prox(p, {k: torch.full(v.shape, 0.1, dtype=v.dtype) for k, v in p.items()}, 0.7, **kw),
+    **{f"project.{k}": (lambda p, f=f, **kw: f(p, 0.5, **kw)) for k, f in PROJECTIONS.items()},
+    "project.l1_ball-tensor": lambda p, **kw: fr.project.l1_ball(p, torch.tensor(0.5), **kw),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(DONATED))
+def test_donated_prox_and_projection_equal_pure(name: str, dtype: torch.dtype, path: str) -> None:
+    call = DONATED[name]
+    with forced(path):
+        pure = call(_donation_tree(dtype))
+        donated = _donation_tree(dtype)
+        ptrs = {k: v.untyped_storage().data_ptr() for k, v in donated.items()}
+        out = call(donated, donate=True)
+    for k, x in donated.items():
+        assert out[k] is x, f"{k}: the returned leaf is not the donated tensor"
+        assert x.untyped_storage().data_ptr() == ptrs[k], f"{k}: storage changed"
+        assert out[k].dtype == pure[k].dtype and torch.equal(out[k], pure[k]), f"{k}: not bit-equal to the pure call"
+
+
+DONATED_GRADS: dict[str, Callable[..., Any]] = {
+    "sparse_group_lasso": lambda g, p, **kw: fr.sparse_group_lasso.add_grad(g, p, 0.2, l1_ratio=0.4, **kw),
+    "nuclear_norm": lambda g, p, **kw: fr.nuclear_norm.add_grad(g, p, 0.3, where=W, **kw),
+    "mcp": lambda g, p, **kw: fr.mcp.add_grad(g, p, 0.3, **kw),
+    "mcp-tensor": lambda g, p, **kw: fr.mcp.add_grad(g, p, torch.tensor(0.3), gamma=torch.tensor(2.0), **kw),
+    "scad": lambda g, p, **kw: fr.scad.add_grad(g, p, 0.3, **kw),
+    "orthogonal": lambda g, p, **kw: fr.orthogonal.add_grad(g, p, 0.3, where=W, **kw),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(DONATED_GRADS))
+def test_donated_add_grad_equals_pure(name: str, dtype: torch.dtype, path: str) -> None:
+    """``.add_grad(..., donate=True)`` writes into the gradients (a None one stays None)."""
+    call = DONATED_GRADS[name]
+    params = _donation_tree(dtype)
+
+    def grads() -> dict[str, Any]:
+        g = {k: v.flip(0) + 0.25 if v.ndim else v + 0.25 for k, v in _donation_tree(dtype).items()}
+        g["0.bias"] = None
+        return g
+
+    keep = snapshot(params)
+    with forced(path):
+        pure = call(grads(), params)
+        donated = grads()
+        ptrs = {k: v.untyped_storage().data_ptr() for k, v in donated.items() if v is not None}
+        out = call(donated, params, donate=True)
+    assert_untouched(keep)
+    for k, x in donated.items():
+        if x is None:
+            assert out[k] is None and pure[k] is None, k
+            continue
+        assert out[k] is x and x.untyped_storage().data_ptr() == ptrs[k], f"{k}: not written in place"
+        assert out[k].dtype == pure[k].dtype and torch.equal(out[k], pure[k]), f"{k}: not bit-equal to the pure call"
+
+
+def test_donation_inside_vmap_writes_into_the_ensemble() -> None:
+    params = fr.replicate(_donation_tree(F64), 3)
+    steps_ = torch.tensor([0.5, 3.0, 8.0], dtype=F64)  # firm, hard and hard thresholding
+    pure = torch.func.vmap(lambda p, s: fr.mcp.prox(p, 0.3, s))(params, steps_)
+    ptrs = {k: v.untyped_storage().data_ptr() for k, v in params.items()}
+    out = torch.func.vmap(lambda p, s: fr.mcp.prox(p, 0.3, s, donate=True))(params, steps_)
+    for k in pure:
+        assert torch.equal(out[k], pure[k]) and torch.equal(params[k], pure[k]), k
+        assert params[k].untyped_storage().data_ptr() == ptrs[k]
+
+
+def _tied_params() -> dict[str, torch.Tensor]:
+    w = torch.randn(4, 3)
+    return {"0.weight": w, "2.weight": w}
+
+
+REFUSED = {
+    "tied": (_tied_params, r"params leaf '[02].weight'.*shares memory with params leaf '[02].weight'"),
+    "requires-grad": (lambda: {"0.weight": torch.randn(4, 3, requires_grad=True)}, r"'0.weight'.*requires grad"),
+    "expanded": (lambda: {"0.weight": torch.randn(3).expand(4, 3)}, r"'0.weight'.*overlap in memory"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+@pytest.mark.parametrize("name", list(DONATED))
+def test_refused_donated_proxes_and_projections_write_nothing(name: str, case: str) -> None:
+    make, match = REFUSED[case]
+    call = DONATED[name]
+    params = make()
+    keep = snapshot({k: v.detach() for k, v in params.items()})
+    with pytest.raises(ValueError, match=match):
+        call(params, donate=True)
+    assert_untouched(keep)
+
+
+def test_refused_donations_of_hyperparameters_read_from_params() -> None:
+    w, r = torch.randn(4, 3), torch.tensor(0.5)
+    with pytest.raises(ValueError, match=r"params leaf 'a'.*radius leaf 'a'"):
+        fr.project.l1_ball({"a": w}, {"a": w[0, 0]}, donate=True)
+    with pytest.raises(ValueError, match=r"params leaf 'a'.*low leaf 'a'"):
+        fr.project.box({"a": w}, {"a": w}, 1.0, donate=True)
+    with pytest.raises(ValueError, match=r"params leaf 'r'.*shares memory"):
+        fr.project.max_norm({"a": w, "r": r}, r, where=fr.select.only("^r$"), donate=True)
+    with pytest.raises(ValueError, match=r"params leaf 'a'.*step leaf 'a'"):
+        fr.mcp.prox({"a": w}, 0.1, {"a": w}, donate=True)
+    with pytest.raises(ValueError, match=r"params leaf 'a'.*gamma"):
+        fr.scad.prox({"a": w, "g": r}, 0.1, 1.0, gamma=w[1, 1], where=fr.select.only("^a$"), donate=True)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", ["mcp-firm", "mcp-hard", "mcp-tensor", "scad", "scad-hard", "l0", "l0-element",
+                                  "project.box", "project.box-upper", "project.non_negative"])
+def test_donated_elementwise_calls_cut_into_blocks_equal_pure(name: str, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A donated elementwise call works through CPU leaves in blocks (flat views, their
+    per-element hyperparameters cut alike): blocks of 40 bytes cut every leaf mid-way."""
+    monkeypatch.setattr(fr._dispatch, "BLOCK_BYTES", 40)
+    call = DONATED[name]
+    with forced(path):
+        pure = call(_donation_tree(torch.float32))
+        donated = _donation_tree(torch.float32)
+        out = call(donated, donate=True)
+    for k, x in donated.items():
+        assert out[k] is x and torch.equal(x, pure[k]), k

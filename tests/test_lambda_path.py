@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import funcreg as fr
-import regs_reference as ref
+import reference as ref
 
 F64 = torch.float64
 

@@ -14,6 +14,7 @@ from torch.func import vmap
 
 import funcreg as fr
 from funcreg import _stacked
+from registry import PROJECTIONS, VARIANTS
 
 F64 = torch.float64
 K = 3
@@ -69,20 +70,10 @@ def _both(fn: Callable[..., Any], *args: Any, in_dims: Any = 0, stacked: list[in
 
 
 W = fr.select.weights
-FAMILIES = {
-    "l1": (fr.l1, {}), "l2": (fr.l2, {}), "elastic_net": (fr.elastic_net, {"l1_ratio": 0.3}),
-    "group_lasso": (fr.group_lasso, {}), "group_lasso-dim1": (fr.group_lasso, {"dim": -1}),
-    "sparse_group_lasso": (fr.sparse_group_lasso, {"l1_ratio": 0.4, "dim": None}),
-    "l2_sp": (fr.l2_sp, {"anchor": _tree(9)}), "nuclear_norm": (fr.nuclear_norm, {"where": W}),
-    "mcp": (fr.mcp, {"gamma": 2.5}), "scad": (fr.scad, {}), "l0": (fr.l0, {}),
-    "orthogonal": (fr.orthogonal, {"where": W}),
-}
-
-
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_family_on_stacked_members_with_batched_lam_and_step(name: str, stacked: list[int]) -> None:
-    penalty, opts = FAMILIES[name]
-    params, grads = _tree(0, (K,)), _tree(1, (K,))
+    penalty, params, grads = VARIANTS[name].penalty, _tree(0, (K,)), _tree(1, (K,))
+    opts = VARIANTS[name].options(_member(params, 0))
     members = range(K)
     if "prox" not in penalty.without:
         got = _both(lambda p, a, s: penalty.prox(p, a, s, **opts), params, LAMS, STEPS, stacked=stacked)
@@ -93,14 +84,6 @@ def test_every_family_on_stacked_members_with_batched_lam_and_step(name: str, st
                             for i in members]), "loop")
         got = _both(lambda p, a: penalty.grad(p, a, **opts), params, LAMS, stacked=stacked)
         _close(got, _stack([penalty.grad(_member(params, i), LAMS[i], **opts) for i in members]), "loop")
-
-
-PROJECTIONS = {
-    "max_norm": lambda p, r: fr.project.max_norm(p, r), "max_norm-dim1": lambda p, r: fr.project.max_norm(p, r, dim=1,
-                                                                                                          where=W),
-    "l2_ball": lambda p, r: fr.project.l2_ball(p, r), "l1_ball": lambda p, r: fr.project.l1_ball(p, r),
-    "box": lambda p, r: fr.project.box(p, -r, r), "non_negative": lambda p, r: fr.project.non_negative(p),
-}
 
 
 @pytest.mark.parametrize("name", list(PROJECTIONS))

@@ -1,20 +1,25 @@
-"""Independent float64 reference math for the families beyond the first five (sparse group
-lasso, nuclear norm, MCP, SCAD, L0, orthogonal), the projections and ``lambda_max``.
+"""Independent references for the tests: trees walked by hand, and every family's math.
 
-Nothing here calls funcreg. Two kinds of truth:
+Nothing here calls funcreg or optree. Three kinds of truth:
 
-* per-element formulas in Python arithmetic (``math``), written straight from the
-  definitions of funcreg/penalties (their docstrings), and numpy's SVD for the matrix families;
-* branch-free torch closed forms for the proxes (a tensor λ, γ or step broadcasts, so one
-  call covers a whole grid of cases), derived and checked against dense-grid brute force
-  in the project's research notes (notes/regs.md), and :func:`grid_argmin`, the brute
-  force itself, which tests use to show that a prox is the *global* minimizer.
+* trees walked by hand (:func:`walk`, :func:`tree_map`): dict keys in insertion order,
+  list/tuple/namedtuple indices, anything else a leaf;
+* per-element formulas in Python arithmetic (``math``, float64), written straight from the
+  definitions of funcreg/penalties (their docstrings), and numpy's SVD for the matrix
+  families; the first five families' per-leaf value, gradient and prox (``l1_value`` ...
+  ``l2_sp_prox``) are what tests/registry.py's entries point to;
+* branch-free torch closed forms for the proxes of the sparse families (a tensor λ, γ or
+  step broadcasts, so one call covers a whole grid of cases), derived and checked against
+  dense-grid brute force in the project's research notes (notes/regs.md), and
+  :func:`grid_argmin`, the brute force itself, which tests use to show that a prox is the
+  *global* minimizer.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +29,182 @@ Scalar = float | torch.Tensor
 
 def _t(x: Scalar, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(x, dtype=like.dtype, device=like.device)
+
+
+# ------------------------------------------------------------------- hand-walked trees
+def walk(tree: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """``[(dotted path, leaf)]`` in order, written without optree: dict keys (insertion
+    order), list/tuple/namedtuple indices, anything else is a leaf."""
+    if isinstance(tree, dict):
+        out = []
+        for k, v in tree.items():
+            out += walk(v, prefix + (str(k),))
+        return out
+    if isinstance(tree, (list, tuple)):
+        out = []
+        for i, v in enumerate(tree):
+            out += walk(v, prefix + (str(i),))
+        return out
+    return [(".".join(prefix), tree)]
+
+
+def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Map over leaves, rebuilding the same container types (no optree)."""
+    if isinstance(tree, dict):
+        return type(tree)((k, tree_map(fn, v, *(r[k] for r in rest))) for k, v in tree.items())
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(tree_map(fn, v, *(r[i] for r in rest)) for i, v in enumerate(tree)))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_map(fn, v, *(r[i] for r in rest)) for i, v in enumerate(tree))
+    return fn(tree, *rest)
+
+
+def leaf_dict(tree: Any) -> dict[str, Any]:
+    return dict(walk(tree))
+
+
+def is_float(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def float_paths(tree: Any) -> list[str]:
+    return [p for p, x in walk(tree) if is_float(x)]
+
+
+def resolve(h: Any, path: str, leaf: torch.Tensor) -> torch.Tensor:
+    """The float64 value of hyperparameter ``h`` (a number, a 0-d tensor, a dict keyed by
+    dotted path or a params-like tree) for leaf ``path``."""
+    if isinstance(h, (int, float)):
+        return torch.tensor(float(h), dtype=torch.float64)
+    if isinstance(h, torch.Tensor):
+        return h.detach().double()
+    v = leaf_dict(h)[path]
+    return v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+
+
+def make_tensor(
+    shape: tuple[int, ...], dtype: torch.dtype, seed: int, mode: str = "normal"
+) -> torch.Tensor:
+    """A deterministic test tensor; ``mode`` "away" keeps |x| >= 0.25, "zeros" mixes in
+    exact zeros (and, for ndim >= 2, whole zero rows)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    if mode == "away":
+        x = torch.where(x >= 0, 1.0, -1.0) * (0.25 + x.abs())
+    elif mode == "zeros":
+        x = x * (torch.rand(shape, generator=g, dtype=torch.float64) > 0.4)
+        if len(shape) >= 2 and shape[0] > 0:
+            x[0] = 0.0
+    return x.to(dtype)
+
+
+# ------------------------------------------- the first five families, per leaf (float64)
+def elementwise(fn: Callable[..., float], *tensors: torch.Tensor) -> torch.Tensor:
+    """Apply a scalar Python function per element, in float64 (broadcasting the inputs)."""
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    cols = [t.detach().double().expand(shape).reshape(-1).tolist() for t in tensors]
+    return torch.tensor([fn(*v) for v in zip(*cols)], dtype=torch.float64).reshape(shape)
+
+
+def ref_sum(fn: Callable[..., float], *tensors: torch.Tensor) -> float:
+    return math.fsum(elementwise(fn, *tensors).reshape(-1).tolist())
+
+
+def sign(x: float) -> float:
+    return 0.0 if x == 0 else math.copysign(1.0, x)
+
+
+def soft_1(x: float, t: float) -> float:
+    """Soft threshold of one number."""
+    return math.copysign(max(abs(x) - t, 0.0), x) if x != 0 else 0.0
+
+
+def group_slices(w: torch.Tensor, dim: int | None) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], int]]:
+    """(view getter, group size) of each group of ``w``: slices along ``dim``."""
+    if dim is None or w.ndim == 0:
+        return [(lambda t: t, w.numel())]
+    d = dim % w.ndim
+    size = w.numel() // w.shape[d] if w.shape[d] else 0
+    return [((lambda t, i=i: t.select(d, i)), size) for i in range(w.shape[d])]
+
+
+def _norm(t: torch.Tensor) -> float:
+    return math.sqrt(math.fsum(v * v for v in t.reshape(-1).tolist()))
+
+
+def l1_value(w: torch.Tensor, lam: torch.Tensor) -> float:
+    return ref_sum(lambda x, l: l * abs(x), w, lam)
+
+
+def l1_grad(w: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    return elementwise(lambda x, l: l * sign(x), w, lam)
+
+
+def l1_prox(w: torch.Tensor, lam: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    return elementwise(lambda x, l, s: soft_1(x, l * s), w, lam, step)
+
+
+def l2_value(w: torch.Tensor, lam: torch.Tensor) -> float:
+    return ref_sum(lambda x, l: l * x * x, w, lam)
+
+
+def l2_grad(w: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    return elementwise(lambda x, l: 2 * l * x, w, lam)
+
+
+def l2_prox(w: torch.Tensor, lam: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    return elementwise(lambda x, l, s: x / (1 + 2 * l * s), w, lam, step)
+
+
+def elastic_net_value(w: torch.Tensor, lam: torch.Tensor, rho: float) -> float:
+    return ref_sum(lambda x, l: l * (rho * abs(x) + (1 - rho) / 2 * x * x), w, lam)
+
+
+def elastic_net_grad(w: torch.Tensor, lam: torch.Tensor, rho: float) -> torch.Tensor:
+    return elementwise(lambda x, l: l * rho * sign(x) + l * (1 - rho) * x, w, lam)
+
+
+def elastic_net_prox(w: torch.Tensor, lam: torch.Tensor, step: torch.Tensor, rho: float) -> torch.Tensor:
+    return elementwise(lambda x, l, s: soft_1(x, s * l * rho) / (1 + s * l * (1 - rho)), w, lam, step)
+
+
+def group_lasso_value(w: torch.Tensor, lam: torch.Tensor, dim: int | None) -> float:
+    lam_f = float(lam)
+    return math.fsum(lam_f * math.sqrt(n_g) * _norm(get(w.double())) for get, n_g in group_slices(w, dim))
+
+
+def group_lasso_grad(w: torch.Tensor, lam: torch.Tensor, dim: int | None) -> torch.Tensor:
+    out = torch.zeros(w.shape, dtype=torch.float64)
+    w64 = w.double()
+    for get, n_g in group_slices(w, dim):
+        norm = _norm(get(w64))
+        scale = float(lam) * math.sqrt(n_g) / norm if norm > 0 else 0.0
+        get(out).copy_(elementwise(lambda x: scale * x, get(w64)))
+    return out
+
+
+def group_lasso_prox(w: torch.Tensor, lam: torch.Tensor, step: torch.Tensor, dim: int | None) -> torch.Tensor:
+    out = torch.zeros(w.shape, dtype=torch.float64)
+    w64 = w.double()
+    t_base = float(lam) * float(step)
+    for get, n_g in group_slices(w, dim):
+        norm = _norm(get(w64))
+        t = t_base * math.sqrt(n_g)
+        scale = max(norm - t, 0.0) / norm if norm > 0 else 0.0
+        get(out).copy_(elementwise(lambda x: scale * x, get(w64)))
+    return out
+
+
+def l2_sp_value(w: torch.Tensor, lam: torch.Tensor, w0: torch.Tensor) -> float:
+    return ref_sum(lambda x, x0, l: l * (x - x0) ** 2, w, w0, lam)
+
+
+def l2_sp_grad(w: torch.Tensor, lam: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    return elementwise(lambda x, x0, l: 2 * l * (x - x0), w, w0, lam)
+
+
+def l2_sp_prox(w: torch.Tensor, lam: torch.Tensor, step: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    return elementwise(lambda x, x0, l, s: (x + 2 * l * s * x0) / (1 + 2 * l * s), w, w0, lam, step)
 
 
 # ------------------------------------------------------------- per element, Python math
@@ -37,6 +218,10 @@ def mcp_grad_1(x: float, lam: float, gamma: float) -> float:
     if x == 0 or a >= gamma * lam:
         return 0.0
     return math.copysign(lam - a / gamma, x)
+
+
+def l0_1(x: float, lam: float) -> float:
+    return lam * (x != 0)
 
 
 def scad_1(x: float, lam: float, gamma: float) -> float:

@@ -1,8 +1,14 @@
 """Composition with torch.func and torch.compile: vmap over λ (an ensemble over a grid),
 vmap over stacked params, jacrev, and torch.compile(fullgraph=True) with tensor λ that
-does not recompile when λ changes."""
+does not recompile when λ changes.
+
+Every family and projection under vmap (over λ, γ, l1_ratio, radius, stacked params) against a loop, and under torch.compile(fullgraph=True) with tensor hyperparameters, without recompiling.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -10,7 +16,15 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 
 import funcreg as fr
-from conftest import FAMILIES, FAMILY_IDS, Family
+from conftest import (
+    REFERENCED,
+    REFERENCED_IDS,
+    Family,
+    close_trees,
+    fixed_params,
+    stack_outputs,
+)
+from registry import FAMILY_BY_NAME, PROJECTIONS, VARIANTS
 
 LAMS = torch.tensor([0.0, 0.01, 0.05, 0.1, 0.3, 0.5, 1.0, 2.0], dtype=torch.float64)
 STEPS = torch.tensor([0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0], dtype=torch.float64)
@@ -38,7 +52,7 @@ def _assert_tree_close(a, b, **kw):
         torch.testing.assert_close(a[k], b[k], msg=k, **kw)
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_vmap_over_lam_unbatched_params(fam: Family) -> None:
     p = _params()
     opts = fam.options(p)
@@ -61,7 +75,7 @@ def test_vmap_over_lam_unbatched_params(fam: Family) -> None:
     )
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_vmap_over_lam_and_stacked_params(fam: Family) -> None:
     """An ensemble: 8 models (stacked params), each with its own λ."""
     pb = _params(2, batch=8)
@@ -172,7 +186,7 @@ def test_compiled_penalized_loss_does_not_recompile_when_lam_changes() -> None:
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 def test_compiled_add_grad_and_prox(fam: Family) -> None:
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(7)
@@ -233,3 +247,140 @@ def test_autograd_through_a_lam_that_requires_grad() -> None:
     g = fr.l1.add_grad({"w": torch.zeros(4, dtype=torch.float64)}, {"w": w}, lam)["w"]
     (grad_lam,) = torch.autograd.grad(g.sum(), lam)
     torch.testing.assert_close(grad_lam, torch.sign(w).sum())
+
+
+forced = fr._dispatch.forced
+F64 = torch.float64
+W = fr.select.weights
+
+WITH_GRAD = [k for k, v in VARIANTS.items() if v.family.has("grad")]
+WITH_PROX = [k for k, v in VARIANTS.items() if v.family.has("prox")]
+
+GRID_LAMS = torch.tensor([0.0, 0.05, 0.3, 1.0, 2.5], dtype=F64)
+GRID_STEPS = torch.tensor([0.0, 0.5, 1.0, 3.0, 10.0], dtype=F64)  # MCP's and SCAD's regimes all
+GRID_GAMMAS = torch.tensor([1.2, 1.5, 3.0, 3.7, 6.0], dtype=F64)
+
+
+
+
+# ------------------------------------------------------------------------------- vmap
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_vmap_over_lam_equals_a_loop(name: str) -> None:
+    penalty, p, grads = VARIANTS[name].penalty, fixed_params(), fixed_params(1)
+    opts = VARIANTS[name].options(p)
+    checks: list[tuple[Callable[..., Any], tuple[torch.Tensor, ...]]] = [(lambda a: penalty(p, a, **opts), (GRID_LAMS,))]
+    if name in WITH_GRAD:
+        checks += [(lambda a: penalty.grad(p, a, **opts), (GRID_LAMS,)),
+                   (lambda a: penalty.add_grad(grads, p, a, **opts), (GRID_LAMS,))]
+    if name in WITH_PROX:
+        checks += [(lambda a: penalty.prox(p, a, 0.7, **opts), (GRID_LAMS,)),
+                   (lambda a, s: penalty.prox(p, a, s, **opts), (GRID_LAMS, GRID_STEPS))]
+    for fn, args in checks:
+        batched = torch.func.vmap(fn)(*args)
+        close_trees(batched, stack_outputs([fn(*(a[i] for a in args)) for i in range(len(args[0]))]))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_vmap_over_stacked_params_and_lam(name: str) -> None:
+    """An ensemble: stacked params, one λ (and step) per member."""
+    penalty, pb = VARIANTS[name].penalty, fixed_params(2, batch=5)
+    members = [{k: v[i] for k, v in pb.items()} for i in range(5)]
+    opts = VARIANTS[name].options(members[0])
+    if name in WITH_PROX:
+        out = torch.func.vmap(lambda q, a, s: penalty.prox(q, a, s, **opts))(pb, GRID_LAMS, GRID_STEPS)
+        close_trees(out, stack_outputs([penalty.prox(q, a, s, **opts) for q, a, s in zip(members, GRID_LAMS, GRID_STEPS)]))
+    if name in WITH_GRAD:
+        out = torch.func.vmap(lambda q, a: penalty.grad(q, a, **opts))(pb, GRID_LAMS)
+        close_trees(out, stack_outputs([penalty.grad(q, a, **opts) for q, a in zip(members, GRID_LAMS)]))
+
+
+@pytest.mark.parametrize("penalty", [fr.mcp, fr.scad], ids=["mcp", "scad"])
+def test_vmap_over_gamma_equals_a_loop(penalty: fr.Penalty) -> None:
+    p = fixed_params()
+    for fn in (lambda g: penalty(p, 0.5, gamma=g), lambda g: penalty.grad(p, 0.5, gamma=g),
+               lambda g: penalty.prox(p, 0.5, 2.0, gamma=g), lambda g, s: penalty.prox(p, 0.5, s, gamma=g)):
+        args = (GRID_GAMMAS,) if fn.__code__.co_argcount == 1 else (GRID_GAMMAS, GRID_STEPS)
+        close_trees(torch.func.vmap(fn)(*args), stack_outputs([fn(*(a[i] for a in args)) for i in range(5)]))
+
+
+def test_vmap_over_l1_ratio_equals_a_loop() -> None:
+    p, grads = fixed_params(), fixed_params(3)
+    ratios = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0], dtype=F64)
+    for fn in (lambda r: fr.sparse_group_lasso(p, 0.5, l1_ratio=r),
+               lambda r: fr.sparse_group_lasso.prox(p, 0.5, 1.0, l1_ratio=r),
+               lambda r: fr.sparse_group_lasso.grad(p, 0.5, l1_ratio=r),
+               lambda r: fr.sparse_group_lasso.lambda_max(grads, l1_ratio=r)):
+        close_trees(torch.func.vmap(fn)(ratios), stack_outputs([fn(r) for r in ratios]))
+
+
+@pytest.mark.parametrize("name", list(PROJECTIONS))
+def test_vmap_over_radius_equals_a_loop(name: str) -> None:
+    project = PROJECTIONS[name]
+    p = fixed_params()
+    radii = torch.tensor([0.0, 0.1, 0.5, 2.0, 100.0], dtype=F64)
+    close_trees(torch.func.vmap(lambda r: project(p, r))(radii), stack_outputs([project(p, r) for r in radii]))
+    pb = fixed_params(4, batch=5)
+    out = torch.func.vmap(lambda q, r: project(q, r))(pb, radii)
+    close_trees(out, stack_outputs([project({k: v[i] for k, v in pb.items()}, radii[i]) for i in range(5)]))
+
+
+def test_vmap_over_lambda_max() -> None:
+    gb = fixed_params(5, batch=4)
+    for penalty, opts in ((fr.mcp, {}), (fr.nuclear_norm, {"where": W}), (fr.sparse_group_lasso, {"dim": None})):
+        out = torch.func.vmap(lambda g: penalty.lambda_max(g, **opts))(gb)
+        close_trees(out, torch.stack([penalty.lambda_max({k: v[i] for k, v in gb.items()}, **opts) for i in range(4)]))
+
+
+# ---------------------------------------------------------------------------- compile
+COMPILE_VALUES = ((0.1, 0.5), (0.3, 1.0), (2.0, 0.25), (0.5, 6.0))  # the last: MCP's and SCAD's hard regime
+
+
+@pytest.mark.parametrize("name", ["sparse_group_lasso", "nuclear_norm", "mcp", "scad", "l0", "orthogonal"])
+def test_compiled_add_grad_and_prox_do_not_recompile(name: str) -> None:
+    penalty = FAMILY_BY_NAME[name].penalty
+    torch._dynamo.reset()
+    p = {"w": fixed_params(13)["l1.weight"].float(), "v": fixed_params(14)["l2.weight"]}
+    opts = VARIANTS[name].options(p)
+    grads = {k: torch.randn_like(v) for k, v in p.items()}
+    counter = CompileCounter()
+    tensors = [(torch.tensor(a), torch.tensor(s, dtype=F64)) for a, s in COMPILE_VALUES]  # all alive at once
+    graphs = 0
+    if "grad" not in penalty.without:
+        add_grad = torch.compile(lambda g, q, a: penalty.add_grad(g, q, a, **opts), backend=counter, fullgraph=True)
+        for (a, _), (a_t, _) in zip(COMPILE_VALUES, tensors):
+            close_trees(add_grad(grads, p, a_t), penalty.add_grad(grads, p, a, **opts), rtol=1e-5, atol=1e-6)
+        graphs += 1
+    if "prox" not in penalty.without:
+        prox = torch.compile(lambda q, a, s: penalty.prox(q, a, s, **opts), backend=counter, fullgraph=True)
+        for (a, s), (a_t, s_t) in zip(COMPILE_VALUES, tensors):
+            close_trees(prox(p, a_t, s_t), penalty.prox(p, a, s, **opts), rtol=1e-5, atol=1e-6)
+        graphs += 1
+    assert counter.frame_count == graphs
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("penalty", [fr.mcp, fr.scad], ids=["mcp", "scad"])
+def test_compiled_prox_with_a_tensor_gamma_does_not_recompile(penalty: fr.Penalty) -> None:
+    torch._dynamo.reset()
+    p = fixed_params(15)
+    counter = CompileCounter()
+    prox = torch.compile(lambda q, a, s, g: penalty.prox(q, a, s, gamma=g), backend=counter, fullgraph=True)
+    values = [(0.3, 0.5, 3.7), (1.0, 2.0, 1.5), (0.5, 9.0, 2.5)]
+    tensors = [tuple(torch.tensor(v, dtype=F64) for v in vs) for vs in values]
+    for (a, s, g), t in zip(values, tensors):
+        close_trees(prox(p, *t), penalty.prox(p, a, s, gamma=g))
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+
+
+def test_compiled_projections_do_not_recompile() -> None:
+    torch._dynamo.reset()
+    p = fixed_params(16)
+    counter = CompileCounter()
+    compiled = {k: torch.compile(f, backend=counter, fullgraph=True) for k, f in PROJECTIONS.items()}
+    radii = [torch.tensor(r, dtype=F64) for r in (0.2, 0.9, 5.0)]
+    for r in radii:
+        for k, f in PROJECTIONS.items():
+            close_trees(compiled[k](p, r), f(p, float(r)))
+    assert counter.frame_count == len(PROJECTIONS)
+    torch._dynamo.reset()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import funcreg as fr
-import regs_reference as ref
+import reference as ref
 
 forced = fr._dispatch.forced
 PATHS = ["fast", "composable"]

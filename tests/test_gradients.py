@@ -1,11 +1,10 @@
-"""Values and gradients of sparse group lasso, nuclear norm, MCP, SCAD, L0 and the
-orthogonality penalty: values against independent formulas (Python arithmetic per element,
-numpy's SVD and matrix products), ``.grad`` against closed forms and against autograd of
-the value away from kinks, and ``.add_grad`` as grads plus ``.grad``."""
+"""``.grad`` and ``.add_grad`` of every family: closed forms (per leaf, per element, numpy
+for the matrix families), agreement with autograd of the value away from kinks,
+subgradient 0 at 0, ``.add_grad`` as grads plus ``.grad``, and the pass-through rules for
+unselected and ``None`` leaves."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -15,18 +14,187 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcreg as fr
-import regs_reference as ref
-from conftest import TOL, elementwise, is_float, lams, leaf_dict, lowest_dtype, ref_sum, resolve, trees, walk
+import reference as ref
+from conftest import (
+    REFERENCED,
+    REFERENCED_IDS,
+    TOL,
+    Family,
+    assert_close_ref,
+    elementwise,
+    is_float,
+    lams,
+    leaf_dict,
+    resolve,
+    trees,
+    walk,
+)
+from registry import FAMILIES as ALL_FAMILIES
+
+
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
+@given(data=st.data())
+def test_grad_matches_closed_form(fam: Family, data: st.DataObject) -> None:
+    params = data.draw(trees(dtypes=(torch.float32, torch.float64, torch.bfloat16), mode="zeros", int_leaves=True))
+    lam = data.draw(lams(params, separable=fam.separable))
+    opts = fam.options(params, data.draw)
+    got = leaf_dict(fam.penalty.grad(params, lam, **opts))
+    want = fam.ref_grad(params, lam, opts)
+    for path, x in walk(params):
+        if path in want:
+            assert_close_ref(got[path], want[path], x.dtype, scale=3 * (1 + x.double().abs().max().item() if x.numel() else 1), what=path)
+        else:  # integer leaves are not selected by where=None: zeros like them
+            assert got[path].dtype == x.dtype and torch.equal(got[path], torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
+@given(data=st.data())
+@settings(max_examples=15)
+def test_grad_equals_autograd_of_value(fam: Family, data: st.DataObject) -> None:
+    """Where the penalty is differentiable (no element at 0 for L1/elastic net, no zero
+    group for group lasso: mode "away"), ``.grad`` is torch.func.grad of the value."""
+    params = data.draw(trees(dtypes=(torch.float64,), mode="away"))
+    lam = data.draw(lams(params, separable=fam.separable))
+    opts = fam.options(params, data.draw)
+    auto = torch.func.grad(lambda p: fam.penalty(p, lam, **opts))(params)
+    analytic = fam.penalty.grad(params, lam, **opts)
+    for (path, a), (_, b) in zip(walk(auto), walk(analytic)):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=path)
+
+
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
+def test_grad_with_where_matches_autograd(fam: Family) -> None:
+    g = torch.Generator().manual_seed(3)
+    params = {
+        "enc.weight": torch.randn(3, 4, generator=g, dtype=torch.float64) + 3,
+        "enc.bias": torch.randn(3, generator=g, dtype=torch.float64) + 3,
+        "dec.weight": torch.randn(2, 3, generator=g, dtype=torch.float64) - 3,
+    }
+    opts = fam.options(params)
+    where = fr.select.weights & fr.select.exclude("dec")
+    auto = torch.func.grad(lambda p: fam.penalty(p, 0.3, where=where, **opts))(params)
+    analytic = fam.penalty.grad(params, 0.3, where=where, **opts)
+    for k in params:
+        torch.testing.assert_close(analytic[k], auto[k])
+    assert torch.equal(analytic["enc.bias"], torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(analytic["dec.weight"], torch.zeros(2, 3, dtype=torch.float64))
+    assert analytic["enc.weight"].abs().min() > 0
+
+
+def test_subgradient_is_zero_at_zero() -> None:
+    w = {"w": torch.tensor([0.0, -0.0, 1.0, -2.0])}
+    torch.testing.assert_close(fr.l1.grad(w, 0.5)["w"], torch.tensor([0.0, 0.0, 0.5, -0.5]))
+    # elastic net: λρ·sign(w) + λ(1−ρ)·w
+    torch.testing.assert_close(
+        fr.elastic_net.grad(w, 2.0, l1_ratio=0.25)["w"], torch.tensor([0.0, 0.0, 0.5 + 1.5, -0.5 - 3.0])
+    )
+    with torch.no_grad():  # the same on both paths
+        for path in ("fast", "composable"):
+            with fr._dispatch.forced(path):
+                assert fr.l1.grad(w, 0.5)["w"][:2].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("dim", [0, -1, None])
+def test_group_lasso_zero_group_is_finite(dim: int | None) -> None:
+    """A whole group at zero: value, analytic gradient and autograd gradient are finite,
+    and the gradient of the zero group is 0."""
+    w = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]], dtype=torch.float64)
+    if dim is None:
+        w = torch.zeros(2, 3, dtype=torch.float64)
+    p = {"w": w, "z": torch.zeros(4, dtype=torch.float64), "s": torch.zeros((), dtype=torch.float64)}
+    value = fr.group_lasso(p, 0.5, dim=dim)
+    assert torch.isfinite(value)
+    auto = torch.func.grad(lambda q: fr.group_lasso(q, 0.5, dim=dim))(p)
+    analytic = fr.group_lasso.grad(p, 0.5, dim=dim)
+    leaf = {k: v.detach().clone().requires_grad_() for k, v in p.items()}
+    fr.group_lasso(leaf, 0.5, dim=dim).backward()
+    for k in p:
+        for g in (auto[k], analytic[k], leaf[k].grad):
+            assert torch.isfinite(g).all(), k
+        torch.testing.assert_close(auto[k], analytic[k])
+        torch.testing.assert_close(leaf[k].grad, analytic[k])
+    assert torch.equal(analytic["z"], torch.zeros(4, dtype=torch.float64))
+    if dim == 0:
+        assert torch.equal(analytic["w"][0], torch.zeros(3, dtype=torch.float64))
+        # nonzero row: λ·sqrt(3)·w/‖w‖
+        torch.testing.assert_close(analytic["w"][1], 0.5 * 3**0.5 * torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------- add_grad
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
+@given(data=st.data())
+@settings(max_examples=15)
+def test_add_grad_is_grads_plus_grad(fam: Family, data: st.DataObject) -> None:
+    params = data.draw(trees(dtypes=(torch.float32, torch.float64), mode="zeros", int_leaves=True))
+    lam = data.draw(lams(params, separable=fam.separable))
+    opts = fam.options(params, data.draw)
+    seed = data.draw(st.integers(0, 1000))
+    gen = torch.Generator().manual_seed(seed)
+    grads = {p: (torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype) if is_float(x) else None) for p, x in walk(params)}
+    got = leaf_dict(fam.penalty.add_grad(grads, params, lam, **opts))
+    pen = leaf_dict(fam.penalty.grad(params, lam, **opts))
+    for path, _ in walk(params):
+        if grads[path] is None:
+            assert got[path] is None
+        else:
+            torch.testing.assert_close(got[path], grads[path] + pen[path], msg=path)
+
+
+def test_add_grad_pass_through_rules() -> None:
+    g = torch.Generator().manual_seed(0)
+    params = {
+        "a.weight": torch.randn(2, 3, generator=g),
+        "a.bias": torch.randn(2, generator=g),
+        "b.weight": torch.randn(3, 3, generator=g),
+        "steps": torch.tensor(4),
+    }
+    grads = {
+        "a.weight": torch.randn(2, 3, generator=g),
+        "a.bias": torch.randn(2, generator=g),
+        "b.weight": None,
+        "steps": None,
+    }
+    for fam in REFERENCED:
+        opts = fam.options(params)
+        out = fam.penalty.add_grad(grads, params, 0.2, where=fr.select.weights, **opts)
+        assert list(out) == list(params)
+        assert out["a.bias"] is grads["a.bias"]  # unselected: the very same object
+        assert out["b.weight"] is None and out["steps"] is None  # no gradient stays None
+        pen = fam.penalty.grad(params, 0.2, where=fr.select.weights, **opts)
+        torch.testing.assert_close(out["a.weight"], grads["a.weight"] + pen["a.weight"])
+        assert out["a.weight"] is not grads["a.weight"]
+        # every selected gradient is None: nothing to add
+        none = {k: None for k in params}
+        out = fam.penalty.add_grad(none, params, 0.2, **opts)
+        assert all(v is None for v in out.values())
+
+
+def test_add_grad_matches_by_path() -> None:
+    """A gradient dict with its keys in another order lines up by path."""
+    params = {"x": torch.tensor([1.0, -1.0]), "y": torch.tensor([2.0])}
+    grads = {"y": torch.tensor([10.0]), "x": torch.tensor([0.0, 0.0])}
+    out = fr.l2.add_grad(grads, params, 0.5)
+    torch.testing.assert_close(out["x"], torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(out["y"], torch.tensor([12.0]))
+
+
+def test_grad_closed_forms_by_hand() -> None:
+    w = {"w": torch.tensor([1.0, -2.0]), "b": torch.tensor([0.5])}
+    w0 = {"w": torch.tensor([0.5, 0.0]), "b": torch.tensor([1.5])}
+    torch.testing.assert_close(fr.l2.grad(w, 0.5)["w"], torch.tensor([1.0, -2.0]))
+    torch.testing.assert_close(fr.l2_sp.grad(w, 0.5, anchor=w0)["w"], torch.tensor([0.5, -2.0]))
+    torch.testing.assert_close(fr.l2_sp.grad(w, 0.5, anchor=w0)["b"], torch.tensor([-1.0]))
+    # per-element λ
+    lam = {"w": torch.tensor([1.0, 3.0]), "b": 0.0}
+    torch.testing.assert_close(fr.l1.grad(w, lam)["w"], torch.tensor([1.0, -3.0]))
+    torch.testing.assert_close(fr.l2.grad(w, lam)["b"], torch.tensor([0.0]))
+
 
 forced = fr._dispatch.forced
 F64 = torch.float64
 
-# the separable families: (penalty, γ values to draw, value per element, gradient per element)
-ELEMENTWISE: dict[str, tuple[fr.Penalty, list[float | None], Callable[..., float], Callable[..., float] | None]] = {
-    "mcp": (fr.mcp, [0.5, 1.5, 3.0], ref.mcp_1, ref.mcp_grad_1),
-    "scad": (fr.scad, [1.5, 2.5, 3.7], ref.scad_1, ref.scad_grad_1),
-    "l0": (fr.l0, [None], lambda x, lam: lam * (x != 0), None),
-}
+# the families with per-element references: (penalty, γ values to draw, value per element, gradient per element)
+ELEMENTWISE = {f.name: (f.penalty, list(f.gammas), f.element_value, f.element_grad) for f in ALL_FAMILIES if f.element_value}
 
 
 def _opts(gamma: float | None) -> dict[str, Any]:
@@ -43,89 +211,12 @@ def _scale(params: Any) -> float:
                    for _, x in walk(params) if is_float(x)) + 1
 
 
-# ----------------------------------------------------------------------------- values
-@pytest.mark.parametrize("name", list(ELEMENTWISE))
-@given(data=st.data())
-@settings(max_examples=20)
-def test_elementwise_values_match_the_formulas(name: str, data: st.DataObject) -> None:
-    penalty, gammas, value, _ = ELEMENTWISE[name]
-    params = data.draw(trees(dtypes=(torch.float32, torch.float64, torch.bfloat16), mode="zeros", int_leaves=True))
-    lam = data.draw(lams(params))
-    gamma = data.draw(st.sampled_from(gammas))
-    got = penalty(params, lam, **_opts(gamma))
-    per = _per_element(value, gamma)
-    want = math.fsum(ref_sum(per, x, resolve(lam, p, x)) for p, x in walk(params) if is_float(x))
-    rtol, atol = TOL[lowest_dtype(params)]
-    assert got.ndim == 0
-    assert math.isclose(got.double().item(), want, rel_tol=rtol, abs_tol=atol * _scale(params)), (got, want)
-
-
-@given(data=st.data())
-@settings(max_examples=20)
-def test_sparse_group_lasso_value_matches_the_formula(data: st.DataObject) -> None:
-    params = data.draw(trees(dtypes=(torch.float32, torch.float64), mode="zeros", int_leaves=True))
-    lam = data.draw(lams(params, separable=False))
-    rho = data.draw(st.sampled_from([0.0, 0.3, 0.5, 1.0]))
-    dim = data.draw(st.sampled_from([0, -1, None]))
-    got = fr.sparse_group_lasso(params, lam, l1_ratio=rho, dim=dim)
-    want = math.fsum(ref.sgl_value(x, float(resolve(lam, p, x)), rho, dim) for p, x in walk(params) if is_float(x))
-    rtol, atol = TOL[lowest_dtype(params)]
-    assert math.isclose(got.double().item(), want, rel_tol=rtol, abs_tol=atol * _scale(params)), (got, want)
-
-
-def test_sparse_group_lasso_limits_are_l1_and_group_lasso() -> None:
-    g = torch.Generator().manual_seed(0)
-    p = {"a": torch.randn(3, 4, generator=g, dtype=F64), "b": torch.randn(5, generator=g, dtype=F64)}
-    torch.testing.assert_close(fr.sparse_group_lasso(p, 0.7, l1_ratio=1.0), fr.l1(p, 0.7))
-    torch.testing.assert_close(fr.sparse_group_lasso(p, 0.7, l1_ratio=0.0, dim=-1), fr.group_lasso(p, 0.7, dim=-1))
-    for k in ("prox", "grad"):
-        a = getattr(fr.sparse_group_lasso, k)(p, 0.7, *((0.5,) if k == "prox" else ()), l1_ratio=0.0, dim=None)
-        b = getattr(fr.group_lasso, k)(p, 0.7, *((0.5,) if k == "prox" else ()), dim=None)
-        for leaf in p:
-            torch.testing.assert_close(a[leaf], b[leaf])
-
-
 MATRICES = [(4, 3), (3, 5), (2, 3, 2), (1, 1), (5, 5), (2, 1, 3, 1)]
 
 
 def _matrices(dtype: torch.dtype, seed: int = 0, scale: float = 1.0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {f"m{i}": (scale * torch.randn(s, generator=g, dtype=F64)).to(dtype) for i, s in enumerate(MATRICES)}
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("lam_form", ["number", "tensor", "dict"])
-@pytest.mark.parametrize("name", ["nuclear_norm", "orthogonal"])
-def test_matrix_values_match_numpy(name: str, lam_form: str, dtype: torch.dtype) -> None:
-    params = _matrices(dtype)
-    lam = {"number": 0.3, "tensor": torch.tensor(0.3, dtype=F64),
-           "dict": {k: 0.1 * (i + 1) for i, k in enumerate(params)}}[lam_form]
-    penalty = getattr(fr, name)
-    value = ref.nuclear_value if name == "nuclear_norm" else ref.orthogonal_value
-    want = math.fsum(value(w, float(resolve(lam, k, w))) for k, w in params.items())
-    got = penalty(params, lam)
-    assert got.dtype == dtype
-    rtol = 1e-12 if dtype == F64 else 1e-5
-    assert math.isclose(got.double().item(), want, rel_tol=rtol), (got, want)
-
-
-def test_orthogonal_value_uses_the_smaller_gram_matrix() -> None:
-    # 2 orthonormal rows of length 3: W Wᵀ = I exactly (W ᵀW would be a rank-2 projector)
-    w = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]], dtype=F64)
-    assert fr.orthogonal({"w": w}, 1.0).item() == 0.0
-    assert fr.orthogonal({"w": w.T.contiguous()}, 1.0).item() == 0.0
-    assert fr.orthogonal({"w": 2 * w}, 0.5).item() == pytest.approx(0.5 * 2 * 9)  # 4I − I
-
-
-def test_values_by_hand() -> None:
-    w = {"w": torch.tensor([0.5, -2.0, 4.0, 0.0], dtype=F64)}
-    # MCP, λ = 1, γ = 3: 0.5 − 0.25/6, 2 − 4/6, then γλ²/2 = 1.5 beyond |w| = 3
-    assert fr.mcp(w, 1.0).item() == pytest.approx(0.5 - 0.25 / 6 + 2 - 4 / 6 + 1.5)
-    # SCAD, λ = 1, γ = 3: 0.5; (2·3·2 − 4 − 1)/4 = 1.75; λ²(γ + 1)/2 = 2
-    assert fr.scad(w, 1.0, gamma=3.0).item() == pytest.approx(0.5 + 1.75 + 2.0)
-    assert fr.l0(w, 0.25).item() == 0.75
-    m = {"m": torch.tensor([[3.0, 0.0], [0.0, -4.0]], dtype=F64)}
-    assert fr.nuclear_norm(m, 0.5).item() == pytest.approx(3.5)
 
 
 # -------------------------------------------------------------------------- gradients
@@ -247,7 +338,7 @@ def test_orthogonal_grad(dtype: torch.dtype, path: str) -> None:
 
 @pytest.mark.parametrize("path", ["fast", "composable"])
 @pytest.mark.parametrize("name", ["sparse_group_lasso", "nuclear_norm", "mcp", "scad", "orthogonal"])
-def test_add_grad_is_grads_plus_grad(name: str, path: str) -> None:
+def test_add_grad_is_grads_plus_grad_with_none_and_unselected_leaves(name: str, path: str) -> None:
     penalty = getattr(fr, name)
     params = {**_matrices(torch.float32, seed=4), **{f"d.{k}": v for k, v in _matrices(F64, seed=5).items()}}
     g = torch.Generator().manual_seed(6)

@@ -1,10 +1,14 @@
-"""Penalty values against independent float64 formulas, over generated pytrees and every
-form λ can take."""
+"""Penalty values of every family against independent float64 references: per-leaf formulas
+over generated pytrees and every form λ can take, per-element Python arithmetic for the
+families with a γ, numpy's SVD and matrix products for the matrix families, and values
+worked out by hand."""
 
 from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +16,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcreg as fr
-from conftest import FAMILIES, FAMILY_IDS, TOL, Family, float_paths, lams, lowest_dtype, tree_map, trees, walk
+import reference as ref
+from conftest import (
+    REFERENCED,
+    REFERENCED_IDS,
+    TOL,
+    Family,
+    float_paths,
+    is_float,
+    lams,
+    lowest_dtype,
+    ref_sum,
+    resolve,
+    tree_map,
+    trees,
+    walk,
+)
+from registry import FAMILIES as ALL_FAMILIES
 
 
 def _check_value(got: torch.Tensor, want: float, params: object, scale: float) -> None:
@@ -24,7 +44,7 @@ def _check_value(got: torch.Tensor, want: float, params: object, scale: float) -
     )
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @given(data=st.data())
 def test_value_matches_reference(fam: Family, data: st.DataObject) -> None:
     params = data.draw(trees(dtypes=(torch.float32, torch.float64, torch.bfloat16), int_leaves=True))
@@ -37,7 +57,7 @@ def test_value_matches_reference(fam: Family, data: st.DataObject) -> None:
     _check_value(got, want, params, scale)
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @given(data=st.data())
 @settings(max_examples=15)
 def test_lam_forms_agree(fam: Family, data: st.DataObject) -> None:
@@ -117,14 +137,14 @@ def test_empty_and_scalar_leaves() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_value_dtype(dtype: torch.dtype) -> None:
     p = {"a": torch.ones(2, 3, dtype=dtype)}
-    for fam in FAMILIES:
+    for fam in REFERENCED:
         assert fam.penalty(p, torch.tensor(0.5, dtype=torch.float64), **fam.options(p)).dtype == dtype
 
 
 def test_value_respects_where() -> None:
     g = torch.Generator().manual_seed(1)
     p = {"l.weight": torch.randn(3, 2, generator=g), "l.bias": torch.randn(3, generator=g), "n": torch.arange(3)}
-    for fam in FAMILIES:
+    for fam in REFERENCED:
         opts = fam.options(p)
         got = fam.penalty(p, 0.4, where=fr.select.weights, **opts)
         want = fam.ref_value(p, 0.4, opts, where=lambda path, x: x.ndim >= 2)
@@ -142,3 +162,109 @@ def test_nested_pytree_kinds() -> None:
     lam = {"layers.0.weight": 1.0, "layers.1.weight": 10.0, "od.z": 100.0, "od.a": 0.0, "nt.0": 1000.0, "nt.1.0": 0.5}
     got = fr.l1(p, lam).item()
     assert got == pytest.approx(4 + 80 + 300 + 0 + 2000 + 0.5)
+
+
+forced = fr._dispatch.forced
+F64 = torch.float64
+
+# the families with per-element references: (penalty, γ values to draw, value per element, gradient per element)
+ELEMENTWISE = {f.name: (f.penalty, list(f.gammas), f.element_value, f.element_grad) for f in ALL_FAMILIES if f.element_value}
+
+
+def _opts(gamma: float | None) -> dict[str, Any]:
+    return {} if gamma is None else {"gamma": gamma}
+
+
+def _per_element(fn: Callable[..., float], gamma: float | None) -> Callable[..., float]:
+    return fn if gamma is None else (lambda x, lam: fn(x, lam, gamma))
+
+
+def _scale(params: Any) -> float:
+    """A bound on the size of the terms (for low-precision tolerances)."""
+    return 3 * sum(x.double().abs().sum().item() + x.double().square().sum().item()
+                   for _, x in walk(params) if is_float(x)) + 1
+
+
+MATRICES = [(4, 3), (3, 5), (2, 3, 2), (1, 1), (5, 5), (2, 1, 3, 1)]
+
+
+def _matrices(dtype: torch.dtype, seed: int = 0, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {f"m{i}": (scale * torch.randn(s, generator=g, dtype=F64)).to(dtype) for i, s in enumerate(MATRICES)}
+
+
+# ----------------------------------------------------------------------------- values
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+@given(data=st.data())
+@settings(max_examples=20)
+def test_elementwise_values_match_the_formulas(name: str, data: st.DataObject) -> None:
+    penalty, gammas, value, _ = ELEMENTWISE[name]
+    params = data.draw(trees(dtypes=(torch.float32, torch.float64, torch.bfloat16), mode="zeros", int_leaves=True))
+    lam = data.draw(lams(params))
+    gamma = data.draw(st.sampled_from(gammas))
+    got = penalty(params, lam, **_opts(gamma))
+    per = _per_element(value, gamma)
+    want = math.fsum(ref_sum(per, x, resolve(lam, p, x)) for p, x in walk(params) if is_float(x))
+    rtol, atol = TOL[lowest_dtype(params)]
+    assert got.ndim == 0
+    assert math.isclose(got.double().item(), want, rel_tol=rtol, abs_tol=atol * _scale(params)), (got, want)
+
+
+@given(data=st.data())
+@settings(max_examples=20)
+def test_sparse_group_lasso_value_matches_the_formula(data: st.DataObject) -> None:
+    params = data.draw(trees(dtypes=(torch.float32, torch.float64), mode="zeros", int_leaves=True))
+    lam = data.draw(lams(params, separable=False))
+    rho = data.draw(st.sampled_from([0.0, 0.3, 0.5, 1.0]))
+    dim = data.draw(st.sampled_from([0, -1, None]))
+    got = fr.sparse_group_lasso(params, lam, l1_ratio=rho, dim=dim)
+    want = math.fsum(ref.sgl_value(x, float(resolve(lam, p, x)), rho, dim) for p, x in walk(params) if is_float(x))
+    rtol, atol = TOL[lowest_dtype(params)]
+    assert math.isclose(got.double().item(), want, rel_tol=rtol, abs_tol=atol * _scale(params)), (got, want)
+
+
+def test_sparse_group_lasso_limits_are_l1_and_group_lasso() -> None:
+    g = torch.Generator().manual_seed(0)
+    p = {"a": torch.randn(3, 4, generator=g, dtype=F64), "b": torch.randn(5, generator=g, dtype=F64)}
+    torch.testing.assert_close(fr.sparse_group_lasso(p, 0.7, l1_ratio=1.0), fr.l1(p, 0.7))
+    torch.testing.assert_close(fr.sparse_group_lasso(p, 0.7, l1_ratio=0.0, dim=-1), fr.group_lasso(p, 0.7, dim=-1))
+    for k in ("prox", "grad"):
+        a = getattr(fr.sparse_group_lasso, k)(p, 0.7, *((0.5,) if k == "prox" else ()), l1_ratio=0.0, dim=None)
+        b = getattr(fr.group_lasso, k)(p, 0.7, *((0.5,) if k == "prox" else ()), dim=None)
+        for leaf in p:
+            torch.testing.assert_close(a[leaf], b[leaf])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("lam_form", ["number", "tensor", "dict"])
+@pytest.mark.parametrize("name", ["nuclear_norm", "orthogonal"])
+def test_matrix_values_match_numpy(name: str, lam_form: str, dtype: torch.dtype) -> None:
+    params = _matrices(dtype)
+    lam = {"number": 0.3, "tensor": torch.tensor(0.3, dtype=F64),
+           "dict": {k: 0.1 * (i + 1) for i, k in enumerate(params)}}[lam_form]
+    penalty = getattr(fr, name)
+    value = ref.nuclear_value if name == "nuclear_norm" else ref.orthogonal_value
+    want = math.fsum(value(w, float(resolve(lam, k, w))) for k, w in params.items())
+    got = penalty(params, lam)
+    assert got.dtype == dtype
+    rtol = 1e-12 if dtype == F64 else 1e-5
+    assert math.isclose(got.double().item(), want, rel_tol=rtol), (got, want)
+
+
+def test_orthogonal_value_uses_the_smaller_gram_matrix() -> None:
+    # 2 orthonormal rows of length 3: W Wᵀ = I exactly (W ᵀW would be a rank-2 projector)
+    w = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]], dtype=F64)
+    assert fr.orthogonal({"w": w}, 1.0).item() == 0.0
+    assert fr.orthogonal({"w": w.T.contiguous()}, 1.0).item() == 0.0
+    assert fr.orthogonal({"w": 2 * w}, 0.5).item() == pytest.approx(0.5 * 2 * 9)  # 4I − I
+
+
+def test_mcp_scad_l0_nuclear_values_by_hand() -> None:
+    w = {"w": torch.tensor([0.5, -2.0, 4.0, 0.0], dtype=F64)}
+    # MCP, λ = 1, γ = 3: 0.5 − 0.25/6, 2 − 4/6, then γλ²/2 = 1.5 beyond |w| = 3
+    assert fr.mcp(w, 1.0).item() == pytest.approx(0.5 - 0.25 / 6 + 2 - 4 / 6 + 1.5)
+    # SCAD, λ = 1, γ = 3: 0.5; (2·3·2 − 4 − 1)/4 = 1.75; λ²(γ + 1)/2 = 2
+    assert fr.scad(w, 1.0, gamma=3.0).item() == pytest.approx(0.5 + 1.75 + 2.0)
+    assert fr.l0(w, 0.25).item() == 0.75
+    m = {"m": torch.tensor([[3.0, 0.0], [0.0, -4.0]], dtype=F64)}
+    assert fr.nuclear_norm(m, 0.5).item() == pytest.approx(3.5)

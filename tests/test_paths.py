@@ -1,17 +1,35 @@
 """The fast (``torch._foreach_*``) and composable (per-leaf) paths agree, and the
 automatic choice picks the fast path for plain tensors and the composable one under
-torch.func transforms and autograd."""
+torch.func transforms and autograd.
+
+Every family and projection: the fast and composable paths agree on generated and mixed-dtype trees.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
-from hypothesis import given
+import torch._dynamo
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcreg as fr
-from conftest import FAMILIES, FAMILY_IDS, Family, is_float, lams, leaf_dict, steps, trees, walk
+from conftest import (
+    REFERENCED,
+    REFERENCED_IDS,
+    Family,
+    fixed_params,
+    is_float,
+    lams,
+    leaf_dict,
+    steps,
+    trees,
+    walk,
+)
 from funcreg import _dispatch
+from registry import PROJECTIONS, UNREFERENCED_VARIANTS
 
 forced = _dispatch.forced
 
@@ -34,7 +52,7 @@ def _compare(a, b, what: str) -> None:
         torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=f"{what} {path}")
 
 
-@pytest.mark.parametrize("fam", FAMILIES, ids=FAMILY_IDS)
+@pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
 @given(data=st.data())
 def test_fast_and_composable_paths_agree(fam: Family, data: st.DataObject) -> None:
     # mixed dtypes in one tree: several (device, dtype) groups on the fast path
@@ -59,7 +77,7 @@ def test_fast_and_composable_paths_agree(fam: Family, data: st.DataObject) -> No
     "fam, lam_form",
     [
         pytest.param(f, form, id=f"{f.name}-{form}")
-        for f in FAMILIES
+        for f in REFERENCED
         for form in ("float", "tensor", "dict", "element")
         if f.separable or form != "element"  # group lasso takes one λ per leaf
     ],
@@ -117,7 +135,7 @@ def test_plain_tensors_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> No
     fr.l1.prox(p, 0.1, 0.5)
     assert spy.calls == [True, True, True]
     assert foreach_calls and set(foreach_calls) == {2}  # one multi-tensor sign over both leaves
-    for fam in FAMILIES:
+    for fam in REFERENCED:
         spy.calls.clear()
         fam.penalty.prox(p, 0.1, torch.tensor(0.5), **fam.options(p))
         assert spy.calls == [True], fam.name
@@ -163,3 +181,74 @@ def test_forced_rejects_unknown_path_and_restores() -> None:
             assert _dispatch.route(**plain) == "fast"
         assert _dispatch.route(**plain) == "composable"
     assert _dispatch.route(**plain) == "fast"
+
+
+F64 = torch.float64
+
+
+
+
+
+
+# ------------------------------------------------------------------ fast vs composable
+def _ops(penalty: fr.Penalty, params: Any, grads: Any, lam: Any, step: Any, opts: dict[str, Any]) -> list[Any]:
+    out = []
+    if "grad" not in penalty.without:
+        out += [penalty.grad(params, lam, **opts), penalty.add_grad(grads, params, lam, **opts)]
+    if "prox" not in penalty.without:
+        out.append(penalty.prox(params, lam, step, **opts))
+    return out
+
+
+def _compare_trees(a: Any, b: Any) -> None:
+    assert [p for p, _ in walk(a)] == [p for p, _ in walk(b)], "the trees' paths differ"
+    for (path, x), (_, y) in zip(walk(a), walk(b)):
+        if x is None:
+            assert y is None, path
+            continue
+        assert x.dtype == y.dtype and x.shape == y.shape, path
+        tol = {F64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 2e-2}.get(x.dtype, 0)
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=path)
+
+
+MATRIX_SHAPES = [(2, 3), (1, 4), (3, 1), (2, 1, 3), (2, 2, 2), (3, 3)]
+FLOATS = (torch.float32, F64)
+
+
+@pytest.mark.parametrize("name", list(UNREFERENCED_VARIANTS))
+@given(data=st.data())
+@settings(max_examples=12)
+def test_fast_and_composable_paths_agree_for_the_other_families(name: str, data: st.DataObject) -> None:
+    variant = UNREFERENCED_VARIANTS[name]
+    penalty = variant.penalty
+    matrix = variant.family.matrix or name.endswith("dim1")
+    dtypes = FLOATS if name == "nuclear_norm" else FLOATS + (torch.bfloat16,)  # no bfloat16 SVD
+    params = data.draw(trees(dtypes=dtypes, mode="zeros", max_leaves=6,
+                             **({"shapes": MATRIX_SHAPES} if matrix else {"int_leaves": True})))
+    opts = {k: v for k, v in variant.options(params).items() if k != "where"}
+    separable = penalty.elementwise
+    lam = data.draw(lams(params, separable=separable))
+    step = data.draw(steps(params, separable=separable, forms=("number", "tensor", "dict") + (("element",) if separable else ())))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    grads = {p: torch.randn(x.shape, generator=gen).to(x.dtype) if is_float(x) else None for p, x in walk(params)}
+    with forced("fast"):
+        fast = _ops(penalty, params, grads, lam, step, opts)
+    with forced("composable"):
+        comp = _ops(penalty, params, grads, lam, step, opts)
+    for a, b in zip(fast, comp):
+        _compare_trees(a, b)
+
+
+@pytest.mark.parametrize("name", list(PROJECTIONS))
+def test_projection_paths_agree_on_a_mixed_dtype_tree(name: str) -> None:
+    params = {**fixed_params(6), **{f"f.{k}": v for k, v in fixed_params(7, dtype=torch.float32).items()},
+              **{f"h.{k}": v for k, v in fixed_params(8, dtype=torch.bfloat16).items()}}
+    radii: list[Any] = [0.4, torch.tensor(0.4)]
+    if not name.startswith("box"):  # box negates its bound, so no dict there
+        radii.append({k: 0.3 * (i % 4) for i, k in enumerate(params)})
+    for r in radii:
+        with forced("fast"):
+            fast = PROJECTIONS[name](params, r)
+        with forced("composable"):
+            comp = PROJECTIONS[name](params, r)
+        _compare_trees(fast, comp)
