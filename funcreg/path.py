@@ -434,8 +434,8 @@ def _table(res: Path) -> str:
     for k in range(len(res)):
         val = f"{float(res.val_loss[k]):9.4g}" if res.val_loss is not None else f"{'-':>9}"
         row = f"{float(res.lambdas[k]):10.3e} {float(res.train_loss[k]):9.4g} {val}"
-        if folds:
-            row += f" {float(res.val_se[k]):9.2g}"  # type: ignore[index]  # val_se is set when there are folds
+        if res.val_se is not None:  # set exactly when there are folds
+            row += f" {float(res.val_se[k]):9.2g}"
         kept = f"{int(res.kept[k])}/{res.groups}"
         step = int(res.steps[k])
         row += f" {kept:>{width}}" + (f" {dead[k]:>4}" if any(dead) else "")
@@ -447,7 +447,7 @@ def _table(res: Path) -> str:
     tail = f"{done}/{len(res)} members converged"
     if done:
         tail += f", the slowest at step {int(res.steps.max())}"
-    if folds:
+    if res.fold_steps is not None:  # set exactly when there are folds
         fdone = int((res.fold_steps > 0).sum())
         tail += f"; {fdone}/{res.fold_steps.numel()} fold members ({folds} folds)"
     lines.append(tail)
