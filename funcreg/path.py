@@ -18,10 +18,10 @@ from torch.func import vmap
 
 from funcreg import _cv, _grid
 from funcreg._path_groups import Grouping
-from funcreg._path_train import Problem, Settings, train
+from funcreg._path_train import Options, Problem, train
 from funcreg.penalties import Penalty
 
-_SOLVER_OPTIONS = {f.name for f in dataclasses.fields(Settings)}
+_SOLVER_OPTIONS = {f.name for f in dataclasses.fields(Options)}
 
 
 @dataclass
@@ -269,7 +269,7 @@ def path(
         raise TypeError(f"fr.path got an unexpected option {sorted(unknown)[0]!r}: neither "
                         f"fr.{penalty.name}'s ({', '.join(penalty.options) or 'none'}) nor the "
                         f"solver's ({', '.join(sorted(_SOLVER_OPTIONS))})")
-    settings = Settings(**solver)
+    settings = Options(**solver).resolve()
     params = _check_params(params)
     device = next(iter(params.values())).device
     data = _check_batch("data", data, device)
