@@ -38,7 +38,7 @@ from torch.func import grad, vmap
 
 import funcreg
 from funcreg._path_groups import Grouping
-from funcreg._path_train import Problem, Settings, train
+from funcreg._path_train import Options, Problem, Settings, train
 
 BRACKET, HIGH, LOW, SHIFTS = 13, 100.0, 1e-4, 2
 BRACKET_RTOL, BRACKET_STEPS = 1e-2, 100  # FISTA
@@ -89,12 +89,12 @@ def build(problem: Problem, params: dict[str, torch.Tensor], data: tuple, groupi
     if "lambda_max" in getattr(problem.penalty, "without", {}):
         raise ValueError(f"fr.{problem.penalty.name} has no lambda_max to scale a grid: pass lambdas=")
     if settings.grid == "zero":
-        top = lambda_max_at_zero(problem, params, data, grouping.paths)
-        if not bool(top > 0):
+        lam_max = lambda_max_at_zero(problem, params, data, grouping.paths)
+        if not bool(lam_max > 0):
             raise ValueError("λ_max at w = 0 is 0 (the gradient there vanishes, as in a deep "
                              "network whose later layer is zero too): use grid='bracket'")
-        lams = funcreg.lambda_grid(top, n, eps)
-        return Grid(lams, "zero", float(top), f"λ_max at w = 0 ({float(top):.4g}) down to {eps:g}·λ_max")
+        lams = funcreg.lambda_grid(lam_max, n, eps)
+        return Grid(lams, "zero", float(lam_max), f"λ_max at w = 0 ({float(lam_max):.4g}) down to {eps:g}·λ_max")
     scale = per_leaf_scale(problem, params, data, grouping.paths)
     if not bool(scale > 0):
         raise ValueError("every per-leaf λ_max is 0 at these params: no scale for a grid; pass lambdas=")
@@ -102,13 +102,14 @@ def build(problem: Problem, params: dict[str, torch.Tensor], data: tuple, groupi
     hi, seen_l, seen_p = HIGH, [], []
     all_l = all_p = torch.zeros(0)
     if settings.solver == "fista":
-        quick = Settings(solver="fista", lr=settings.lr, rtol=BRACKET_RTOL, max_steps=BRACKET_STEPS,
-                         progress=settings.progress, distribute=False)
+        quick = Options(solver="fista", lr=settings.lr, rtol=BRACKET_RTOL, max_steps=BRACKET_STEPS,
+                        progress=settings.progress, distribute=False).resolve()
     else:  # data that need minibatches: a few epochs of the same solver
-        quick = Settings(solver="prox_adam", batch_size=settings.batch_size, lr=settings.lr,
-                         rtol=BRACKET_ADAM_RTOL, max_steps=BRACKET_EPOCHS, seed=settings.seed,
-                         progress=settings.progress, distribute=False)
-    top = bottom = None
+        quick = Options(solver="prox_adam", batch_size=settings.batch_size, lr=settings.lr,
+                        rtol=BRACKET_ADAM_RTOL, max_steps=BRACKET_EPOCHS, seed=settings.seed,
+                        progress=settings.progress, distribute=False).resolve()
+    top: float | None = None
+    bottom: float | None = None
     for _ in range(SHIFTS + 1):
         lams = float(scale) * hi * ratio ** torch.arange(BRACKET, dtype=torch.float64)
         lams = lams.to(scale.device)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.func import grad_and_value, vmap
@@ -35,6 +35,9 @@ from torch.func import grad_and_value, vmap
 from funcreg._path_groups import Grouping
 from funcreg.optim import _fista_core as core
 from funcreg.optim.fista import _step_blocks as step_blocks
+
+if TYPE_CHECKING:  # _path_train imports this module when it trains with FISTA
+    from funcreg._path_train import Members, Problem, Settings
 
 #: the growth bound of fr.fista.step's default
 GROW = 1.25
@@ -45,7 +48,7 @@ class Trainer:
     the loss and the prox, and (with ``compile``) the compiled iteration, shared by all
     blocks."""
 
-    def __init__(self, problem: Any, params: dict[str, torch.Tensor], settings: Any):
+    def __init__(self, problem: Problem, params: dict[str, torch.Tensor], settings: Settings):
         self.problem, self.settings = problem, settings
         self.params = params
         self.paths = list(params)
@@ -123,7 +126,7 @@ class Trainer:
         return self._compiled[nested], True
 
     def block(self, lams: torch.Tensor, starts: list[tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...], bool]],
-              progress: Callable[[str], None]) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+              progress: Callable[[str], None]) -> list[Members]:
         """Train one block: ``starts`` holds, per batch, its starting weights (a tree with
         the batch's member dims), its data and whether it is nested over folds. Returns,
         per batch, the weights (a tree with the member dims) and the step at which each
@@ -159,8 +162,8 @@ class Trainer:
                 break
         out = []
         for b in batches:
-            w, stopped = b.finish()
-            out.append(({k: v.contiguous() for k, v in zip(self.paths, self.layout.unflatten(w))}, stopped))
+            flat_w, stopped = b.finish()
+            out.append(({k: v.contiguous() for k, v in zip(self.paths, self.layout.unflatten(flat_w))}, stopped))
         if self.settings.warm_start:  # the smallest λ's steps go on to the next block
             self.carry = [(b.final_eta.select(b.dim, -1), b.final_curv.select(b.dim, -1)) for b in batches]
         return out

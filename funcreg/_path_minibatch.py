@@ -51,10 +51,11 @@ def run(problem: Problem, groups: list[Group], settings: Settings,
     stops once its prox-gradient mapping fell to ``rtol`` times its value at the start,
     and its ``lr`` is multiplied by ``DECAY`` (0.9) after an epoch that did not lower the
     mapping below its best."""
+    size = settings.batch_size
+    assert size is not None, "Options.resolve gives proximal Adam a batch_size, and only it"
     residual = _adam_residual(problem, float(settings.lr))
     grad_fn = grad(problem.loss)
     total = sum(g.active.numel() for g in groups)
-    size = settings.batch_size
     steps_done = 0
     start = {}
     for i, g in enumerate(groups):

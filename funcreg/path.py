@@ -18,10 +18,10 @@ from torch.func import vmap
 
 from funcreg import _cv, _grid
 from funcreg._path_groups import Grouping
-from funcreg._path_train import Problem, Settings, train
+from funcreg._path_train import Options, Problem, train
 from funcreg.penalties import Penalty
 
-_SOLVER_OPTIONS = {f.name for f in dataclasses.fields(Settings)}
+_SOLVER_OPTIONS = {f.name for f in dataclasses.fields(Options)}
 
 
 @dataclass
@@ -269,7 +269,7 @@ def path(
         raise TypeError(f"fr.path got an unexpected option {sorted(unknown)[0]!r}: neither "
                         f"fr.{penalty.name}'s ({', '.join(penalty.options) or 'none'}) nor the "
                         f"solver's ({', '.join(sorted(_SOLVER_OPTIONS))})")
-    settings = Settings(**solver)
+    settings = Options(**solver).resolve()
     params = _check_params(params)
     device = next(iter(params.values())).device
     data = _check_batch("data", data, device)
@@ -434,8 +434,8 @@ def _table(res: Path) -> str:
     for k in range(len(res)):
         val = f"{float(res.val_loss[k]):9.4g}" if res.val_loss is not None else f"{'-':>9}"
         row = f"{float(res.lambdas[k]):10.3e} {float(res.train_loss[k]):9.4g} {val}"
-        if folds:
-            row += f" {float(res.val_se[k]):9.2g}"  # type: ignore[index]  # val_se is set when there are folds
+        if res.val_se is not None:  # set exactly when there are folds
+            row += f" {float(res.val_se[k]):9.2g}"
         kept = f"{int(res.kept[k])}/{res.groups}"
         step = int(res.steps[k])
         row += f" {kept:>{width}}" + (f" {dead[k]:>4}" if any(dead) else "")
@@ -447,7 +447,7 @@ def _table(res: Path) -> str:
     tail = f"{done}/{len(res)} members converged"
     if done:
         tail += f", the slowest at step {int(res.steps.max())}"
-    if folds:
+    if res.fold_steps is not None:  # set exactly when there are folds
         fdone = int((res.fold_steps > 0).sum())
         tail += f"; {fdone}/{res.fold_steps.numel()} fold members ({folds} folds)"
     lines.append(tail)
