@@ -41,6 +41,8 @@ class Grouping:
 
     def _per_leaf(self, w: torch.Tensor, lead: int) -> torch.Tensor:
         """Norms of one leaf's groups, (*members, groups)."""
+        if w.ndim == lead:  # a 0-d leaf (a scalar bias) is one group of one weight, as the families read it
+            return w.abs().unsqueeze(-1)
         if self.elementwise:
             return w.abs().flatten(lead)
         if self.dim is None:

@@ -317,3 +317,20 @@ def test_groups_of_couplings_are_fr_couplings_norms() -> None:
     want = torch.cat([c.norms(p).double() for c in couplings])
     torch.testing.assert_close(grouping.norms(members), torch.stack([want, 2 * want]))
     assert len(grouping.labels) == 10 and grouping.unit == "units"
+
+
+@pytest.mark.parametrize("family,kw", [(fr.l1, {}), (fr.group_lasso, {}), (fr.group_lasso, {"dim": None})])
+def test_a_scalar_leaf_is_one_group(family: fr.penalties.Penalty, kw: dict) -> None:
+    """A 0-d leaf (a scalar bias) is one group of one weight, as the families read it; the
+    path's group norms once failed on it (IndexError, or a modulo by zero for dim=0)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    y = x[:, 0] - 2 * x[:, 1] + 1.5 + 0.1 * torch.randn(64, generator=g)
+
+    def mse(p, x, y):
+        return 0.5 * ((x @ p["w"] + p["b"] - y) ** 2).mean()
+
+    res = fr.path(mse, {"w": torch.zeros(5), "b": torch.zeros(())}, family, (x, y), n=3, grid="zero", **kw)
+    torch.testing.assert_close(res.group_norms[:, -1], res.params["b"].abs().double())
+    assert res.group_norms.shape[1] == (2 if kw else 6)
+    assert int(res.kept[0]) == 0 and float(res.params["b"][-1]) != 0.0
