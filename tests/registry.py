@@ -321,6 +321,19 @@ class Step:
     decays: bool = True  # where= chooses the decayed leaves (False: the updated leaves)
     tensor_lr: tuple[str, ...] = ()  # configs also run with a 0-d tensor lr
     own_tests: bool = False  # tested per optimizer, not by the tests over configs()/compose_cases()
+    # more donation cases by id, beyond the compose config: step keyword arguments, ``where``
+    # included (it replaces the step's own)
+    donation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # whether the fused kernel runs on a config with Python-number hyperparameters
+    fuses_if: Callable[[dict[str, Any]], bool] = lambda kw: True
+
+    def fuses(self, kw: dict[str, Any]) -> bool:
+        """Whether the fast path runs torch's fused kernel on ``kw`` (Python numbers)."""
+        return self.fused is not None and self.fuses_if(kw)
+
+    def fused_config(self) -> dict[str, Any]:
+        """The config with the most options among those the fused kernel runs."""
+        return max((kw for kw in self.configs.values() if self.fuses(kw)), key=len)
 
     def tensors(self, kw: dict[str, Any], dtype: torch.dtype = torch.float64, device: str = "cpu") -> dict[str, Any]:
         """``kw`` with every hyperparameter (defaults spelled out) a 0-d tensor of ``dtype``."""
@@ -426,9 +439,17 @@ SGD = Step(
         "dampening-no-momentum": dict(lr=0.03, dampening=0.5),
     },
     hypers=dict(momentum=0.0, dampening=0.0, weight_decay=0.0, lr=1e-2),
-    fused="_fused_sgd_",  # undamped only
+    # no momentum buffer for a step without momentum (a tensor momentum always takes one)
+    init=lambda kw: ({} if isinstance(kw.get("momentum"), torch.Tensor) or kw.get("momentum", 0) != 0
+                     else {"momentum": False}),
+    fused="_fused_sgd_",
+    fuses_if=lambda kw: kw.get("dampening", 0.0) == 0.0,  # undamped only
     compose="all",
     tensor_lr=("nesterov-wd-max", "all"),
+    donation={"plain": dict(lr=0.05), "momentum": dict(lr=0.05, momentum=0.9),
+              "nesterov": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+              "dampening": dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=0.1),
+              "where": dict(lr=0.05, weight_decay=0.1, where=W)},
     own_tests=True,
 )
 
@@ -447,6 +468,8 @@ ADAM = Step(
     fused="_fused_adam_",
     compose="all",
     tensor_lr=("all",),
+    donation={"default": dict(lr=0.01), "coupled": dict(lr=0.01, weight_decay=0.1, maximize=True),
+              "amsgrad": dict(lr=0.01, amsgrad=True)},
     own_tests=True,
 )
 
@@ -462,6 +485,8 @@ ADAMW = Step(
     fused="_fused_adamw_",
     compose="amsgrad-max",
     tensor_lr=("amsgrad-max",),
+    donation={"default": dict(lr=0.01),
+              "amsgrad-where": dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True, where=W)},
     own_tests=True,
 )
 
@@ -484,3 +509,14 @@ def configs(*, only: Callable[[Step, str], bool] = lambda s, c: True, steps: lis
 def compose_cases(steps: list[Step] = GENERIC) -> list[Any]:
     """``pytest.param(step, kwargs)``: each step's one config for composition tests."""
     return [pytest.param(s, s.configs[s.compose], id=s.name) for s in steps]
+
+
+def donation_cases(steps: list[Step] = STEPS) -> list[Any]:
+    """``pytest.param(step, kwargs)``: each step's compose config and its ``donation`` cases."""
+    return [pytest.param(s, kw, id=f"{s.name}-{c}") for s in steps
+            for c, kw in {s.compose: s.configs[s.compose], **s.donation}.items()]
+
+
+def fused_cases(steps: list[Step] = STEPS) -> list[Any]:
+    """``pytest.param(step, kwargs)``: each step with a fused kernel, on a config it fuses."""
+    return [pytest.param(s, s.fused_config(), id=s.name) for s in steps if s.fused is not None]

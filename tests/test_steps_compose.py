@@ -3,7 +3,7 @@ lr, weight decay, λ and every hyperparameter (the stacked path and the per-leaf
 against a Python loop, stacked params and states, gradients and hypergradients through
 unrolled steps against hand derivations and finite differences,
 ``torch.compile(fullgraph=True)`` with tensor hyperparameters and no recompile, and
-donated steps bit-equal to pure ones."""
+donated steps inside vmap (donated steps bit-equal to pure ones: tests/test_donation.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from optim_helpers import (  # noqa: F401  (_one_thread is an autouse fixture)  
     snapshot,
     tensors_of,
 )
-from registry import Step, compose_cases, step_kwargs
+from registry import STEPS, Step, compose_cases, step_kwargs
 
 # Inductor's import warns about torch.jit internals: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
@@ -438,9 +438,6 @@ def test_compile_fullgraph_with_tensor_hyperparameters_does_not_recompile(step: 
 
 
 # ------------------------------------------------------------------------- donation
-DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-
-
 def _donation_tree(dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Matrices of two aspect ratios, a vector and a 0-d leaf (Muon takes the matrices)."""
     g = torch.Generator().manual_seed(0)
@@ -448,43 +445,7 @@ def _donation_tree(dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: torch.randn(s, generator=g, dtype=F64).to(dtype) for k, s in shapes.items()}
 
 
-@pytest.mark.parametrize("route", ["fast", "foreach", "composable"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("step,kw", compose_cases())
-def test_donated_step_equals_pure_bit_for_bit(step: Step, kw: dict[str, Any], dtype: torch.dtype, route: str) -> None:
-    """The pure call's values, written into the donated params and state (the same tensors
-    come back, in their own storage), with ``None`` gradients on changing leaves; the
-    gradients and tensor hyperparameters stay as they were."""
-    kw = step_kwargs(step, kw)
-    if route == "foreach":
-        if dtype == torch.bfloat16 and "betas" in step.hypers:
-            pytest.skip("tensor betas are cast to the leaves' dtype, and 0.999 is 1.0 in bfloat16")
-        kw = step.tensors(kw)
-    params = _donation_tree(dtype)
-    pure_p, pure_s = params, _init(step, params, kw)
-    don_p, don_s = clone_tree(params), _init(step, params, kw)
-    gen = torch.Generator().manual_seed(1)
-    with fr._dispatch.forced("composable" if route == "composable" else None):
-        for t in range(3):
-            g = {k: None if k == ("0.weight" if t == 1 else "scale") else
-                 torch.randn(v.shape, generator=gen, dtype=F64).to(dtype) for k, v in params.items()}
-            keep = snapshot(g, {k: v for k, v in kw.items() if isinstance(v, torch.Tensor)})
-            pure_p, pure_s = step.opt.step(pure_p, g, pure_s, where=step.where, **kw)
-            ptrs = {k: v.data_ptr() for k, v in don_p.items()}
-            out_p, out_s = step.opt.step(don_p, g, don_s, where=step.where, donate=True, **kw)
-            assert_untouched(keep)
-            for k in params:
-                assert out_p[k] is don_p[k] and don_p[k].data_ptr() == ptrs[k], f"step {t}: {k} not in place"
-                assert torch.equal(out_p[k], pure_p[k]), f"step {t}: params {k} not bit-equal to the pure call"
-            for key in pure_s:
-                for k in params:
-                    a, e = out_s[key][k], pure_s[key][k]
-                    assert (a is None) == (e is None) and (a is None or torch.equal(a, e)), f"step {t}: {key} {k}"
-                    assert a is don_s[key][k], f"step {t}: state[{key!r}][{k!r}] is not the donated tensor"
-            don_p, don_s = out_p, out_s
-
-
-@pytest.mark.parametrize("step,kw", compose_cases())
+@pytest.mark.parametrize("step,kw", compose_cases(STEPS))
 def test_donated_steps_inside_vmap_write_into_the_ensemble(step: Step, kw: dict[str, Any]) -> None:
     kw = step_kwargs(step, kw)
     params = fr.replicate(_donation_tree(F64), K)
