@@ -324,6 +324,11 @@ class Step:
     # more donation cases by id, beyond the compose config: step keyword arguments, ``where``
     # included (it replaces the step's own)
     donation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the config ids the state tests run (None gradients, checkpoints, purity, init, dtypes);
+    # empty: the compose config
+    state: tuple[str, ...] = ()
+    # the state entries ``init`` does not fill with zeros: their value for a config
+    initial: Callable[[dict[str, Any]], dict[str, float]] = lambda kw: {}
     # whether the fused kernel runs on a config with Python-number hyperparameters
     fuses_if: Callable[[dict[str, Any]], bool] = lambda kw: True
 
@@ -384,6 +389,7 @@ ADAGRAD = Step(
     hypers=dict(lr_decay=0.0, weight_decay=0.0, eps=1e-10, lr=1e-2),
     init=lambda kw: ({"initial_accumulator_value": kw["initial_accumulator_value"]}
                      if "initial_accumulator_value" in kw else {}),
+    initial=lambda kw: {"sum": kw.get("initial_accumulator_value", 0.0)},
     fused="_fused_adagrad_",
     compose="all",
     tensor_lr=("all", "lr-decay"),
@@ -446,6 +452,7 @@ SGD = Step(
     fuses_if=lambda kw: kw.get("dampening", 0.0) == 0.0,  # undamped only
     compose="all",
     tensor_lr=("nesterov-wd-max", "all"),
+    state=("plain", "nesterov-wd-max", "all"),
     donation={"plain": dict(lr=0.05), "momentum": dict(lr=0.05, momentum=0.9),
               "nesterov": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
               "dampening": dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=0.1),
@@ -468,6 +475,7 @@ ADAM = Step(
     fused="_fused_adam_",
     compose="all",
     tensor_lr=("all",),
+    state=("wd", "amsgrad"),
     donation={"default": dict(lr=0.01), "coupled": dict(lr=0.01, weight_decay=0.1, maximize=True),
               "amsgrad": dict(lr=0.01, amsgrad=True)},
     own_tests=True,
@@ -520,3 +528,19 @@ def donation_cases(steps: list[Step] = STEPS) -> list[Any]:
 def fused_cases(steps: list[Step] = STEPS) -> list[Any]:
     """``pytest.param(step, kwargs)``: each step with a fused kernel, on a config it fuses."""
     return [pytest.param(s, s.fused_config(), id=s.name) for s in steps if s.fused is not None]
+
+
+def state_cases(steps: list[Step] = STEPS) -> list[Any]:
+    """``pytest.param(step, kwargs)``: each step's ``state`` configs (or its compose config)."""
+    return [pytest.param(s, s.configs[c], id=f"{s.name}-{c}") for s in steps for c in s.state or (s.compose,)]
+
+
+def step_route_kwargs(step: Step, kw: dict[str, Any], route: str, dtype: torch.dtype = torch.float64,
+                 device: str = "cpu") -> dict[str, Any]:
+    """``kw`` as ``route`` passes it (tests/optim_helpers.py's ROUTES): "foreach" every
+    hyperparameter a 0-d tensor of ``dtype``, "fused-tensor-lr" a tensor lr, else as it is."""
+    if route == "foreach":
+        return step.tensors(kw, dtype, device)
+    if route == "fused-tensor-lr":
+        return {**kw, "lr": torch.tensor(kw["lr"], dtype=dtype, device=device)}
+    return dict(kw)
