@@ -327,6 +327,12 @@ class Step:
     # the config ids the state tests run (None gradients, checkpoints, purity, init, dtypes);
     # empty: the compose config
     state: tuple[str, ...] = ()
+    # the config ids the stacked-vmap tests run (empty: the compose config), each also with
+    # where=fr.select.weights for a step whose where= chooses the decayed leaves
+    stacked: tuple[str, ...] = ()
+    # whether vmap's per-leaf path gives the stacked path's values to float64 precision
+    # (False for Muon: vmap's batching rule rounds its bfloat16 products differently)
+    vmap_exact: bool = True
     # the state entries ``init`` does not fill with zeros: their value for a config
     initial: Callable[[dict[str, Any]], dict[str, float]] = lambda kw: {}
     # whether the fused kernel runs on a config with Python-number hyperparameters
@@ -412,6 +418,7 @@ MUON = Step(
     hypers=dict(weight_decay=0.1, momentum=0.95, eps=1e-7, lr=1e-3),
     where=matrices,
     decays=False,
+    vmap_exact=False,
     compose="match-rms-adamw",
     tensor_lr=("match-rms-adamw", "no-nesterov"),
 )
@@ -453,6 +460,7 @@ SGD = Step(
     compose="all",
     tensor_lr=("nesterov-wd-max", "all"),
     state=("plain", "nesterov-wd-max", "all"),
+    stacked=("all", "nesterov-wd-max"),
     donation={"plain": dict(lr=0.05), "momentum": dict(lr=0.05, momentum=0.9),
               "nesterov": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
               "dampening": dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=0.1),
@@ -475,7 +483,7 @@ ADAM = Step(
     fused="_fused_adam_",
     compose="all",
     tensor_lr=("all",),
-    state=("wd", "amsgrad"),
+    state=("wd", "all"),
     donation={"default": dict(lr=0.01), "coupled": dict(lr=0.01, weight_decay=0.1, maximize=True),
               "amsgrad": dict(lr=0.01, amsgrad=True)},
     own_tests=True,
@@ -544,3 +552,18 @@ def step_route_kwargs(step: Step, kw: dict[str, Any], route: str, dtype: torch.d
     if route == "fused-tensor-lr":
         return {**kw, "lr": torch.tensor(kw["lr"], dtype=dtype, device=device)}
     return dict(kw)
+
+
+def stacked_cases(steps: list[Step] = STEPS) -> list[Any]:
+    """``pytest.param(step, kwargs)`` for the stacked-vmap tests: each step whose per-leaf
+    path under vmap is exact on its ``stacked`` configs (or its compose config), with its
+    own ``where``, and with ``where=fr.select.weights`` where that chooses the decayed leaves."""
+    out = []
+    for s in steps:
+        if not s.vmap_exact:
+            continue
+        for c in s.stacked or (s.compose,):
+            out.append(pytest.param(s, {**s.configs[c], "where": s.where}, id=f"{s.name}-{c}"))
+            if s.decays and c == (s.stacked or (s.compose,))[0]:
+                out.append(pytest.param(s, {**s.configs[c], "where": W}, id=f"{s.name}-{c}-where"))
+    return out
