@@ -333,6 +333,13 @@ class Step:
     # whether vmap's per-leaf path gives the stacked path's values to float64 precision
     # (False for Muon: vmap's batching rule rounds its bfloat16 products differently)
     vmap_exact: bool = True
+    # how many steps a hypergradient test unrolls (1 where, later, the bfloat16 rounding
+    # (Muon) or the sign (Lion) make the loss piecewise constant at a finite difference's scale)
+    unrolled: int = 3
+    # (config id, hyperparameter) of the hypergradient through ``differentiable=True`` steps
+    # in tests/test_differentiable.py: a hyperparameter other than lr ("beta1": betas[0]),
+    # whose lr hypergradient tests/test_steps_compose.py checks; "" the compose config
+    hypergradient: tuple[str, str] = ("", "weight_decay")
     # the state entries ``init`` does not fill with zeros: their value for a config
     initial: Callable[[dict[str, Any]], dict[str, float]] = lambda kw: {}
     # whether the fused kernel runs on a config with Python-number hyperparameters
@@ -377,6 +384,7 @@ RMSPROP = Step(
                          centered=kw.get("centered", False)),
     compose="all",
     tensor_lr=("all", "momentum-alpha-eps"),
+    hypergradient=("", "alpha"),
 )
 
 ADAGRAD = Step(
@@ -399,6 +407,7 @@ ADAGRAD = Step(
     fused="_fused_adagrad_",
     compose="all",
     tensor_lr=("all", "lr-decay"),
+    hypergradient=("", "lr_decay"),
 )
 
 MUON = Step(
@@ -419,6 +428,7 @@ MUON = Step(
     where=matrices,
     decays=False,
     vmap_exact=False,
+    unrolled=1,
     compose="match-rms-adamw",
     tensor_lr=("match-rms-adamw", "no-nesterov"),
 )
@@ -435,6 +445,7 @@ LION = Step(
     hypers=dict(betas=(0.9, 0.99), weight_decay=0.0, lr=1e-3),
     compose="all",
     tensor_lr=("all",),
+    unrolled=1,
 )
 
 SGD = Step(
@@ -461,6 +472,7 @@ SGD = Step(
     tensor_lr=("nesterov-wd-max", "all"),
     state=("plain", "nesterov-wd-max", "all"),
     stacked=("all", "nesterov-wd-max"),
+    hypergradient=("nesterov-wd-max", "momentum"),
     donation={"plain": dict(lr=0.05), "momentum": dict(lr=0.05, momentum=0.9),
               "nesterov": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
               "dampening": dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=0.1),
@@ -501,6 +513,7 @@ ADAMW = Step(
     fused="_fused_adamw_",
     compose="amsgrad-max",
     tensor_lr=("amsgrad-max",),
+    hypergradient=("", "beta1"),
     donation={"default": dict(lr=0.01),
               "amsgrad-where": dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True, where=W)},
     own_tests=True,

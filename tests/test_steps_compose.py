@@ -500,14 +500,13 @@ def _fit_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
     return ((h @ p["2.weight"].T + p["2.bias"] - Y_FIT) ** 2).mean()
 
 
-@pytest.mark.parametrize("step,kw", compose_cases())
+@pytest.mark.parametrize("step,kw", compose_cases(STEPS))
 def test_hypergradient_wrt_lr_matches_finite_differences(step: Step, kw: dict[str, Any]) -> None:
     """d loss / d lr through unrolled steps: torch.func.grad (no flag needed), plain autograd
-    with ``differentiable=True``, and a central finite difference agree. Muon and Lion take
-    one step: through later steps the bfloat16 rounding (Muon) and the sign (Lion) make
-    the loss piecewise constant in lr at a finite difference's scale."""
+    with ``differentiable=True``, and a central finite difference agree, through
+    ``step.unrolled`` steps."""
     kw = {k: v for k, v in step_kwargs(step, kw).items() if k not in ("lr", "maximize")}
-    steps = 1 if step.name in ("muon", "lion") else 3
+    steps = step.unrolled
 
     def run(lr: torch.Tensor, **flags: Any) -> torch.Tensor:
         params = mlp_params(F64)
