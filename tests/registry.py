@@ -33,12 +33,27 @@ How to add a step
 Add a :class:`Step` to :data:`STEPS`: its reference optimizer (torch.optim's class, or a
 hand-written one like :class:`PaperLion` where torch.optim lacks it), the configurations
 its tests run (torch's own test configurations where they exist), the hyperparameters that
-may be tensors, ``init``'s options, the leaves it updates and its fused kernel. The step
-tests (tests/test_steps_*.py) are parametrized over :func:`configs` and
-:func:`compose_cases`: parity with the reference on every route, vmap, compile, donation,
-purity, errors. ``own_tests=True`` marks fr.sgd, fr.adam and fr.adamw, whose tests in the
-same files were written per optimizer before this registry (their parity test reads the
-configurations from here); :func:`configs` and :func:`compose_cases` leave them out.
+may be tensors, ``init``'s options, the leaves it updates and its fused kernel (and
+``fuses_if``, when the kernel runs on some configs only). The rest have defaults that fit
+a plain step: ``compose`` names the config used where one is enough; ``state``,
+``stacked`` and ``donation`` add configs to the state, stacked-vmap and donation tests;
+``initial`` the state entries ``init`` does not zero; ``vmap_exact=False`` where vmap's
+per-leaf path rounds differently from the stacked one; ``unrolled`` the steps a
+hypergradient test may take; ``hypergradient`` the hyperparameter other than lr that the
+``differentiable=True`` test differentiates.
+
+Run the suite: every concept's tests read :data:`STEPS` and pick the new step up without
+edits: parity with the reference on every route and vmap over every hyperparameter
+(tests/test_steps_parity.py, tests/test_steps_compose.py), state (None gradients,
+checkpoints, purity, init, dtypes: test_steps_state.py), donation (test_donation.py),
+the stacked path (test_stacked_vmap.py), hypergradients (test_steps_compose.py,
+test_differentiable.py), errors (test_steps_errors.py). ``own_tests=True`` marks fr.sgd,
+fr.adam and fr.adamw, whose parity and torch.compile tests were written per optimizer
+before this registry and check more than the generic ones (more routes and configs, 200
+steps; their parity test reads the configurations from here): :func:`configs` and
+:func:`compose_cases` leave them out by default, the other case lists take every step.
+Checks particular to a step (its own options' errors, a closed form) go in the concept's
+file by hand.
 """
 
 from __future__ import annotations
@@ -305,8 +320,10 @@ class Step:
     (``betas`` as a pair); ``init(kw)`` gives ``init``'s keyword arguments for the step's
     (tensors included);
     ``where`` the leaves the step updates (``None``: all); ``fused`` the name of torch's
-    fused kernel its fast path runs on Python-number hyperparameters, if any; ``compose``
-    the id of the config used where one is enough (vmap, compile, donation, errors).
+    fused kernel its fast path runs on Python-number hyperparameters, if any, and
+    ``fuses_if`` on which configs; ``compose`` the id of the config used where one is
+    enough (vmap, compile, donation, errors); the other fields say what the state,
+    stacked-vmap, donation and hypergradient tests run (see the comments below).
     """
 
     name: str
@@ -320,7 +337,7 @@ class Step:
     fused: str | None = None
     decays: bool = True  # where= chooses the decayed leaves (False: the updated leaves)
     tensor_lr: tuple[str, ...] = ()  # configs also run with a 0-d tensor lr
-    own_tests: bool = False  # tested per optimizer, not by the tests over configs()/compose_cases()
+    own_tests: bool = False  # parity and compile tested per optimizer: configs()/compose_cases() leave it out
     # more donation cases by id, beyond the compose config: step keyword arguments, ``where``
     # included (it replaces the step's own)
     donation: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -521,7 +538,7 @@ ADAMW = Step(
 
 STEPS = [SGD, ADAM, ADAMW, RMSPROP, ADAGRAD, MUON, LION]
 GENERIC = [s for s in STEPS if not s.own_tests]
-"""The steps the generic step tests run over."""
+"""The steps the generic parity and compile tests run over (the others take :data:`STEPS`)."""
 STEP_BY_NAME = {s.name: s for s in STEPS}
 
 
