@@ -33,12 +33,27 @@ How to add a step
 Add a :class:`Step` to :data:`STEPS`: its reference optimizer (torch.optim's class, or a
 hand-written one like :class:`PaperLion` where torch.optim lacks it), the configurations
 its tests run (torch's own test configurations where they exist), the hyperparameters that
-may be tensors, ``init``'s options, the leaves it updates and its fused kernel. The step
-tests (tests/test_steps_*.py) are parametrized over :func:`configs` and
-:func:`compose_cases`: parity with the reference on every route, vmap, compile, donation,
-purity, errors. ``own_tests=True`` marks fr.sgd, fr.adam and fr.adamw, whose tests in the
-same files were written per optimizer before this registry (their parity test reads the
-configurations from here); :func:`configs` and :func:`compose_cases` leave them out.
+may be tensors, ``init``'s options, the leaves it updates and its fused kernel (and
+``fuses_if``, when the kernel runs on some configs only). The rest have defaults that fit
+a plain step: ``compose`` names the config used where one is enough; ``state``,
+``stacked`` and ``donation`` add configs to the state, stacked-vmap and donation tests;
+``initial`` the state entries ``init`` does not zero; ``vmap_exact=False`` where vmap's
+per-leaf path rounds differently from the stacked one; ``unrolled`` the steps a
+hypergradient test may take; ``hypergradient`` the hyperparameter other than lr that the
+``differentiable=True`` test differentiates.
+
+Run the suite: every concept's tests read :data:`STEPS` and pick the new step up without
+edits: parity with the reference on every route and vmap over every hyperparameter
+(tests/test_steps_parity.py, tests/test_steps_compose.py), state (None gradients,
+checkpoints, purity, init, dtypes: test_steps_state.py), donation (test_donation.py),
+the stacked path (test_stacked_vmap.py), hypergradients (test_steps_compose.py,
+test_differentiable.py), errors (test_steps_errors.py). ``own_tests=True`` marks fr.sgd,
+fr.adam and fr.adamw, whose parity and torch.compile tests were written per optimizer
+before this registry and check more than the generic ones (more routes and configs, 200
+steps; their parity test reads the configurations from here): :func:`configs` and
+:func:`compose_cases` leave them out by default, the other case lists take every step.
+Checks particular to a step (its own options' errors, a closed form) go in the concept's
+file by hand.
 """
 
 from __future__ import annotations
@@ -305,8 +320,10 @@ class Step:
     (``betas`` as a pair); ``init(kw)`` gives ``init``'s keyword arguments for the step's
     (tensors included);
     ``where`` the leaves the step updates (``None``: all); ``fused`` the name of torch's
-    fused kernel its fast path runs on Python-number hyperparameters, if any; ``compose``
-    the id of the config used where one is enough (vmap, compile, donation, errors).
+    fused kernel its fast path runs on Python-number hyperparameters, if any, and
+    ``fuses_if`` on which configs; ``compose`` the id of the config used where one is
+    enough (vmap, compile, donation, errors); the other fields say what the state,
+    stacked-vmap, donation and hypergradient tests run (see the comments below).
     """
 
     name: str
@@ -320,7 +337,38 @@ class Step:
     fused: str | None = None
     decays: bool = True  # where= chooses the decayed leaves (False: the updated leaves)
     tensor_lr: tuple[str, ...] = ()  # configs also run with a 0-d tensor lr
-    own_tests: bool = False  # tested per optimizer, not by the tests over configs()/compose_cases()
+    own_tests: bool = False  # parity and compile tested per optimizer: configs()/compose_cases() leave it out
+    # more donation cases by id, beyond the compose config: step keyword arguments, ``where``
+    # included (it replaces the step's own)
+    donation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the config ids the state tests run (None gradients, checkpoints, purity, init, dtypes);
+    # empty: the compose config
+    state: tuple[str, ...] = ()
+    # the config ids the stacked-vmap tests run (empty: the compose config), each also with
+    # where=fr.select.weights for a step whose where= chooses the decayed leaves
+    stacked: tuple[str, ...] = ()
+    # whether vmap's per-leaf path gives the stacked path's values to float64 precision
+    # (False for Muon: vmap's batching rule rounds its bfloat16 products differently)
+    vmap_exact: bool = True
+    # how many steps a hypergradient test unrolls (1 where, later, the bfloat16 rounding
+    # (Muon) or the sign (Lion) make the loss piecewise constant at a finite difference's scale)
+    unrolled: int = 3
+    # (config id, hyperparameter) of the hypergradient through ``differentiable=True`` steps
+    # in tests/test_differentiable.py: a hyperparameter other than lr ("beta1": betas[0]),
+    # whose lr hypergradient tests/test_steps_compose.py checks; "" the compose config
+    hypergradient: tuple[str, str] = ("", "weight_decay")
+    # the state entries ``init`` does not fill with zeros: their value for a config
+    initial: Callable[[dict[str, Any]], dict[str, float]] = lambda kw: {}
+    # whether the fused kernel runs on a config with Python-number hyperparameters
+    fuses_if: Callable[[dict[str, Any]], bool] = lambda kw: True
+
+    def fuses(self, kw: dict[str, Any]) -> bool:
+        """Whether the fast path runs torch's fused kernel on ``kw`` (Python numbers)."""
+        return self.fused is not None and self.fuses_if(kw)
+
+    def fused_config(self) -> dict[str, Any]:
+        """The config with the most options among those the fused kernel runs."""
+        return max((kw for kw in self.configs.values() if self.fuses(kw)), key=len)
 
     def tensors(self, kw: dict[str, Any], dtype: torch.dtype = torch.float64, device: str = "cpu") -> dict[str, Any]:
         """``kw`` with every hyperparameter (defaults spelled out) a 0-d tensor of ``dtype``."""
@@ -353,6 +401,7 @@ RMSPROP = Step(
                          centered=kw.get("centered", False)),
     compose="all",
     tensor_lr=("all", "momentum-alpha-eps"),
+    hypergradient=("", "alpha"),
 )
 
 ADAGRAD = Step(
@@ -371,9 +420,11 @@ ADAGRAD = Step(
     hypers=dict(lr_decay=0.0, weight_decay=0.0, eps=1e-10, lr=1e-2),
     init=lambda kw: ({"initial_accumulator_value": kw["initial_accumulator_value"]}
                      if "initial_accumulator_value" in kw else {}),
+    initial=lambda kw: {"sum": kw.get("initial_accumulator_value", 0.0)},
     fused="_fused_adagrad_",
     compose="all",
     tensor_lr=("all", "lr-decay"),
+    hypergradient=("", "lr_decay"),
 )
 
 MUON = Step(
@@ -393,6 +444,8 @@ MUON = Step(
     hypers=dict(weight_decay=0.1, momentum=0.95, eps=1e-7, lr=1e-3),
     where=matrices,
     decays=False,
+    vmap_exact=False,
+    unrolled=1,
     compose="match-rms-adamw",
     tensor_lr=("match-rms-adamw", "no-nesterov"),
 )
@@ -409,6 +462,7 @@ LION = Step(
     hypers=dict(betas=(0.9, 0.99), weight_decay=0.0, lr=1e-3),
     compose="all",
     tensor_lr=("all",),
+    unrolled=1,
 )
 
 SGD = Step(
@@ -426,9 +480,20 @@ SGD = Step(
         "dampening-no-momentum": dict(lr=0.03, dampening=0.5),
     },
     hypers=dict(momentum=0.0, dampening=0.0, weight_decay=0.0, lr=1e-2),
-    fused="_fused_sgd_",  # undamped only
+    # no momentum buffer for a step without momentum (a tensor momentum always takes one)
+    init=lambda kw: ({} if isinstance(kw.get("momentum"), torch.Tensor) or kw.get("momentum", 0) != 0
+                     else {"momentum": False}),
+    fused="_fused_sgd_",
+    fuses_if=lambda kw: kw.get("dampening", 0.0) == 0.0,  # undamped only
     compose="all",
     tensor_lr=("nesterov-wd-max", "all"),
+    state=("plain", "nesterov-wd-max", "all"),
+    stacked=("all", "nesterov-wd-max"),
+    hypergradient=("nesterov-wd-max", "momentum"),
+    donation={"plain": dict(lr=0.05), "momentum": dict(lr=0.05, momentum=0.9),
+              "nesterov": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+              "dampening": dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=0.1),
+              "where": dict(lr=0.05, weight_decay=0.1, where=W)},
     own_tests=True,
 )
 
@@ -447,6 +512,9 @@ ADAM = Step(
     fused="_fused_adam_",
     compose="all",
     tensor_lr=("all",),
+    state=("wd", "all"),
+    donation={"default": dict(lr=0.01), "coupled": dict(lr=0.01, weight_decay=0.1, maximize=True),
+              "amsgrad": dict(lr=0.01, amsgrad=True)},
     own_tests=True,
 )
 
@@ -462,12 +530,15 @@ ADAMW = Step(
     fused="_fused_adamw_",
     compose="amsgrad-max",
     tensor_lr=("amsgrad-max",),
+    hypergradient=("", "beta1"),
+    donation={"default": dict(lr=0.01),
+              "amsgrad-where": dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True, where=W)},
     own_tests=True,
 )
 
 STEPS = [SGD, ADAM, ADAMW, RMSPROP, ADAGRAD, MUON, LION]
 GENERIC = [s for s in STEPS if not s.own_tests]
-"""The steps the generic step tests run over."""
+"""The steps the generic parity and compile tests run over (the others take :data:`STEPS`)."""
 STEP_BY_NAME = {s.name: s for s in STEPS}
 
 
@@ -484,3 +555,45 @@ def configs(*, only: Callable[[Step, str], bool] = lambda s, c: True, steps: lis
 def compose_cases(steps: list[Step] = GENERIC) -> list[Any]:
     """``pytest.param(step, kwargs)``: each step's one config for composition tests."""
     return [pytest.param(s, s.configs[s.compose], id=s.name) for s in steps]
+
+
+def donation_cases(steps: list[Step] = STEPS) -> list[Any]:
+    """``pytest.param(step, kwargs)``: each step's compose config and its ``donation`` cases."""
+    return [pytest.param(s, kw, id=f"{s.name}-{c}") for s in steps
+            for c, kw in {s.compose: s.configs[s.compose], **s.donation}.items()]
+
+
+def fused_cases(steps: list[Step] = STEPS) -> list[Any]:
+    """``pytest.param(step, kwargs)``: each step with a fused kernel, on a config it fuses."""
+    return [pytest.param(s, s.fused_config(), id=s.name) for s in steps if s.fused is not None]
+
+
+def state_cases(steps: list[Step] = STEPS) -> list[Any]:
+    """``pytest.param(step, kwargs)``: each step's ``state`` configs (or its compose config)."""
+    return [pytest.param(s, s.configs[c], id=f"{s.name}-{c}") for s in steps for c in s.state or (s.compose,)]
+
+
+def step_route_kwargs(step: Step, kw: dict[str, Any], route: str, dtype: torch.dtype = torch.float64,
+                 device: str = "cpu") -> dict[str, Any]:
+    """``kw`` as ``route`` passes it (tests/optim_helpers.py's ROUTES): "foreach" every
+    hyperparameter a 0-d tensor of ``dtype``, "fused-tensor-lr" a tensor lr, else as it is."""
+    if route == "foreach":
+        return step.tensors(kw, dtype, device)
+    if route == "fused-tensor-lr":
+        return {**kw, "lr": torch.tensor(kw["lr"], dtype=dtype, device=device)}
+    return dict(kw)
+
+
+def stacked_cases(steps: list[Step] = STEPS) -> list[Any]:
+    """``pytest.param(step, kwargs)`` for the stacked-vmap tests: each step whose per-leaf
+    path under vmap is exact on its ``stacked`` configs (or its compose config), with its
+    own ``where``, and with ``where=fr.select.weights`` where that chooses the decayed leaves."""
+    out = []
+    for s in steps:
+        if not s.vmap_exact:
+            continue
+        for c in s.stacked or (s.compose,):
+            out.append(pytest.param(s, {**s.configs[c], "where": s.where}, id=f"{s.name}-{c}"))
+            if s.decays and c == (s.stacked or (s.compose,))[0]:
+                out.append(pytest.param(s, {**s.configs[c], "where": W}, id=f"{s.name}-{c}-where"))
+    return out

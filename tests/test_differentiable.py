@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import funcreg as fr
+from registry import STEPS, Step, step_kwargs
 
 F64 = torch.float64
 
@@ -38,24 +39,36 @@ def _descend(p: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> dict[str
     return {k: v - 0.1 * g[k] for k, v in p.items()}
 
 
-UPDATES: list[Any] = [
-    pytest.param(lambda p, s, h: fr.sgd.step(p, _grads(p), s, lr=h, momentum=0.9, nesterov=True,
-                                             differentiable=True), fr.sgd.init, id="sgd-nesterov"),
-    pytest.param(lambda p, s, h: fr.adam.step(p, _grads(p), s, lr=h, weight_decay=0.1, amsgrad=True,
-                                              differentiable=True), lambda p: fr.adam.init(p, amsgrad=True),
-                 id="adam-amsgrad"),
-    pytest.param(lambda p, s, h: fr.adamw.step(p, _grads(p), s, lr=0.05, betas=(h, 0.99),
-                                               differentiable=True), fr.adamw.init, id="adamw-beta1"),
+def _step_update(step: Step) -> Any:
+    """``pytest.param(update, init, h0, steps)``: ``step`` on its ``hypergradient`` config,
+    differentiated with respect to its ``hypergradient`` hyperparameter at the config's value."""
+    config, name = step.hypergradient
+    kw = {k: v for k, v in step_kwargs(step, step.configs[config or step.compose]).items() if k != "maximize"}
+    init = step.init(kw)
+    beta2 = kw.get("betas", step.hypers.get("betas", (0.0, 0.0)))[1]
+    h0 = kw.get("betas", step.hypers.get("betas", (0.0,)))[0] if name == "beta1" else kw.get(name, step.hypers[name])
+
+    def update(p: dict[str, torch.Tensor], s: Any, h: torch.Tensor) -> Any:
+        hyper = {"betas": (h, beta2)} if name == "beta1" else {name: h}
+        return step.opt.step(p, _grads(p), s, where=step.where, differentiable=True, **{**kw, **hyper})
+
+    return pytest.param(update, lambda p: step.opt.init(p, **init), h0, step.unrolled,
+                        id=f"{step.name}-{config or step.compose}-{name}")
+
+
+UPDATES: list[Any] = [_step_update(s) for s in STEPS] + [
     pytest.param(lambda p, s, h: (_descend(p, fr.l2.add_grad(_grads(p), p, h, differentiable=True)), s),
-                 None, id="add_grad"),
+                 None, 0.3, 3, id="add_grad"),
     pytest.param(lambda p, s, h: (fr.l1.prox(_descend(p, _grads(p)), h, 0.1, differentiable=True), s),
-                 None, id="l1-prox"),
+                 None, 0.3, 3, id="l1-prox"),
     pytest.param(lambda p, s, h: (fr.project.max_norm(_descend(p, _grads(p)), h, differentiable=True), s),
-                 None, id="max-norm"),
+                 None, 0.3, 3, id="max-norm"),
 ]
+"""(update, init, h0, steps): every step of the registry, and the penalties' and a
+projection's differentiable calls."""
 
 
-def _unrolled(update: Callable[..., Any], init: Any, steps: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
+def _unrolled(update: Callable[..., Any], init: Any, steps: int) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(h: torch.Tensor) -> torch.Tensor:
         p = {k: v.clone().requires_grad_() for k, v in _params().items()}
         s = init(p) if init is not None else None
@@ -66,10 +79,12 @@ def _unrolled(update: Callable[..., Any], init: Any, steps: int = 3) -> Callable
     return run
 
 
-@pytest.mark.parametrize("update,init", UPDATES)
-def test_hypergradient_through_differentiable_steps_matches_finite_differences(update: Any, init: Any) -> None:
-    run = _unrolled(update, init)
-    h0, eps = 0.3, 1e-6
+@pytest.mark.parametrize("update,init,h0,steps", UPDATES)
+def test_hypergradient_through_differentiable_steps_matches_finite_differences(
+    update: Any, init: Any, h0: float, steps: int
+) -> None:
+    run = _unrolled(update, init, steps)
+    eps = 1e-6
     h = torch.tensor(h0, dtype=F64, requires_grad=True)
     (hyper,) = torch.autograd.grad(run(h), h)
     fd = (run(torch.tensor(h0 + eps, dtype=F64)) - run(torch.tensor(h0 - eps, dtype=F64))) / (2 * eps)
@@ -77,9 +92,14 @@ def test_hypergradient_through_differentiable_steps_matches_finite_differences(u
     torch.testing.assert_close(hyper, fd, rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("call", [
-    pytest.param(lambda p, g: fr.sgd.step(p, g, fr.sgd.init(_detached(p)), lr=0.1), id="sgd"),
-    pytest.param(lambda p, g: fr.adam.step(p, g, fr.adam.init(_detached(p)), lr=0.1), id="adam"),
+def _refused_step(step: Step) -> Any:
+    kw = step_kwargs(step, step.configs[step.compose])
+    init = step.init(kw)
+    return pytest.param(lambda p, g: step.opt.step(p, g, step.opt.init(_detached(p), **init), where=step.where, **kw),
+                        id=step.name)
+
+
+@pytest.mark.parametrize("call", [*[_refused_step(s) for s in STEPS],
     pytest.param(lambda p, g: fr.l2.add_grad(g, p, 0.1), id="add_grad"),
     pytest.param(lambda p, g: fr.group_lasso.prox(p, 0.1, 1.0), id="prox"),
     pytest.param(lambda p, g: fr.project.l1_ball(p, 1.0), id="projection"),

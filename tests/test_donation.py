@@ -26,7 +26,7 @@ from optim_helpers import (
     clone_tree,
     snapshot,
 )
-from registry import PROJECTIONS
+from registry import PROJECTIONS, Step, donation_cases, fused_cases, step_kwargs
 
 forced = fr._dispatch.forced
 PATHS = ["fast", "composable"]
@@ -166,57 +166,39 @@ def test_donated_elementwise_calls_work_in_blocks(fam: Family, monkeypatch: pyte
 
 
 # ---------------------------------------------------------------------- optimizer steps
-STEPS = [
-    pytest.param(fr.sgd, {}, dict(lr=0.05), id="sgd"),
-    pytest.param(fr.sgd, {}, dict(lr=0.05, momentum=0.9), id="sgd-momentum"),
-    pytest.param(fr.sgd, {}, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
-                 id="sgd-nesterov"),
-    pytest.param(fr.sgd, {}, dict(lr=0.05, momentum=0.9, dampening=0.5, weight_decay=0.1), id="sgd-dampening"),
-    pytest.param(fr.sgd, {"momentum": False}, dict(lr=0.05, weight_decay=0.1, where=fr.select.weights),
-                 id="sgd-where"),
-    pytest.param(fr.adam, {}, dict(lr=0.01), id="adam"),
-    pytest.param(fr.adam, {}, dict(lr=0.01, weight_decay=0.1, maximize=True), id="adam-coupled"),
-    pytest.param(fr.adam, {"amsgrad": True}, dict(lr=0.01, amsgrad=True), id="adam-amsgrad"),
-    pytest.param(fr.adamw, {}, dict(lr=0.01), id="adamw"),
-    pytest.param(fr.adamw, {"amsgrad": True}, dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True,
-                                                   where=fr.select.weights), id="adamw-amsgrad-where"),
-]
 ROUTES = ["fused", "foreach", "composable"]
-
-
-def _route_kw(route: str, opt: Any, kw: dict[str, Any]) -> dict[str, Any]:
-    if route != "foreach":
-        return kw
-    out = dict(kw)  # every number a tensor: the fast path's foreach ops, not the fused kernel
-    for name in ("lr", "momentum", "dampening", "weight_decay", "eps"):
-        if name in out:
-            out[name] = torch.tensor(out[name], dtype=torch.float64)
-    if opt is not fr.sgd:
-        out["betas"] = (torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.999, dtype=torch.float64))
-    return out
 
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("opt,init,kw", STEPS)
-def test_donated_step_equals_pure(opt: Any, init: dict, kw: dict, dtype: torch.dtype, route: str) -> None:
-    if route == "foreach" and dtype == torch.bfloat16 and opt is not fr.sgd:
-        pytest.skip("tensor betas are cast to the leaves' dtype, and 0.999 is 1.0 in bfloat16")
-    step_kw = _route_kw(route, opt, kw)
+@pytest.mark.parametrize("step,kw", donation_cases())
+def test_donated_step_equals_pure(step: Step, kw: dict[str, Any], dtype: torch.dtype, route: str) -> None:
+    """Every step of the registry (its compose config and its ``donation`` cases): the pure
+    call's values, bit for bit, written into the donated params and state (the same
+    tensors come back, in their own storage), with ``None`` gradients on changing leaves;
+    the gradients and tensor hyperparameters stay as they were."""
+    kw = step_kwargs(step, kw)
+    where = kw.pop("where", step.where)
+    if route == "foreach":  # every hyperparameter a tensor: the foreach ops, not the fused kernel
+        if dtype == torch.bfloat16 and "betas" in step.hypers:
+            pytest.skip("tensor betas are cast to the leaves' dtype, and 0.999 is 1.0 in bfloat16")
+        kw = step.tensors(kw)
     params = _tree(dtype)
-    pure_p, pure_s = params, opt.init(params, **init)
-    don_p, don_s = clone_tree(params), opt.init(params, **init)
+    pure_p, pure_s = params, step.opt.init(params, **step.init(kw))
+    don_p, don_s = clone_tree(params), step.opt.init(params, **step.init(kw))
     with forced("composable" if route == "composable" else None):
         for t in range(3):
             g = _grads(params, seed=t + 1, none="0.bias" if t != 1 else "scale")
-            keep = snapshot(g, {k: v for k, v in step_kw.items() if isinstance(v, torch.Tensor)})
-            pure_p, pure_s = opt.step(pure_p, g, pure_s, **step_kw)
+            keep = snapshot(g, {k: v for k, v in kw.items() if isinstance(v, torch.Tensor)},
+                            [b for b in kw.get("betas", ()) if isinstance(b, torch.Tensor)])
+            pure_p, pure_s = step.opt.step(pure_p, g, pure_s, where=where, **kw)
             ptrs = _ptrs(don_p)
             state_ptrs = {key: _ptrs(tree) for key, tree in don_s.items()}
-            out_p, out_s = opt.step(don_p, g, don_s, donate=True, **step_kw)
+            out_p, out_s = step.opt.step(don_p, g, don_s, where=where, donate=True, **kw)
             assert_untouched(keep)
             _assert_equal(out_p, pure_p, f"step {t} params")
             _assert_in_place(out_p, don_p, ptrs, f"step {t} params")
+            assert list(out_s) == list(pure_s), f"step {t} state entries"
             for key in pure_s:
                 _assert_equal(out_s[key], pure_s[key], f"step {t} state[{key!r}]")
                 _assert_in_place(out_s[key], don_s[key], state_ptrs[key], f"step {t} state[{key!r}]")
@@ -260,23 +242,23 @@ def _strided(layout: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("layout", ["column-slice", "every-other-column", "transposed"])
-@pytest.mark.parametrize("opt,kw", [
-    pytest.param(fr.sgd, dict(lr=0.1, momentum=0.9, weight_decay=0.1), id="sgd-momentum"),
-    pytest.param(fr.adamw, dict(lr=0.1, weight_decay=0.1), id="adamw"),
-])
-def test_steps_on_strided_leaves(opt: Any, kw: dict, layout: str) -> None:
+@pytest.mark.parametrize("step,kw", fused_cases())
+def test_steps_on_strided_leaves(step: Step, kw: dict[str, Any], layout: str) -> None:
     """torch's fused kernels walk memory as flat arrays, so a strided leaf must not reach
-    them: pure and donated steps give the composable path's values, and a donated view
-    writes only its own elements of the buffer it lives in."""
+    them: pure and donated steps (every step with a fused kernel, on a config it fuses)
+    give the composable path's values, and a donated view writes only its own elements of
+    the buffer it lives in."""
+    opt, kw = step.opt, step_kwargs(step, kw)
+    init = step.init(kw)
     buf, view, g = _strided(layout)
     with forced("composable"):
-        ref, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}), **kw)
-    pure, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}), **kw)
+        ref, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}, **init), **kw)
+    pure, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}, **init), **kw)
     torch.testing.assert_close(pure["w"], ref["w"], rtol=1e-12, atol=1e-12)
     outside = torch.ones_like(buf, dtype=torch.bool)
     outside.as_strided(view.shape, view.stride(), view.storage_offset()).fill_(False)
     before = buf[outside].clone()
-    out, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}), donate=True, **kw)
+    out, _ = opt.step({"w": view}, {"w": g}, opt.init({"w": view}, **init), donate=True, **kw)
     assert out["w"] is view
     assert torch.equal(view, pure["w"])
     assert torch.equal(buf[outside], before), "the donated step wrote outside its view"
@@ -475,28 +457,6 @@ def test_donation_inside_vmap_writes_into_the_batched_inputs() -> None:
     for k in pure:
         assert torch.equal(out[k], pure[k]) and torch.equal(donated[k], pure[k]), k
         assert donated[k].untyped_storage().data_ptr() == ptrs[k]
-
-
-@pytest.mark.parametrize("opt,init,kw", [
-    pytest.param(fr.sgd, {}, dict(momentum=0.9, weight_decay=0.1), id="sgd-momentum"),
-    pytest.param(fr.adamw, {"amsgrad": True}, dict(weight_decay=0.1, amsgrad=True), id="adamw-amsgrad"),
-])
-def test_donated_steps_inside_vmap_write_into_the_ensemble(opt: Any, init: dict, kw: dict) -> None:
-    params = fr.replicate({k: v for k, v in _tree(torch.float64).items() if k != "empty"}, 3)
-    grads = {k: torch.randn_like(v) for k, v in params.items()}
-    lrs = torch.tensor([0.01, 0.1, 0.5], dtype=torch.float64)
-    states = vmap(lambda p: opt.init(p, **init))(params)
-    run = lambda donate: vmap(lambda p, g, s, lr: opt.step(p, g, s, lr=lr, donate=donate, **kw))  # noqa: E731
-    pure_p, pure_s = run(False)(params, grads, states, lrs)
-    don_p, don_s = clone_tree(params), {key: clone_tree(tree) for key, tree in states.items()}
-    ptrs = _ptrs(don_p)
-    out_p, out_s = run(True)(don_p, grads, don_s, lrs)
-    for k in pure_p:
-        assert torch.equal(out_p[k], pure_p[k]) and torch.equal(don_p[k], pure_p[k]), k
-        assert don_p[k].untyped_storage().data_ptr() == ptrs[k], k
-    for key in pure_s:
-        for k in pure_s[key]:
-            assert torch.equal(don_s[key][k], pure_s[key][k]), (key, k)
 
 
 def test_donation_inside_vmap_of_captured_params_stays_pure() -> None:

@@ -14,7 +14,7 @@ from torch.func import vmap
 
 import funcreg as fr
 from funcreg import _stacked
-from registry import PROJECTIONS, VARIANTS
+from registry import PROJECTIONS, VARIANTS, Step, stacked_cases, step_kwargs
 
 F64 = torch.float64
 K = 3
@@ -69,7 +69,6 @@ def _both(fn: Callable[..., Any], *args: Any, in_dims: Any = 0, stacked: list[in
     return got
 
 
-W = fr.select.weights
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_family_on_stacked_members_with_batched_lam_and_step(name: str, stacked: list[int]) -> None:
     penalty, params, grads = VARIANTS[name].penalty, _tree(0, (K,)), _tree(1, (K,))
@@ -128,31 +127,20 @@ def test_nested_vmap_over_a_grid_of_lam_and_members(stacked: list[int]) -> None:
             _close({k: v[i, j] for k, v in got.items()}, want, f"member {i}, lam {j}")
 
 
-STEPS_OF = [
-    pytest.param(fr.sgd, {}, dict(momentum=0.9, weight_decay=0.1), id="sgd-momentum"),
-    pytest.param(fr.sgd, {}, dict(momentum=0.9, nesterov=True, maximize=True), id="sgd-nesterov"),
-    pytest.param(fr.sgd, {}, dict(momentum=0.9, dampening=0.3, where=W, weight_decay=0.2), id="sgd-dampening-where"),
-    pytest.param(fr.adam, {}, dict(weight_decay=0.1), id="adam"),
-    pytest.param(fr.adamw, {"amsgrad": True}, dict(amsgrad=True, maximize=True), id="adamw-amsgrad"),
-    pytest.param(fr.rmsprop, {"momentum": True, "centered": True},
-                 dict(momentum=0.5, centered=True, weight_decay=0.1, where=W), id="rmsprop-centered-momentum"),
-    pytest.param(fr.adagrad, {"initial_accumulator_value": 0.1}, dict(lr_decay=0.1, maximize=True), id="adagrad"),
-    pytest.param(fr.lion, {}, dict(weight_decay=0.5, where=W), id="lion"),
-    # fr.muon is tested in tests/test_steps_compose.py: its per-leaf path under vmap rounds
-    # the bfloat16 products as vmap's rule for addmm does, not as the stacked path
-]
-
-
-@pytest.mark.parametrize("opt,init,kw", STEPS_OF)
-def test_every_step_on_stacked_members_with_batched_lr(opt: Any, init: dict, kw: dict, stacked: list[int]) -> None:
+@pytest.mark.parametrize("step,kw", stacked_cases())
+def test_every_step_on_stacked_members_with_batched_lr(step: Step, kw: dict[str, Any], stacked: list[int]) -> None:
+    """Every step of the registry whose per-leaf path is exact under vmap (fr.muon's is
+    tested in tests/test_steps_compose.py), lr batched: stacked = per-leaf = a loop."""
+    init = step.init(kw)
+    kw = {k: v for k, v in step_kwargs(step, kw).items() if k != "lr"}
     params = _tree(7, (K,))
     lrs = torch.tensor([0.01, 0.1, 0.3], dtype=F64)
     seq = [_tree(10 + t, (K,)) for t in range(3)]
 
     def run(p: Any, lr: torch.Tensor, *gs: Any) -> Any:
-        s = opt.init(p, **init)
+        s = step.opt.init(p, **init)
         for g in gs:
-            p, s = opt.step(p, g, s, lr=lr, **kw)
+            p, s = step.opt.step(p, g, s, lr=lr, **kw)
         return {**p, **{f"state.{k}": v for k, v in s.items() if k != "step" for v in [v["a.weight"]]}}
 
     got = _both(run, params, lrs, *seq, stacked=stacked)

@@ -4,6 +4,7 @@ leaf or the argument, on every path, and nothing half-applied or written."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,31 +20,52 @@ from optim_helpers import (  # noqa: F401  (_one_thread is an autouse fixture)
     snapshot,
 )
 from registry import (
-    GENERIC,
+    ADAM,
     LION,
     MUON,
     RMSPROP,
+    SGD,
+    STEPS,
     Step,
     compose_cases,
     matrices,
     step_kwargs,
 )
 
-OPTS = [
-    pytest.param(fr.sgd, {"momentum": 0.9}, id="sgd"),
-    pytest.param(fr.adam, {}, id="adam"),
-    pytest.param(fr.adamw, {}, id="adamw"),
-]
+F64 = torch.float64
+CASES = compose_cases(STEPS)
+"""Every step of the registry on its compose config."""
 
 
-def _setup(opt: Any, kw: dict, dtype: torch.dtype = torch.float64) -> tuple[dict, dict, dict]:
+def _call(step: Step, kw: dict[str, Any], params: Any, grads: Any, state: Any, **extra: Any) -> Callable[[], Any]:
+    return lambda: step.opt.step(params, grads, state, **{"where": step.where, **step_kwargs(step, kw), **extra})
+
+
+def _setup(step: Step, kw: dict[str, Any]) -> tuple[dict, dict, dict]:
     """Params, grads and a state that has already taken one step (so nothing is trivially
     zero), with a float32 leaf at the end so that the fast path has two groups."""
-    params = {**mlp_params(dtype), "head.scale": torch.ones(3, dtype=torch.float32)}
+    params = {**mlp_params(F64), "head.scale": torch.ones(3, dtype=torch.float32)}
     grads = {k: torch.full_like(v, 0.5) for k, v in params.items()}
-    state = opt.init(params)
-    params, state = opt.step(params, grads, state, lr=0.1, **kw)
+    state = step.opt.init(params, **step.init(kw))
+    params, state = _call(step, kw, params, grads, state)()
     return params, grads, state
+
+
+def _step_of(opt: Any) -> Step:
+    return next(s for s in STEPS if s.opt is opt)
+
+
+def _updated(step: Step, params: dict[str, torch.Tensor], path: str) -> str:
+    """``path``, or the first leaf ``step`` updates if it does not update that one (Muon's
+    where= selects the matrices it updates; the others pass through unchecked)."""
+    if step.where is None or step.where(path, params[path]):
+        return path
+    return next(k for k, v in params.items() if step.where(k, v))
+
+
+def _entries(state: dict[str, Any]) -> list[str]:
+    """The state's entries that hold one tensor per leaf (the step counts left out)."""
+    return [key for key in state if key != "step"]
 
 
 def _raises(exc: type, match: str, fn: Callable[[], Any], *trees: Any) -> None:
@@ -60,54 +82,53 @@ def _replace(tree: dict, path: str, value: Any) -> dict:
 
 
 # -------------------------------------------------------------------- state vs params
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_state_missing_a_leaf(opt: Any, kw: dict) -> None:
-    params, grads, state = _setup(opt, kw)
-    key = "momentum_buffer" if opt is fr.sgd else "exp_avg"
+@pytest.mark.parametrize("step,kw", CASES)
+def test_state_missing_a_leaf(step: Step, kw: dict) -> None:
+    params, grads, state = _setup(step, kw)
+    key = _entries(state)[0]
     bad = {**state, key: {k: v for k, v in state[key].items() if k != "2.weight"}}
     _raises(ValueError, rf"state\['{key}'\].*lacks params leaf '2\.weight'",
-            lambda: opt.step(params, grads, bad, lr=0.1, **kw), params, grads, bad)
+            _call(step, kw, params, grads, bad), params, grads, bad)
 
 
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_state_with_an_extra_leaf(opt: Any, kw: dict) -> None:
-    params, grads, state = _setup(opt, kw)
-    key = "momentum_buffer" if opt is fr.sgd else "exp_avg_sq"
+@pytest.mark.parametrize("step,kw", CASES)
+def test_state_with_an_extra_leaf(step: Step, kw: dict) -> None:
+    params, grads, state = _setup(step, kw)
+    key = _entries(state)[-1]
     bad = {**state, key: {**state[key], "ghost.weight": torch.zeros(2, dtype=torch.float64)}}
-    _raises(ValueError, r"'ghost\.weight'", lambda: opt.step(params, grads, bad, lr=0.1, **kw),
-            params, grads, bad)
+    _raises(ValueError, r"'ghost\.weight'", _call(step, kw, params, grads, bad), params, grads, bad)
 
 
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_state_leaf_of_the_wrong_shape(opt: Any, kw: dict) -> None:
-    params, grads, state = _setup(opt, kw)
-    key = "momentum_buffer" if opt is fr.sgd else "exp_avg"
-    bad = {**state, key: _replace(state[key], "head.scale", torch.zeros(4, dtype=torch.float32))}
-    _raises(ValueError, r"'head\.scale'.*shape \(4,\)", lambda: opt.step(params, grads, bad, lr=0.1, **kw),
-            params, grads, bad)
+@pytest.mark.parametrize("step,kw", CASES)
+def test_state_leaf_of_the_wrong_shape(step: Step, kw: dict) -> None:
+    params, grads, state = _setup(step, kw)
+    key, leaf = _entries(state)[0], _updated(step, params, "head.scale")
+    bad = {**state, key: _replace(state[key], leaf, torch.zeros(4, dtype=params[leaf].dtype))}
+    _raises(ValueError, rf"'{re.escape(leaf)}'.*shape \(4,\)", _call(step, kw, params, grads, bad), params, grads, bad)
 
 
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_state_leaf_of_the_wrong_dtype(opt: Any, kw: dict) -> None:
-    params, grads, state = _setup(opt, kw)
-    key = "momentum_buffer" if opt is fr.sgd else "exp_avg_sq"
-    bad = {**state, key: _replace(state[key], "0.bias", state[key]["0.bias"].float())}
-    _raises(ValueError, r"'0\.bias'.*dtype", lambda: opt.step(params, grads, bad, lr=0.1, **kw),
-            params, grads, bad)
+@pytest.mark.parametrize("step,kw", CASES)
+def test_state_leaf_of_the_wrong_dtype(step: Step, kw: dict) -> None:
+    params, grads, state = _setup(step, kw)
+    key, leaf = _entries(state)[-1], _updated(step, params, "0.bias")
+    bad = {**state, key: _replace(state[key], leaf, state[key][leaf].float())}
+    _raises(ValueError, rf"'{re.escape(leaf)}'.*dtype", _call(step, kw, params, grads, bad), params, grads, bad)
 
 
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_state_of_another_optimizer_or_not_a_dict(opt: Any, kw: dict) -> None:
-    params, grads, _ = _setup(opt, kw)
-    other = fr.adam.init(params) if opt is fr.sgd else fr.sgd.init(params)
-    _raises(ValueError, r"state has no entry", lambda: opt.step(params, grads, other, lr=0.1, **kw),
+@pytest.mark.parametrize("step,kw", CASES)
+def test_state_of_another_optimizer_or_not_a_dict(step: Step, kw: dict) -> None:
+    params, grads, state = _setup(step, kw)
+    # the state of the first other step that lacks one of this step's entries
+    other = next(o for s in STEPS if s is not step and not set(state) <= set(o := s.opt.init(params)))
+    # (RMSprop names first the entry its centered or momentum option needs)
+    _raises(ValueError, r"state has no entry|needs state\['", _call(step, kw, params, grads, other),
             params, grads, other)
-    _raises(TypeError, r"state must be", lambda: opt.step(params, grads, [1, 2], lr=0.1, **kw), params, grads)
+    _raises(TypeError, r"state must be", _call(step, kw, params, grads, [1, 2]), params, grads)
 
 
 @pytest.mark.parametrize("opt", [fr.adam, fr.adamw])
 def test_amsgrad_needs_max_exp_avg_sq(opt: Any) -> None:
-    params, grads, state = _setup(opt, {})
+    params, grads, state = _setup(_step_of(opt), {"lr": 0.1})
     _raises(ValueError, r"max_exp_avg_sq.*amsgrad=True",
             lambda: opt.step(params, grads, state, lr=0.1, amsgrad=True), params, grads, state)
     # the amsgrad state itself is fine without amsgrad, and passes max_exp_avg_sq through
@@ -116,39 +137,13 @@ def test_amsgrad_needs_max_exp_avg_sq(opt: Any) -> None:
     assert all(new["max_exp_avg_sq"][k] is ams["max_exp_avg_sq"][k] for k in params)
 
 
-@pytest.mark.parametrize("opt", [fr.adam, fr.adamw])
-def test_step_count_must_be_a_0d_tensor(opt: Any) -> None:
-    params, grads, state = _setup(opt, {})
-    bad = {**state, "step": _replace(state["step"], "2.bias", torch.ones(3))}
-    _raises(ValueError, r"'2\.bias'.*0-d", lambda: opt.step(params, grads, bad, lr=0.1), params, grads, bad)
-
-
 # ------------------------------------------------------------------------ hyperparameters
 BAD_NUMBERS = [-1.0, -1e-12, math.nan, math.inf, -math.inf]
 
 
-@pytest.mark.parametrize("value", BAD_NUMBERS)
-@pytest.mark.parametrize("name", ["lr", "momentum", "weight_decay", "dampening"])
-def test_sgd_rejects_negative_or_non_finite_numbers(name: str, value: float) -> None:
-    params, grads, state = _setup(fr.sgd, {"momentum": 0.9})
-    kw = {"lr": 0.1, "momentum": 0.9, name: value}
-    _raises(ValueError, rf"{name}.*finite number", lambda: fr.sgd.step(params, grads, state, **kw),
-            params, grads, state)
-
-
 def test_sgd_dampening_above_one() -> None:
-    params, grads, state = _setup(fr.sgd, {"momentum": 0.9})
+    params, grads, state = _setup(SGD, {"lr": 0.1, "momentum": 0.9})
     _raises(ValueError, r"dampening", lambda: fr.sgd.step(params, grads, state, lr=0.1, momentum=0.9, dampening=1.5),
-            params, grads, state)
-
-
-@pytest.mark.parametrize("value", BAD_NUMBERS)
-@pytest.mark.parametrize("name", ["lr", "eps", "weight_decay"])
-@pytest.mark.parametrize("opt", [fr.adam, fr.adamw], ids=["adam", "adamw"])
-def test_adam_rejects_negative_or_non_finite_numbers(opt: Any, name: str, value: float) -> None:
-    params, grads, state = _setup(opt, {})
-    kwargs = {"lr": 1e-3, name: value}
-    _raises(ValueError, rf"{name}.*finite number", lambda: opt.step(params, grads, state, **kwargs),
             params, grads, state)
 
 
@@ -159,7 +154,7 @@ def test_adam_rejects_negative_or_non_finite_numbers(opt: Any, name: str, value:
 )
 @pytest.mark.parametrize("opt", [fr.adam, fr.adamw], ids=["adam", "adamw"])
 def test_adam_betas_outside_0_1(opt: Any, betas: tuple, which: str) -> None:
-    params, grads, state = _setup(opt, {})
+    params, grads, state = _setup(_step_of(opt), {"lr": 0.1})
     _raises(ValueError, rf"{which}.*\[0\.0, 1\.0\)", lambda: opt.step(params, grads, state, lr=1e-3, betas=betas),
             params, grads, state)
     _raises(ValueError, rf"{which}", lambda: opt.step_size(state, lr=0.1, betas=betas), state)
@@ -167,33 +162,33 @@ def test_adam_betas_outside_0_1(opt: Any, betas: tuple, which: str) -> None:
 
 @pytest.mark.parametrize("betas", [0.9, (0.9,), (0.9, 0.99, 0.999), None])
 def test_adam_betas_must_be_a_pair(betas: Any) -> None:
-    params, grads, state = _setup(fr.adam, {})
+    params, grads, state = _setup(ADAM, {"lr": 0.1})
     _raises(TypeError, r"betas must be a pair", lambda: fr.adam.step(params, grads, state, lr=1e-3, betas=betas),
             params, grads, state)
 
 
 @pytest.mark.parametrize("bad", ["0.1", None, True, [0.1]])
 def test_hyperparameter_of_the_wrong_type(bad: Any) -> None:
-    params, grads, state = _setup(fr.sgd, {"momentum": 0.9})
+    params, grads, state = _setup(SGD, {"lr": 0.1, "momentum": 0.9})
     _raises(TypeError, r"lr must be a number or a tensor", lambda: fr.sgd.step(params, grads, state, lr=bad),
             params, grads, state)
 
 
 def test_hyperparameter_tensor_that_is_not_0d() -> None:
-    params, grads, state = _setup(fr.adam, {})
+    params, grads, state = _setup(ADAM, {"lr": 0.1})
     _raises(ValueError, r"lr must be a number or a 0-d tensor.*vmap",
             lambda: fr.adam.step(params, grads, state, lr=torch.tensor([0.1, 0.2])), params, grads, state)
 
 
 def test_step_size_validates_its_hyperparameters_and_state() -> None:
-    params, grads, state = _setup(fr.adam, {})
+    params, grads, state = _setup(ADAM, {"lr": 0.1})
     _raises(ValueError, r"lr", lambda: fr.adam.step_size(state, lr=-0.1), state)
     _raises(ValueError, r"eps", lambda: fr.adam.step_size(state, lr=0.1, eps=math.nan), state)
     _raises(ValueError, r"step_size needs a state", lambda: fr.adam.step_size(fr.sgd.init(params), lr=0.1))
 
 
 def test_nesterov_needs_momentum_and_no_dampening() -> None:
-    params, grads, state = _setup(fr.sgd, {"momentum": 0.9})
+    params, grads, state = _setup(SGD, {"lr": 0.1, "momentum": 0.9})
     _raises(ValueError, r"nesterov", lambda: fr.sgd.step(params, grads, state, lr=0.1, nesterov=True),
             params, grads, state)
     _raises(ValueError, r"nesterov",
@@ -205,92 +200,84 @@ def test_nesterov_needs_momentum_and_no_dampening() -> None:
 
 # ------------------------------------------------------------------------ params and grads
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_integer_params_are_a_type_error(opt: Any, kw: dict, dtype: torch.dtype) -> None:
-    params = {**mlp_params(torch.float64), "count": torch.ones(3, dtype=dtype)}
+@pytest.mark.parametrize("step,kw", CASES)
+def test_integer_params_are_a_type_error(step: Step, kw: dict, dtype: torch.dtype) -> None:
+    params = {**mlp_params(torch.float64), "count": torch.ones(3, 2, dtype=dtype)}  # a matrix: Muon's too
     grads = {k: torch.ones_like(v) for k, v in params.items()}
     # init refuses the integer leaf too, so the state comes from a float stand-in for it
-    state = opt.init({**params, "count": torch.ones(3, dtype=torch.float64)})
-    _raises(TypeError, r"'count'.*floating-point", lambda: opt.step(params, grads, state, lr=0.1, **kw),
-            params, grads, state)
+    state = step.opt.init({**params, "count": torch.ones(3, 2, dtype=torch.float64)}, **step.init(kw))
+    _raises(TypeError, r"'count'.*floating-point", _call(step, kw, params, grads, state), params, grads, state)
 
 
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_non_tensor_param_leaf(opt: Any, kw: dict) -> None:
+@pytest.mark.parametrize("step,kw", CASES)
+def test_non_tensor_param_leaf(step: Step, kw: dict) -> None:
     params = {"w": torch.ones(2, 2, dtype=torch.float64), "scale": 1.0}
     with pytest.raises(TypeError, match=r"'scale'.*not a tensor"):
-        opt.init(params)
+        step.opt.init(params, **step.init(kw))
 
 
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_grad_of_the_wrong_shape(opt: Any, kw: dict) -> None:
-    params, grads, state = _setup(opt, kw)
+@pytest.mark.parametrize("step,kw", CASES)
+def test_grad_of_the_wrong_shape(step: Step, kw: dict) -> None:
+    params, grads, state = _setup(step, kw)
     bad = _replace(grads, "2.weight", torch.zeros(8, 3, dtype=torch.float64))
-    _raises(ValueError, r"grads leaf '2\.weight' has shape \(8, 3\)",
-            lambda: opt.step(params, bad, state, lr=0.1, **kw), params, bad, state)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64])
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_grad_of_the_wrong_dtype(opt: Any, kw: dict, dtype: torch.dtype) -> None:
-    params, grads, state = _setup(opt, kw)
-    bad = _replace(grads, "0.weight", grads["0.weight"].to(dtype))
-    _raises(ValueError, r"grads leaf '0\.weight' has dtype", lambda: opt.step(params, bad, state, lr=0.1, **kw),
+    _raises(ValueError, r"grads leaf '2\.weight' has shape \(8, 3\)", _call(step, kw, params, bad, state),
             params, bad, state)
 
 
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_grads_missing_extra_or_not_tensors(opt: Any, kw: dict) -> None:
-    params, grads, state = _setup(opt, kw)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64])
+@pytest.mark.parametrize("step,kw", CASES)
+def test_grad_of_the_wrong_dtype(step: Step, kw: dict, dtype: torch.dtype) -> None:
+    params, grads, state = _setup(step, kw)
+    bad = _replace(grads, "0.weight", grads["0.weight"].to(dtype))
+    _raises(ValueError, r"grads leaf '0\.weight' has dtype", _call(step, kw, params, bad, state), params, bad, state)
+
+
+@pytest.mark.parametrize("step,kw", CASES)
+def test_grads_missing_extra_or_not_tensors(step: Step, kw: dict) -> None:
+    params, grads, state = _setup(step, kw)
     missing = {k: v for k, v in grads.items() if k != "0.bias"}
-    _raises(ValueError, r"grads.*lacks params leaf '0\.bias'", lambda: opt.step(params, missing, state, lr=0.1, **kw),
+    _raises(ValueError, r"grads.*lacks params leaf '0\.bias'", _call(step, kw, params, missing, state),
             params, missing, state)
     extra = {**grads, "1.weight": torch.zeros(2, dtype=torch.float64)}
-    _raises(ValueError, r"grads.*'1\.weight'", lambda: opt.step(params, extra, state, lr=0.1, **kw),
-            params, extra, state)
-    number = _replace(grads, "2.bias", 0.5)
-    _raises(TypeError, r"grads leaf '2\.bias'", lambda: opt.step(params, number, state, lr=0.1, **kw),
-            params, grads, state)
+    _raises(ValueError, r"grads.*'1\.weight'", _call(step, kw, params, extra, state), params, extra, state)
+    leaf = _updated(step, params, "2.bias")
+    number = _replace(grads, leaf, 0.5)
+    _raises(TypeError, rf"grads leaf '{re.escape(leaf)}'", _call(step, kw, params, number, state), params, grads, state)
 
 
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_where_selecting_nothing(opt: Any, kw: dict) -> None:
-    params, grads, state = _setup(opt, kw)
+@pytest.mark.parametrize("step,kw", CASES)
+def test_where_selecting_nothing(step: Step, kw: dict) -> None:
+    params, grads, state = _setup(step, kw)
     _raises(ValueError, r"where selects no leaf",
-            lambda: opt.step(params, grads, state, lr=0.1, weight_decay=0.1, where=fr.select.only("nope"), **kw),
+            _call(step, kw, params, grads, state, weight_decay=0.1, where=fr.select.only("nope")),
             params, grads, state)
-    _raises(TypeError, r"where",
-            lambda: opt.step(params, grads, state, lr=0.1, weight_decay=0.1, where="weight", **kw),
+    _raises(TypeError, r"where", _call(step, kw, params, grads, state, weight_decay=0.1, where="weight"),
             params, grads, state)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("opt,kw", OPTS)
-def test_device_mismatch_names_the_leaf_and_devices(opt: Any, kw: dict) -> None:
+@pytest.mark.parametrize("step,kw", CASES)
+def test_device_mismatch_names_the_leaf_and_devices(step: Step, kw: dict) -> None:
     params = {k: v.cuda() for k, v in mlp_params(torch.float64).items()}
-    state = opt.init(params)
+    state = step.opt.init(params, **step.init(kw))
     grads = {k: torch.ones_like(v) for k, v in params.items()}
     bad = _replace(grads, "0.bias", grads["0.bias"].cpu())
-    _raises(ValueError, r"'0\.bias' lives on cpu.*cuda", lambda: opt.step(params, bad, state, lr=0.1, **kw),
-            params, bad, state)
-    key = "momentum_buffer" if opt is fr.sgd else "exp_avg"
+    _raises(ValueError, r"'0\.bias' lives on cpu.*cuda", _call(step, kw, params, bad, state), params, bad, state)
+    key = _entries(state)[0]
     bad_state = {**state, key: _replace(state[key], "2.weight", state[key]["2.weight"].cpu())}
-    _raises(ValueError, r"'2\.weight' lives on cpu", lambda: opt.step(params, grads, bad_state, lr=0.1, **kw),
+    _raises(ValueError, r"'2\.weight' lives on cpu", _call(step, kw, params, grads, bad_state),
             params, grads, bad_state)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
-@pytest.mark.parametrize("opt", [fr.sgd, fr.adam, fr.adamw])
-def test_init_on_integer_or_bool_params_is_a_type_error(opt: Any, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+def test_init_on_integer_or_bool_params_is_a_type_error(step: Step, dtype: torch.dtype) -> None:
     params = {**mlp_params(torch.float64), "enc.count": torch.ones(3, dtype=dtype)}
     snap = snapshot(params)
     with pytest.raises(TypeError, match=rf"params leaf 'enc\.count' has dtype {dtype}.*floating-point"):
-        opt.init(params)
+        step.opt.init(params)
     assert_untouched(snap)
-
-
-F64 = torch.float64
 
 
 def _setup_step(step: Step, kw: dict[str, Any]) -> tuple[dict, dict, dict]:
@@ -312,12 +299,8 @@ def _raises_on_both_paths(exc: type, match: str, fn: Callable[[], Any], *trees: 
         assert_untouched(snap)
 
 
-def _call(step: Step, kw: dict[str, Any], params: Any, grads: Any, state: Any, **extra: Any) -> Callable[[], Any]:
-    return lambda: step.opt.step(params, grads, state, **{"where": step.where, **step_kwargs(step, kw), **extra})
-
-
 @pytest.mark.parametrize("donate", [False, True])
-@pytest.mark.parametrize("step,kw", compose_cases())
+@pytest.mark.parametrize("step,kw", CASES)
 def test_a_bad_leaf_is_named_and_nothing_is_written(step: Step, kw: dict[str, Any], donate: bool) -> None:
     params, grads, state = _setup_step(step, kw)
     entry = next(k for k in state if k != "step")
@@ -335,8 +318,8 @@ def test_a_bad_leaf_is_named_and_nothing_is_written(step: Step, kw: dict[str, An
             _call(step, kw, params, grads, count, donate=donate), params, grads, count)
 
 
-@pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
-@pytest.mark.parametrize("step,name", [pytest.param(s, n, id=f"{s.name}-{n}") for s in GENERIC for n in s.hypers
+@pytest.mark.parametrize("value", BAD_NUMBERS)
+@pytest.mark.parametrize("step,name", [pytest.param(s, n, id=f"{s.name}-{n}") for s in STEPS for n in s.hypers
                                        if n != "betas"])
 def test_negative_or_non_finite_numbers_are_refused(step: Step, name: str, value: float) -> None:
     kw = step.configs[step.compose]
@@ -389,6 +372,17 @@ def test_muon_refuses_a_selected_leaf_that_is_not_a_matrix(donate: bool) -> None
     assert new["0.bias"] is params["0.bias"] and not torch.equal(new["0.weight"], params["0.weight"])
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="funcreg defect (found by the generic grads test): a number gradient on a leaf "
+                          "Muon does not update fails in funcreg/_engine.py with \"cannot create weak "
+                          "reference to 'float' object\", naming no leaf")
+def test_muon_names_a_number_gradient_on_a_leaf_it_does_not_update() -> None:
+    params, grads, state = _setup_step(MUON, MUON.configs["default"])
+    number = _replace(grads, "2.bias", 0.5)
+    _raises_on_both_paths(TypeError, r"grads leaf '2\.bias'", _call(MUON, MUON.configs["default"], params, number, state),
+            params, grads, state)
+
+
 @pytest.mark.parametrize("bad,exc,match", [
     (dict(ns_steps=100), ValueError, r"ns_steps must be an int in \[0, 100\)"),
     (dict(ns_steps=2.0), ValueError, r"ns_steps"),
@@ -407,10 +401,6 @@ def test_init_and_step_size_refuse_what_they_cannot_use() -> None:
     params = mlp_params(F64)
     with pytest.raises(ValueError, match=r"initial_accumulator_value must be a finite number"):
         fr.adagrad.init(params, initial_accumulator_value=-0.1)
-    ints = {**params, "count": torch.ones(3, dtype=torch.int64)}
-    for step in GENERIC:
-        with pytest.raises(TypeError, match=r"params leaf 'count' has dtype torch.int64"):
-            step.opt.init(ints)
     with pytest.raises(ValueError, match=r"fr\.rmsprop\.step_size needs a state from fr\.rmsprop\.init"):
         fr.rmsprop.step_size(fr.adagrad.init(params), lr=0.1)
     with pytest.raises(ValueError, match=r"init\(params, centered=True\)"):
@@ -421,7 +411,7 @@ def test_init_and_step_size_refuse_what_they_cannot_use() -> None:
         fr.adagrad.step_size(fr.adagrad.init(params), lr=-1.0)
 
 
-@pytest.mark.parametrize("step,kw", compose_cases())
+@pytest.mark.parametrize("step,kw", CASES)
 def test_params_that_require_grad_are_refused_unless_differentiable(step: Step, kw: dict[str, Any]) -> None:
     params = {k: v.requires_grad_() for k, v in mlp_params(F64).items()}
     grads = {k: torch.ones_like(v) for k, v in params.items()}

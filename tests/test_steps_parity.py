@@ -48,8 +48,8 @@ def _split(opt: Any, kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def _expect_fused(opt: Any, kw: dict[str, Any]) -> bool:
-    # Undamped SGD and every Adam(W) with Python-number hypers run torch's fused kernel.
-    return opt is not fr.sgd or kw.get("dampening", 0.0) == 0.0
+    """Whether Python-number hyperparameters run torch's fused kernel (the registry's Step.fuses)."""
+    return next(s for s in (SGD, ADAM, ADAMW) if s.opt is opt).fuses(kw)
 
 
 # A tensor lr on the fused kernels is one more route; a few cases cover it.
