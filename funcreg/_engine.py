@@ -303,6 +303,7 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
                             "floating-point parameters can be optimized")
     mask = where.select(op, flat)
     checked = [i for i, m in enumerate(mask) if m] if op.where == "select" else list(range(len(leaves)))
+    passed = [i for i, m in enumerate(mask) if not m] if op.where == "select" else []
     if op.check is not None:
         op.check(flat, checked, **dict(static))
     columns = [leaves]
@@ -314,6 +315,9 @@ def _plan(op: Op, sig: Any, trees: Sequence[Any], kinds: tuple[Any, ...], where:
         for i in checked:
             if values[i] is not None or not role.none:
                 (role.check or _tree.check_pair)(op.name, role.label, flat.paths[i], leaves[i], values[i])
+        for i in passed:  # not read, but held (weakly) to recognize the next call: a tensor or None
+            if not (values[i] is None or isinstance(values[i], torch.Tensor)):
+                _tree.check_leaf(role.label, flat.paths[i], values[i])
         columns.append(values)
         perms.append(_perm(tree, flat, role.label))
     nones = [c for r, c in zip(op.roles, columns[1:]) if r.none]
