@@ -248,3 +248,13 @@ def close_trees(a: Any, b: Any, **kw: Any) -> None:
     assert list(a) == list(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k, **kw)
+
+
+MATRIX_SHAPES = [(4, 3), (3, 5), (2, 3, 2), (1, 1), (5, 5), (2, 1, 3, 1)]
+
+
+def matrix_tree(dtype: torch.dtype, seed: int = 0, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """A leaf of each of MATRIX_SHAPES (matrices, batches of them, and degenerate ones)."""
+    g = torch.Generator().manual_seed(seed)
+    return {f"m{i}": (scale * torch.randn(s, generator=g, dtype=torch.float64)).to(dtype)
+            for i, s in enumerate(MATRIX_SHAPES)}

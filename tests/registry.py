@@ -597,3 +597,7 @@ def stacked_cases(steps: list[Step] = STEPS) -> list[Any]:
             if s.decays and c == (s.stacked or (s.compose,))[0]:
                 out.append(pytest.param(s, {**s.configs[c], "where": W}, id=f"{s.name}-{c}-where"))
     return out
+
+
+# the families with per-element references: (penalty, γ values to draw, value per element, gradient per element)
+ELEMENTWISE = {f.name: (f.penalty, list(f.gammas), f.element_value, f.element_grad) for f in FAMILIES if f.element_value}

@@ -5,7 +5,6 @@ unselected and ``None`` leaves."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,11 +24,12 @@ from conftest import (
     is_float,
     lams,
     leaf_dict,
+    matrix_tree,
     resolve,
     trees,
     walk,
 )
-from registry import FAMILIES as ALL_FAMILIES
+from registry import ELEMENTWISE
 
 
 @pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
@@ -193,30 +193,8 @@ def test_grad_closed_forms_by_hand() -> None:
 forced = fr._dispatch.forced
 F64 = torch.float64
 
-# the families with per-element references: (penalty, γ values to draw, value per element, gradient per element)
-ELEMENTWISE = {f.name: (f.penalty, list(f.gammas), f.element_value, f.element_grad) for f in ALL_FAMILIES if f.element_value}
 
 
-def _opts(gamma: float | None) -> dict[str, Any]:
-    return {} if gamma is None else {"gamma": gamma}
-
-
-def _per_element(fn: Callable[..., float], gamma: float | None) -> Callable[..., float]:
-    return fn if gamma is None else (lambda x, lam: fn(x, lam, gamma))
-
-
-def _scale(params: Any) -> float:
-    """A bound on the size of the terms (for low-precision tolerances)."""
-    return 3 * sum(x.double().abs().sum().item() + x.double().square().sum().item()
-                   for _, x in walk(params) if is_float(x)) + 1
-
-
-MATRICES = [(4, 3), (3, 5), (2, 3, 2), (1, 1), (5, 5), (2, 1, 3, 1)]
-
-
-def _matrices(dtype: torch.dtype, seed: int = 0, scale: float = 1.0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {f"m{i}": (scale * torch.randn(s, generator=g, dtype=F64)).to(dtype) for i, s in enumerate(MATRICES)}
 
 
 # -------------------------------------------------------------------------- gradients
@@ -301,7 +279,7 @@ def test_sparse_group_lasso_grad(dim: int | None, path: str) -> None:
 def test_nuclear_norm_grad(path: str) -> None:
     """Full rank: autograd of the value. Rank-deficient and zero leaves: λ·U_r V_rᵀ, the
     minimal-norm subgradient (autograd keeps the arbitrary null directions there)."""
-    full = _matrices(F64, seed=1)
+    full = matrix_tree(F64, seed=1)
     auto = torch.func.grad(lambda p: fr.nuclear_norm(p, 0.7))(full)
     with forced(path):
         analytic = fr.nuclear_norm.grad(full, 0.7)
@@ -325,7 +303,7 @@ def test_nuclear_norm_grad(path: str) -> None:
 @pytest.mark.parametrize("path", ["fast", "composable"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_orthogonal_grad(dtype: torch.dtype, path: str) -> None:
-    params = _matrices(dtype, seed=3, scale=0.5)
+    params = matrix_tree(dtype, seed=3, scale=0.5)
     with forced(path):
         got = fr.orthogonal.grad(params, 0.3)
     auto = torch.func.grad(lambda p: fr.orthogonal(p, 0.3))(params)
@@ -340,7 +318,7 @@ def test_orthogonal_grad(dtype: torch.dtype, path: str) -> None:
 @pytest.mark.parametrize("name", ["sparse_group_lasso", "nuclear_norm", "mcp", "scad", "orthogonal"])
 def test_add_grad_is_grads_plus_grad_with_none_and_unselected_leaves(name: str, path: str) -> None:
     penalty = getattr(fr, name)
-    params = {**_matrices(torch.float32, seed=4), **{f"d.{k}": v for k, v in _matrices(F64, seed=5).items()}}
+    params = {**matrix_tree(torch.float32, seed=4), **{f"d.{k}": v for k, v in matrix_tree(F64, seed=5).items()}}
     g = torch.Generator().manual_seed(6)
     grads: dict[str, Any] = {k: torch.randn(v.shape, generator=g, dtype=F64).to(v.dtype) for k, v in params.items()}
     grads["m1"] = None

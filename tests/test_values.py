@@ -26,13 +26,14 @@ from conftest import (
     is_float,
     lams,
     lowest_dtype,
+    matrix_tree,
     ref_sum,
     resolve,
     tree_map,
     trees,
     walk,
 )
-from registry import FAMILIES as ALL_FAMILIES
+from registry import ELEMENTWISE
 
 
 def _check_value(got: torch.Tensor, want: float, params: object, scale: float) -> None:
@@ -167,8 +168,6 @@ def test_nested_pytree_kinds() -> None:
 forced = fr._dispatch.forced
 F64 = torch.float64
 
-# the families with per-element references: (penalty, γ values to draw, value per element, gradient per element)
-ELEMENTWISE = {f.name: (f.penalty, list(f.gammas), f.element_value, f.element_grad) for f in ALL_FAMILIES if f.element_value}
 
 
 def _opts(gamma: float | None) -> dict[str, Any]:
@@ -185,12 +184,6 @@ def _scale(params: Any) -> float:
                    for _, x in walk(params) if is_float(x)) + 1
 
 
-MATRICES = [(4, 3), (3, 5), (2, 3, 2), (1, 1), (5, 5), (2, 1, 3, 1)]
-
-
-def _matrices(dtype: torch.dtype, seed: int = 0, scale: float = 1.0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {f"m{i}": (scale * torch.randn(s, generator=g, dtype=F64)).to(dtype) for i, s in enumerate(MATRICES)}
 
 
 # ----------------------------------------------------------------------------- values
@@ -239,7 +232,7 @@ def test_sparse_group_lasso_limits_are_l1_and_group_lasso() -> None:
 @pytest.mark.parametrize("lam_form", ["number", "tensor", "dict"])
 @pytest.mark.parametrize("name", ["nuclear_norm", "orthogonal"])
 def test_matrix_values_match_numpy(name: str, lam_form: str, dtype: torch.dtype) -> None:
-    params = _matrices(dtype)
+    params = matrix_tree(dtype)
     lam = {"number": 0.3, "tensor": torch.tensor(0.3, dtype=F64),
            "dict": {k: 0.1 * (i + 1) for i, k in enumerate(params)}}[lam_form]
     penalty = getattr(fr, name)
