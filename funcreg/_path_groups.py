@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 import funcreg
+from funcreg._groups import group_norms
 
 
 class Grouping:
@@ -40,16 +41,9 @@ class Grouping:
         self.labels = self._labels(params)
 
     def _per_leaf(self, w: torch.Tensor, lead: int) -> torch.Tensor:
-        """Norms of one leaf's groups, (*members, groups)."""
-        if w.ndim == lead:  # a 0-d leaf (a scalar bias) is one group of one weight, as the families read it
-            return w.abs().unsqueeze(-1)
-        if self.elementwise:
-            return w.abs().flatten(lead)
-        if self.dim is None:
-            return torch.linalg.vector_norm(w.flatten(lead), dim=-1, keepdim=True)
-        d = lead + self.dim % (w.ndim - lead)
-        others = [k for k in range(lead, w.ndim) if k != d]
-        return torch.linalg.vector_norm(w, dim=others) if others else w.abs()
+        """Norms of one leaf's groups, (*members, groups), as the families group it."""
+        norms = w.abs() if self.elementwise else group_norms(w, self.dim, batch=lead)[0]
+        return norms.reshape(*w.shape[:lead], -1)
 
     def _coupled(self, couplings: list[tuple[Mapping[str, int], int]], tree: dict[str, torch.Tensor],
                  lead: int) -> list[torch.Tensor]:
