@@ -1,4 +1,4 @@
-"""The engine's per-call cost against torch's own, same run, one thread (issue 17).
+"""The engine's per-call cost against torch's own, same run, one thread.
 
 Tables (medians of interleaved repetitions after warm-up, see ``_timing.py``; CPU time of
 this process, which a shared machine disturbs less than wall time):

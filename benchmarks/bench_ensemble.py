@@ -13,11 +13,11 @@ training step is forward, backward, L2 gradient and SGD with momentum:
 * a yardstick: ``vmap`` of ``grad`` of the task loss alone, what torch.func costs before
   any regularization or update.
 
-A second configuration is the one issue 17 measures: Adam with an L1 penalty (λ_k·Σ|w|
+A second configuration is the engine's yardstick: Adam with an L1 penalty (λ_k·Σ|w|
 in each model's loss for the loop; ``fr.l1.add_grad`` and ``fr.adam.step`` in the vmapped
 step), with the funcreg step also donated (in place in the stacked tensors, as
 torch.optim is), and on the per-leaf path forced (the route ``vmap`` took before the
-stacked path). Target (issue 17): the eager step ≥ 5× the loop.
+stacked path). Target: the eager step ≥ 5× the loop.
 
 Before timing, one step of each is checked to give the same parameters.
 

@@ -1,5 +1,5 @@
 """fr.rmsprop, fr.adagrad, fr.muon and fr.lion against torch's fastest implementation of each,
-donated and pure, on the trees of bench_engine.py (issue 19), one thread.
+donated and pure, on the trees of bench_engine.py, one thread.
 
 For each step and tree, three rows' times (medians of interleaved repetitions after
 warm-up, see ``_timing.py``; CPU time of this process, which a shared machine disturbs

@@ -1,4 +1,4 @@
-"""The defects an adversarial probe found (issue 17): each refused before anything is
+"""The defects an adversarial probe found: each refused before anything is
 written, or shown as NaN, with the leaf named. Every test here fails on the code before the
 engine (checked once by running this file against it)."""
 

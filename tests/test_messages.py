@@ -1,4 +1,4 @@
-"""Error messages that say what to do instead (issue 18): each test provokes a mistake a
+"""Error messages that say what to do instead: each test provokes a mistake a
 new user makes and asserts both the leaf the message names and its hint."""
 
 from __future__ import annotations
