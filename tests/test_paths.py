@@ -42,14 +42,29 @@ def _all_ops(fam: Family, params, grads, lam, step, opts):
     )
 
 
-def _compare(a, b, what: str) -> None:
+def _size(tree: Any) -> dict[str, float]:
+    return {p: float(x.double().abs().max()) if is_float(x) and x.numel() else 0.0 for p, x in walk(tree)}
+
+
+def _compare_all(fast: tuple, comp: tuple, params: Any, grads: Any) -> None:
+    """The two paths round their intermediates differently: each may be off by a rounding
+    at the size of the operands (a gradient, the penalty's term, a weight), not of a result
+    that cancelled them (bfloat16's step at 2.5 is 0.016)."""
+    pen, g, w = _size(fast[0]), _size(grads), _size(params)
+    scales = ({p: 1 + v for p, v in pen.items()}, {p: 1 + v + g.get(p, 0.0) for p, v in pen.items()},
+              {p: 1 + v for p, v in w.items()})
+    for name, a, b, scale in zip(("grad", "add_grad", "prox"), fast, comp, scales):
+        _compare(a, b, name, scale)
+
+
+def _compare(a, b, what: str, scale: dict[str, float]) -> None:
     for (path, x), (_, y) in zip(walk(a), walk(b)):
         if x is None:
             assert y is None, (what, path)
             continue
         assert x.dtype == y.dtype and x.shape == y.shape, (what, path)
         tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}.get(x.dtype, 0)
-        torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=f"{what} {path}")
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol * scale.get(path, 1.0), msg=f"{what} {path}")
 
 
 @pytest.mark.parametrize("fam", REFERENCED, ids=REFERENCED_IDS)
@@ -69,8 +84,7 @@ def test_fast_and_composable_paths_agree(fam: Family, data: st.DataObject) -> No
         fast = _all_ops(fam, params, grads, lam, step, opts)
     with forced("composable"):
         comp = _all_ops(fam, params, grads, lam, step, opts)
-    for name, a, b in zip(("grad", "add_grad", "prox"), fast, comp):
-        _compare(a, b, name)
+    _compare_all(fast, comp, params, grads)
 
 
 @pytest.mark.parametrize(
@@ -103,8 +117,8 @@ def test_paths_agree_on_mixed_dtype_model(fam: Family, lam_form: str) -> None:
         fast = _all_ops(fam, params, grads, lam, 0.5, opts)
     with forced("composable"):
         comp = _all_ops(fam, params, grads, lam, 0.5, opts)
-    for name, a, b in zip(("grad", "add_grad", "prox"), fast, comp):
-        _compare(a, b, name)
+    _compare_all(fast, comp, params, grads)
+    for a in fast:
         for k, v in params.items():
             assert leaf_dict(a)[k].dtype == v.dtype
 
